@@ -1,0 +1,75 @@
+// Package balancer chooses the endpoint a batch goes to.
+//
+// P2C is the power of two choices on in-flight rows, weighted by endpoint
+// weight: draw two eligible endpoints at random and keep the one with the
+// lower (in-flight rows + 1) / weight. It never blocks and allocates
+// nothing. The xDS issue replaces where the weights come from, not this
+// picking.
+//
+// This package exports no metrics.
+package balancer
+
+// Load is what the picker knows of one endpoint.
+type Load struct {
+	InFlightRows int
+	Weight       int  // > 0; 0 counts as 1
+	Eligible     bool // healthy and with capacity for this batch
+}
+
+// Rand is the source of randomness (math/rand/v2's *Rand satisfies it).
+type Rand interface {
+	IntN(n int) int
+}
+
+// P2C returns the index of the chosen endpoint, or -1 when none is
+// eligible.
+func P2C(r Rand, loads []Load) int {
+	n := 0
+	for i := range loads {
+		if loads[i].Eligible {
+			n++
+		}
+	}
+	switch n {
+	case 0:
+		return -1
+	case 1:
+		for i := range loads {
+			if loads[i].Eligible {
+				return i
+			}
+		}
+	}
+	ka := r.IntN(n)
+	kb := r.IntN(n - 1)
+	if kb >= ka {
+		kb++ // two distinct endpoints
+	}
+	a, b := nth(loads, ka), nth(loads, kb)
+	if cost(&loads[b]) < cost(&loads[a]) {
+		return b
+	}
+	return a
+}
+
+// nth returns the index of the k-th eligible load.
+func nth(loads []Load, k int) int {
+	for i := range loads {
+		if loads[i].Eligible {
+			if k == 0 {
+				return i
+			}
+			k--
+		}
+	}
+	return -1
+}
+
+// cost is (in-flight rows + 1) / weight.
+func cost(l *Load) float64 {
+	w := l.Weight
+	if w <= 0 {
+		w = 1
+	}
+	return float64(l.InFlightRows+1) / float64(w)
+}

@@ -1,0 +1,369 @@
+package batch
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/batchmesh/batchmesh/internal/balancer"
+	"github.com/batchmesh/batchmesh/internal/inference"
+)
+
+// batch is a set of pieces of one group on their way to one endpoint.
+type batch struct {
+	group    *group
+	pieces   []piece
+	rows     int
+	deadline time.Time
+}
+
+// scheduleLocked sends every batch that can go now and arms the timer for
+// the next one that waits. It is called whenever rows arrive, a batch ends,
+// an endpoint turns healthy or the timer fires.
+func (l *Lane) scheduleLocked(now time.Time) {
+	for l.queued > 0 {
+		g := l.nextGroupLocked()
+		if g == nil {
+			return
+		}
+		ep, idle := l.pickLocked()
+		if ep == nil {
+			return // every endpoint is full; the next batch to end reschedules
+		}
+		if !idle && g.rows < l.cfg.MaxBatchSize {
+			if at := l.sendAtLocked(ep); at.After(now) {
+				l.armLocked(at)
+				return
+			}
+		}
+		b := l.takeLocked(g, now)
+		if b == nil {
+			continue // everything it met had expired
+		}
+		l.startLocked(b, ep, now)
+	}
+}
+
+// nextGroupLocked returns the group whose first live row has the highest
+// priority, then the earliest arrival. It drops finished pieces it meets.
+func (l *Lane) nextGroupLocked() *group {
+	var best *group
+	var bestPrio Priority
+	var bestArrival time.Time
+	for key, g := range l.groups {
+		found := false
+		for pr := range numPriorities {
+			q := g.q[pr]
+			for len(q) > 0 && q[0].p.finished {
+				q = q[1:]
+			}
+			g.q[pr] = q
+			if len(q) == 0 {
+				continue
+			}
+			if a := q[0].p.arrival; best == nil || pr < bestPrio || (pr == bestPrio && a.Before(bestArrival)) {
+				best, bestPrio, bestArrival = g, pr, a
+			}
+			found = true
+			break
+		}
+		if !found && g.rows == 0 {
+			delete(l.groups, key)
+		}
+	}
+	return best
+}
+
+// pickLocked chooses an endpoint for the next batch: one with a free slot
+// if any (idle), else one that may take a batch in transit.
+func (l *Lane) pickLocked() (ep *endpoint, idle bool) {
+	for i, e := range l.eps {
+		l.loads[i] = balancer.Load{InFlightRows: e.rows, Weight: e.Weight, Eligible: e.healthy && e.busy < e.Slots}
+	}
+	if i := balancer.P2C(l.rnd, l.loads); i >= 0 {
+		return l.eps[i], true
+	}
+	// Every slot is busy: the endpoint that frees first takes the batch in
+	// transit.
+	var best *endpoint
+	var bestAt time.Time
+	for _, e := range l.eps {
+		if !e.healthy || e.busy >= e.Slots+1 {
+			continue
+		}
+		if at := e.freeAt(); best == nil || at.Before(bestAt) {
+			best, bestAt = e, at
+		}
+	}
+	return best, false
+}
+
+// freeAt predicts when e's earliest running batch ends; zero when unknown.
+func (e *endpoint) freeAt() time.Time {
+	if e.latency <= 0 || len(e.starts) == 0 {
+		return time.Time{}
+	}
+	first := e.starts[0]
+	for _, s := range e.starts[1:] {
+		if s.Before(first) {
+			first = s
+		}
+	}
+	return first.Add(e.latency)
+}
+
+// sendAtLocked is when a batch in transit to ep should leave: MaxQueueDelay
+// before ep's running batch is predicted to end.
+func (l *Lane) sendAtLocked(ep *endpoint) time.Time {
+	at := ep.freeAt()
+	if at.IsZero() {
+		return at
+	}
+	return at.Add(-l.cfg.MaxQueueDelay)
+}
+
+func (l *Lane) armLocked(at time.Time) {
+	if l.timer != nil && !l.timerAt.IsZero() && !at.Before(l.timerAt) {
+		return // an earlier wake-up is already set
+	}
+	d := time.Until(at)
+	if l.timer == nil {
+		l.timer = time.AfterFunc(d, l.onTimer)
+	} else {
+		l.timer.Reset(d)
+	}
+	l.timerAt = at
+}
+
+func (l *Lane) onTimer() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.timerAt = time.Time{}
+	l.scheduleLocked(time.Now())
+}
+
+// takeLocked removes up to MaxBatchSize live rows from g, highest priority
+// first, failing rows whose deadline has passed. It returns nil if it found
+// no live rows.
+func (l *Lane) takeLocked(g *group, now time.Time) *batch {
+	b := &batch{group: g}
+	for pr := range numPriorities {
+		for len(g.q[pr]) > 0 && b.rows < l.cfg.MaxBatchSize {
+			pc := &g.q[pr][0]
+			p := pc.p
+			if p.finished {
+				g.q[pr] = g.q[pr][1:]
+				continue
+			}
+			if !p.req.Deadline.After(now) {
+				l.failLocked(p, inference.Errorf(inference.KindDeadline,
+					"batch: model %q: deadline passed while queued (%s)", l.cfg.Model, now.Sub(p.arrival).Round(time.Microsecond)))
+				continue
+			}
+			n := min(pc.hi-pc.lo, l.cfg.MaxBatchSize-b.rows)
+			b.pieces = append(b.pieces, piece{p: p, lo: pc.lo, hi: pc.lo + n})
+			if pc.lo += n; pc.lo == pc.hi {
+				g.q[pr] = g.q[pr][1:]
+			}
+			b.rows += n
+			if b.deadline.IsZero() || p.req.Deadline.Before(b.deadline) {
+				b.deadline = p.req.Deadline
+			}
+			l.dequeueLocked(p, n)
+			if p.queued == 0 {
+				p.result.QueueWait = now.Sub(p.arrival)
+				l.m.queueWait.Record(context.Background(), p.result.QueueWait.Seconds(), l.m.attrs)
+			}
+		}
+	}
+	if b.rows == 0 {
+		return nil
+	}
+	return b
+}
+
+func (l *Lane) startLocked(b *batch, ep *endpoint, now time.Time) {
+	ep.busy++
+	ep.rows += b.rows
+	ep.starts = append(ep.starts, now)
+	l.running++
+	l.m.batchRows.Record(context.Background(), int64(b.rows), l.m.attrs)
+	go l.run(b, ep, now)
+}
+
+// finishLocked releases ep's slot taken at start.
+func (l *Lane) finishLocked(ep *endpoint, b *batch, start time.Time, err error) {
+	ep.busy--
+	ep.rows -= b.rows
+	for i, s := range ep.starts {
+		if s.Equal(start) {
+			ep.starts = append(ep.starts[:i], ep.starts[i+1:]...)
+			break
+		}
+	}
+	ep.batches++
+	if err != nil {
+		ep.failures++
+		return
+	}
+	lat := time.Since(start)
+	if ep.latency == 0 {
+		ep.latency = lat
+	} else {
+		ep.latency += (lat - ep.latency) / 4
+	}
+}
+
+// run sends b to ep and hands each piece its answer. It owns the batch until
+// every piece is answered or failed.
+func (l *Lane) run(b *batch, ep *endpoint, start time.Time) {
+	outs, err := l.call(b, ep)
+	l.mu.Lock()
+	l.finishLocked(ep, b, start, err)
+	if err != nil && errors.Is(err, inference.ErrUnavailable) {
+		ep.healthy = false // the health checker turns it back on
+	}
+	l.mu.Unlock()
+
+	if err != nil && (errors.Is(err, inference.ErrUnavailable) || errors.Is(err, inference.ErrUpstream)) {
+		if alt, at := l.retryTarget(ep, b); alt != nil {
+			outs, err = l.call(b, alt)
+			l.mu.Lock()
+			l.finishLocked(alt, b, at, err)
+			if err != nil && errors.Is(err, inference.ErrUnavailable) {
+				alt.healthy = false
+			}
+			l.mu.Unlock()
+			ep = alt
+		}
+	}
+	if err != nil && errors.Is(err, inference.ErrInvalid) && len(b.pieces) > 1 {
+		l.bisect(b, ep, err)
+	} else {
+		l.settle(b, ep.Address, outs, err)
+	}
+	l.mu.Lock()
+	l.running--
+	l.scheduleLocked(time.Now())
+	l.noteIdleLocked()
+	l.mu.Unlock()
+}
+
+// retryTarget picks another healthy endpoint for a failed batch when its
+// deadline leaves room for another try, and takes a slot on it.
+func (l *Lane) retryTarget(failed *endpoint, b *batch) (*endpoint, time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := time.Now()
+	if !b.deadline.After(now) {
+		return nil, now
+	}
+	for i, e := range l.eps {
+		l.loads[i] = balancer.Load{InFlightRows: e.rows, Weight: e.Weight, Eligible: e.healthy && e != failed}
+	}
+	i := balancer.P2C(l.rnd, l.loads)
+	if i < 0 {
+		return nil, now
+	}
+	e := l.eps[i]
+	e.busy++
+	e.rows += b.rows
+	e.starts = append(e.starts, now)
+	return e, now
+}
+
+// bisect re-sends the halves of a batch the runtime refused, so that only
+// the requests whose rows are bad fail. It runs on the batch's goroutine,
+// one half after the other, on the same endpoint (which already refused
+// quickly), until a half holds a single piece.
+func (l *Lane) bisect(b *batch, ep *endpoint, cause error) {
+	if len(b.pieces) == 1 || time.Until(b.deadline) <= 0 {
+		l.settle(b, ep.Address, nil, cause)
+		return
+	}
+	mid := len(b.pieces) / 2
+	for _, part := range [][]piece{b.pieces[:mid], b.pieces[mid:]} {
+		h := &batch{group: b.group, pieces: part, deadline: b.deadline}
+		for _, pc := range part {
+			h.rows += pc.hi - pc.lo
+		}
+		outs, err := l.call(h, ep)
+		if err != nil && errors.Is(err, inference.ErrInvalid) && len(part) > 1 {
+			l.bisect(h, ep, err)
+			continue
+		}
+		l.settle(h, ep.Address, outs, err)
+	}
+}
+
+// call builds b's upstream request and sends it under b's deadline.
+func (l *Lane) call(b *batch, ep *endpoint) ([]inference.Tensor, error) {
+	tmpl := b.group.tmpl
+	req := &inference.Request{
+		Model: l.cfg.Model, Version: l.cfg.Version,
+		Parameters: tmpl.Parameters, Outputs: tmpl.Outputs,
+		Inputs: make([]inference.Tensor, len(tmpl.Inputs)),
+	}
+	parts := make([]inference.Tensor, len(b.pieces))
+	for i := range tmpl.Inputs {
+		for j, pc := range b.pieces {
+			in := &pc.p.req.Inputs[i]
+			parts[j] = in.Slice(pc.p.offsets[i], pc.lo, pc.hi)
+		}
+		t, err := inference.Concat(parts)
+		if err != nil {
+			return nil, inference.Errorf(inference.KindInternal, "batch: model %q: %w", l.cfg.Model, err)
+		}
+		req.Inputs[i] = t
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), b.deadline)
+	defer cancel()
+	return l.cfg.Caller.Call(ctx, ep.Address, req, b.pieces[0].p.req.Traceparent)
+}
+
+// settle hands every piece of b its rows of outs, or err.
+func (l *Lane) settle(b *batch, endpoint string, outs []inference.Tensor, err error) {
+	if err == nil {
+		err = checkRows(l.cfg.Model, endpoint, outs, b.rows)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err != nil {
+		for _, pc := range b.pieces {
+			l.failLocked(pc.p, err)
+		}
+		return
+	}
+	offs := make([][]int, len(outs))
+	for i := range outs {
+		offs[i] = outs[i].RowOffsets(nil)
+	}
+	row := 0
+	for _, pc := range b.pieces {
+		n := pc.hi - pc.lo
+		mine := make([]inference.Tensor, len(outs))
+		for i := range outs {
+			mine[i] = outs[i].Slice(offs[i], row, row+n)
+		}
+		l.deliverLocked(pc.p, pc.lo, n, mine, b.rows, endpoint)
+		row += n
+	}
+}
+
+// checkRows verifies that every output has one row per batch row: a
+// mismatch is the runtime's fault and never a wrong answer.
+func checkRows(model, endpoint string, outs []inference.Tensor, rows int) error {
+	if len(outs) == 0 {
+		return inference.Errorf(inference.KindUpstream, "batch: model %q: upstream %s returned no outputs", model, endpoint)
+	}
+	for i := range outs {
+		if len(outs[i].Shape) == 0 || outs[i].Shape[0] != int64(rows) {
+			return inference.Errorf(inference.KindUpstream, "batch: model %q: upstream %s returned output %q of shape %s for a batch of %d rows",
+				model, endpoint, outs[i].Name, inference.FormatShape(outs[i].Shape), rows)
+		}
+		if err := outs[i].Validate(); err != nil {
+			return inference.Errorf(inference.KindUpstream, "batch: model %q: upstream %s: %w", model, endpoint, err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,38 @@
+// Package batch gathers inference rows from many callers into batches for a
+// model version's endpoints and splits the answers back.
+//
+// A Lane serves one (model, version). Requests enter with Submit and wait in
+// a group queue: only requests with the same group key (model, version,
+// route, datatypes, non-batch shapes, requested outputs) share a batch. Each
+// group keeps one FIFO per priority. A request larger than MaxBatchSize rows
+// is cut into pieces that ride in several batches and are put back together
+// in order.
+//
+// Dispatch is work-conserving and needs no timer on an idle system:
+//
+//   - an endpoint with a free slot (fewer batches running than its Slots)
+//     takes whatever is queued at once, up to MaxBatchSize rows;
+//   - while every slot is busy, the lane keeps one more batch per endpoint
+//     in transit, so that the runtime never waits for a round trip. That
+//     batch is sent when it is full, or MaxQueueDelay before the endpoint's
+//     running batch is predicted (from its recent latency) to finish, so it
+//     carries every row that arrived meanwhile and arrives as the slot frees.
+//
+// Deadlines: a request's rows are dropped before dispatch once its deadline
+// has passed (504), and a request that cannot finish in time even if every
+// batch ahead of it were full is refused at once (429). The queue is bounded
+// in rows (429 with a retry hint); a higher-priority request may push out the
+// newest lower-priority ones.
+//
+// Failures: a batch that fails with a 4xx is bisected so that one bad row
+// fails only its own request; a connection failure or 5xx is retried once on
+// another endpoint while the deadline allows. Every submitted request gets
+// exactly one result.
+//
+// Metrics (through the metric.Meter in Config), all labelled by model:
+//
+//	batchmesh_queue_depth          rows waiting (the autoscaling signal)
+//	batchmesh_queue_wait_seconds   time from arrival to dispatch, per request
+//	batchmesh_batch_rows           rows per upstream batch
+//	batchmesh_shed_total{reason}   requests refused: queue_full, deadline, priority
+package batch

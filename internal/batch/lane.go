@@ -1,0 +1,341 @@
+package batch
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"strconv"
+	"sync"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/metric/noop"
+
+	"github.com/batchmesh/batchmesh/internal/balancer"
+	"github.com/batchmesh/batchmesh/internal/inference"
+)
+
+// Priority orders queues and shedding: high rows go first, low rows are
+// shed first.
+type Priority uint8
+
+// The priorities of the X-Batchmesh-Priority header.
+const (
+	PriorityHigh Priority = iota
+	PriorityNormal
+	PriorityLow
+	numPriorities
+)
+
+// ParsePriority parses a header value; "" is normal.
+func ParsePriority(s string) (Priority, error) {
+	switch s {
+	case "high":
+		return PriorityHigh, nil
+	case "", "normal":
+		return PriorityNormal, nil
+	case "low":
+		return PriorityLow, nil
+	}
+	return 0, inference.Errorf(inference.KindInvalid, "batch: priority %q is not one of high, normal, low", s)
+}
+
+func (p Priority) String() string {
+	return [...]string{"high", "normal", "low"}[p]
+}
+
+// Caller sends one batch to one endpoint. It is the next stage's interface,
+// implemented by the proxy over the upstream client. ctx carries the batch's
+// own deadline (the tightest of its requests). The returned tensors are owned
+// by the lane. Errors are *inference.Error: KindInvalid (the runtime refused
+// the input: the lane bisects), KindUnavailable or KindUpstream (the lane
+// retries elsewhere), anything else fails the batch.
+type Caller interface {
+	Call(ctx context.Context, endpoint string, req *inference.Request, traceparent string) ([]inference.Tensor, error)
+}
+
+// Endpoint is one model runtime of a lane.
+type Endpoint struct {
+	Address string
+	Weight  int // share in the balancer; 0 means 1
+	Slots   int // batches the runtime computes at once; 0 means 1
+}
+
+// Config configures a Lane. Zero values are the defaults noted.
+type Config struct {
+	Model, Version string
+	MaxBatchSize   int           // rows per batch; default 64
+	MaxQueueDelay  time.Duration // see the package comment; 0 sends in-transit batches as soon as a batch can run
+	MaxQueueSize   int           // queued rows before 429; default 4096
+	Endpoints      []Endpoint    // at least one
+	Caller         Caller        // required
+	Meter          metric.Meter  // nil records nothing
+	Seed           uint64        // seeds the balancer's choices
+}
+
+// Request is one caller's rows as the lane sees them. Inputs must be valid
+// and own their data (the lane reads them until Submit returns and from
+// batches it sends in the meantime); every input has Rows rows in dim 0.
+type Request struct {
+	Inputs      []inference.Tensor
+	Outputs     []inference.OutputSpec
+	Parameters  inference.Parameters // sent upstream with the batch (the group key must cover them)
+	Rows        int
+	Group       string // requests batch together only with the same Group
+	Priority    Priority
+	Deadline    time.Time
+	Traceparent string
+}
+
+// Result is a request's answer: its rows of every output, in order.
+type Result struct {
+	Outputs   []inference.Tensor
+	BatchRows int    // rows in the upstream batch of the request's last piece
+	Endpoint  string // the endpoint that answered its last piece
+	QueueWait time.Duration
+}
+
+// Lane batches the requests of one model version. Build it with NewLane;
+// Submit may be called from any goroutine. Close drains it.
+type Lane struct {
+	cfg Config
+	m   laneMetrics
+
+	mu      sync.Mutex
+	groups  map[string]*group
+	queued  int // rows queued, over all groups
+	eps     []*endpoint
+	loads   []balancer.Load // scratch for the picker
+	rnd     *rand.Rand
+	timer   *time.Timer
+	timerAt time.Time
+	closed  bool
+	running int           // batches in flight
+	idle    chan struct{} // closed and renewed when running and queued reach 0 while closed
+}
+
+type endpoint struct {
+	Endpoint
+	healthy  bool
+	busy     int         // batches in flight
+	rows     int         // rows in flight
+	starts   []time.Time // start of each batch in flight
+	latency  time.Duration
+	batches  int64
+	failures int64
+}
+
+type laneMetrics struct {
+	attrs      metric.MeasurementOption
+	queueDepth metric.Int64UpDownCounter
+	queueWait  metric.Float64Histogram
+	batchRows  metric.Int64Histogram
+	shed       metric.Int64Counter
+	shedAttrs  map[string]metric.MeasurementOption
+}
+
+// NewLane validates cfg and builds a lane. It starts no goroutine: batches
+// run in goroutines started by Submit's dispatch and owned by the lane until
+// they finish (Close waits for them).
+func NewLane(cfg Config) (*Lane, error) {
+	if cfg.MaxBatchSize == 0 {
+		cfg.MaxBatchSize = 64
+	}
+	if cfg.MaxQueueSize == 0 {
+		cfg.MaxQueueSize = 4096
+	}
+	if cfg.MaxBatchSize < 0 || cfg.MaxQueueSize < 0 || cfg.MaxQueueDelay < 0 {
+		return nil, fmt.Errorf("batch: model %q: negative batch size, queue size or delay", cfg.Model)
+	}
+	if len(cfg.Endpoints) == 0 {
+		return nil, fmt.Errorf("batch: model %q version %q has no endpoints", cfg.Model, cfg.Version)
+	}
+	if cfg.Caller == nil {
+		return nil, fmt.Errorf("batch: model %q: no caller", cfg.Model)
+	}
+	if cfg.Meter == nil {
+		cfg.Meter = noop.NewMeterProvider().Meter("")
+	}
+	l := &Lane{
+		cfg:    cfg,
+		groups: make(map[string]*group),
+		rnd:    rand.New(rand.NewPCG(cfg.Seed, 0x9e3779b97f4a7c15)),
+		idle:   make(chan struct{}),
+	}
+	for _, e := range cfg.Endpoints {
+		if e.Weight <= 0 {
+			e.Weight = 1
+		}
+		if e.Slots <= 0 {
+			e.Slots = 1
+		}
+		l.eps = append(l.eps, &endpoint{Endpoint: e, healthy: true})
+	}
+	l.loads = make([]balancer.Load, len(l.eps))
+	var err error
+	if l.m, err = newLaneMetrics(cfg.Meter, cfg.Model); err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+func newLaneMetrics(m metric.Meter, model string) (laneMetrics, error) {
+	lm := laneMetrics{
+		attrs:     metric.WithAttributeSet(attribute.NewSet(attribute.String("model", model))),
+		shedAttrs: map[string]metric.MeasurementOption{},
+	}
+	for _, reason := range []string{shedQueueFull, shedDeadline, shedPriority} {
+		lm.shedAttrs[reason] = metric.WithAttributeSet(attribute.NewSet(
+			attribute.String("model", model), attribute.String("reason", reason)))
+	}
+	var errs [4]error
+	lm.queueDepth, errs[0] = m.Int64UpDownCounter("batchmesh_queue_depth",
+		metric.WithDescription("Rows waiting to be batched: the autoscaling signal."))
+	lm.queueWait, errs[1] = m.Float64Histogram("batchmesh_queue_wait_seconds",
+		metric.WithDescription("Time from a request's arrival to the dispatch of its last rows."), metric.WithUnit("s"),
+		metric.WithExplicitBucketBoundaries(.00001, .000025, .00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
+	lm.batchRows, errs[2] = m.Int64Histogram("batchmesh_batch_rows",
+		metric.WithDescription("Rows per upstream batch."),
+		metric.WithExplicitBucketBoundaries(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024))
+	lm.shed, errs[3] = m.Int64Counter("batchmesh_shed",
+		metric.WithDescription("Requests refused before dispatch, by reason."))
+	for _, err := range errs {
+		if err != nil {
+			return lm, fmt.Errorf("batch: metrics: %w", err)
+		}
+	}
+	return lm, nil
+}
+
+// Shed reasons, the values of batchmesh_shed_total's reason label.
+const (
+	shedQueueFull = "queue_full"
+	shedDeadline  = "deadline"
+	shedPriority  = "priority"
+)
+
+// RetryAfter is the hint a 429 from the lane carries.
+func (l *Lane) RetryAfter() time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	lat := l.bestLatencyLocked()
+	if lat <= 0 {
+		return time.Second
+	}
+	batches := l.queued/l.cfg.MaxBatchSize + 1
+	d := time.Duration(batches) * lat / time.Duration(l.slotsLocked())
+	return max(d, time.Second)
+}
+
+// SetHealthy marks an endpoint healthy or not; unhealthy endpoints get no
+// batches. Unknown addresses are ignored.
+func (l *Lane) SetHealthy(address string, healthy bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, e := range l.eps {
+		if e.Address == address {
+			e.healthy = healthy
+		}
+	}
+	if healthy {
+		l.scheduleLocked(time.Now())
+	}
+}
+
+// Healthy reports whether some endpoint is healthy.
+func (l *Lane) Healthy() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.healthyLocked()
+}
+
+func (l *Lane) healthyLocked() bool {
+	for _, e := range l.eps {
+		if e.healthy {
+			return true
+		}
+	}
+	return false
+}
+
+// EndpointStatus is an endpoint's state for the admin /clusters page.
+type EndpointStatus struct {
+	Address      string  `json:"address"`
+	Weight       int     `json:"weight"`
+	Slots        int     `json:"slots"`
+	Healthy      bool    `json:"healthy"`
+	InFlight     int     `json:"in_flight_batches"`
+	InFlightRows int     `json:"in_flight_rows"`
+	LatencyMs    float64 `json:"ewma_latency_ms"`
+	Batches      int64   `json:"batches"`
+	Failures     int64   `json:"failures"`
+}
+
+// Status returns each endpoint's state and the rows queued.
+func (l *Lane) Status() (eps []EndpointStatus, queued int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, e := range l.eps {
+		eps = append(eps, EndpointStatus{
+			Address: e.Address, Weight: e.Weight, Slots: e.Slots, Healthy: e.healthy,
+			InFlight: e.busy, InFlightRows: e.rows, LatencyMs: float64(e.latency) / 1e6,
+			Batches: e.batches, Failures: e.failures,
+		})
+	}
+	return eps, l.queued
+}
+
+// Close stops admitting requests (Submit fails with 503) and waits until
+// every queued and in-flight request has its answer, or ctx ends.
+func (l *Lane) Close(ctx context.Context) error {
+	l.mu.Lock()
+	l.closed = true
+	if l.queued == 0 && l.running == 0 {
+		l.mu.Unlock()
+		return nil
+	}
+	idle := l.idle
+	l.mu.Unlock()
+	select {
+	case <-idle:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("batch: model %q: drain: %w", l.cfg.Model, ctx.Err())
+	}
+}
+
+// noteIdleLocked wakes Close when the lane has drained.
+func (l *Lane) noteIdleLocked() {
+	if l.closed && l.queued == 0 && l.running == 0 {
+		select {
+		case <-l.idle:
+		default:
+			close(l.idle)
+		}
+	}
+}
+
+func (l *Lane) slotsLocked() int {
+	n := 0
+	for _, e := range l.eps {
+		if e.healthy {
+			n += e.Slots
+		}
+	}
+	return max(n, 1)
+}
+
+// bestLatencyLocked is the lowest recent batch latency of a healthy
+// endpoint, or 0 when none is known yet.
+func (l *Lane) bestLatencyLocked() time.Duration {
+	var best time.Duration
+	for _, e := range l.eps {
+		if e.healthy && e.latency > 0 && (best == 0 || e.latency < best) {
+			best = e.latency
+		}
+	}
+	return best
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }

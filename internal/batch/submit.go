@@ -1,0 +1,221 @@
+package batch
+
+import (
+	"context"
+	"slices"
+	"time"
+
+	"github.com/batchmesh/batchmesh/internal/inference"
+)
+
+// pending is one submitted request while it is in the lane. Its fields are
+// guarded by the lane's mutex, except done, which is closed once when the
+// result is final.
+type pending struct {
+	req      *Request
+	group    *group
+	offsets  [][]int // per input, the row offsets into its Data
+	arrival  time.Time
+	queued   int // rows still in a queue
+	waiting  int // rows not yet answered
+	finished bool
+	pieces   []pieceResult
+	result   Result
+	err      error
+	done     chan struct{}
+}
+
+type pieceResult struct {
+	lo      int
+	outputs []inference.Tensor
+}
+
+// piece is a range of a pending request's rows in a queue or a batch.
+type piece struct {
+	p      *pending
+	lo, hi int
+}
+
+// group is the queue of one group key: a FIFO per priority.
+type group struct {
+	key  string
+	q    [numPriorities][]piece
+	rows int // rows queued in this group
+	tmpl *Request
+}
+
+// Submit queues r's rows, waits for their answer and returns it. It returns
+// early with an error when r is refused (429 queue full or deadline
+// infeasible, 503 no healthy endpoint or closed), when its deadline passes
+// (504) or when ctx ends. Whatever happens, Submit returns exactly once and
+// the lane forgets r.
+func (l *Lane) Submit(ctx context.Context, r *Request) (Result, error) {
+	now := time.Now()
+	p := &pending{req: r, arrival: now, done: make(chan struct{})}
+	p.offsets = make([][]int, len(r.Inputs))
+	for i := range r.Inputs {
+		p.offsets[i] = r.Inputs[i].RowOffsets(nil)
+	}
+	if err := l.admit(p, now); err != nil {
+		return Result{}, err
+	}
+	timer := time.NewTimer(r.Deadline.Sub(now))
+	defer timer.Stop()
+	select {
+	case <-p.done:
+	case <-timer.C:
+		l.fail(p, inference.Errorf(inference.KindDeadline,
+			"batch: model %q: deadline of %s passed before the answer came", l.cfg.Model, r.Deadline.Sub(p.arrival).Round(time.Microsecond)))
+	case <-ctx.Done():
+		l.fail(p, inference.Errorf(inference.KindDeadline, "batch: model %q: %v", l.cfg.Model, context.Cause(ctx)))
+	}
+	<-p.done
+	return p.result, p.err
+}
+
+// admit checks r against the lane's limits and queues its rows.
+func (l *Lane) admit(p *pending, now time.Time) error {
+	r := p.req
+	if r.Rows <= 0 {
+		return inference.Errorf(inference.KindInvalid, "batch: model %q: request has no rows", l.cfg.Model)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	switch {
+	case l.closed:
+		return inference.Errorf(inference.KindUnavailable, "batch: model %q is draining", l.cfg.Model)
+	case !l.healthyLocked():
+		return inference.Errorf(inference.KindUnavailable, "batch: model %q version %q has no healthy endpoint", l.cfg.Model, l.cfg.Version)
+	case r.Rows > l.cfg.MaxQueueSize:
+		return inference.Errorf(inference.KindTooLarge, "batch: model %q: request of %d rows is larger than the whole queue (max_queue_size %d)", l.cfg.Model, r.Rows, l.cfg.MaxQueueSize)
+	case !r.Deadline.After(now):
+		l.m.shed.Add(context.Background(), 1, l.m.shedAttrs[shedDeadline])
+		return inference.Errorf(inference.KindDeadline, "batch: model %q: the deadline has already passed", l.cfg.Model)
+	}
+	if l.queued+r.Rows > l.cfg.MaxQueueSize && !l.pushOutLocked(r.Priority, l.queued+r.Rows-l.cfg.MaxQueueSize) {
+		l.m.shed.Add(context.Background(), 1, l.m.shedAttrs[shedQueueFull])
+		return inference.Errorf(inference.KindOverloaded, "batch: model %q: queue full (%d of max_queue_size %d rows waiting)", l.cfg.Model, l.queued, l.cfg.MaxQueueSize)
+	}
+	if eta := l.earliestFinishLocked(now, r.Rows); !eta.IsZero() && eta.After(r.Deadline) {
+		l.m.shed.Add(context.Background(), 1, l.m.shedAttrs[shedDeadline])
+		return inference.Errorf(inference.KindOverloaded, "batch: model %q: cannot finish within the deadline (%s) behind the %d rows queued; earliest about %s",
+			l.cfg.Model, r.Deadline.Sub(now).Round(time.Millisecond), l.queued, eta.Sub(now).Round(time.Millisecond))
+	}
+	g := l.groups[r.Group]
+	if g == nil {
+		g = &group{key: r.Group, tmpl: r}
+		l.groups[r.Group] = g
+	}
+	p.group = g
+	for lo := 0; lo < r.Rows; lo += l.cfg.MaxBatchSize {
+		g.q[r.Priority] = append(g.q[r.Priority], piece{p: p, lo: lo, hi: min(lo+l.cfg.MaxBatchSize, r.Rows)})
+	}
+	p.queued, p.waiting = r.Rows, r.Rows
+	g.rows += r.Rows
+	l.queued += r.Rows
+	l.m.queueDepth.Add(context.Background(), int64(r.Rows), l.m.attrs)
+	l.scheduleLocked(now)
+	return nil
+}
+
+// earliestFinishLocked is an optimistic estimate of when rows submitted now
+// could be answered: every batch ahead full, every healthy slot busy with
+// it, at the best recent latency. Zero when no latency is known yet.
+func (l *Lane) earliestFinishLocked(now time.Time, rows int) time.Time {
+	lat := l.bestLatencyLocked()
+	if lat <= 0 {
+		return time.Time{}
+	}
+	batches := (l.queued + rows + l.cfg.MaxBatchSize - 1) / l.cfg.MaxBatchSize
+	rounds := (batches + l.slotsLocked() - 1) / l.slotsLocked()
+	return now.Add(time.Duration(rounds) * lat)
+}
+
+// pushOutLocked sheds the newest queued requests of lower priority than prio
+// until need rows are free. It sheds nothing unless it can free enough.
+func (l *Lane) pushOutLocked(prio Priority, need int) bool {
+	var victims []*pending
+	freed := 0
+	for pr := numPriorities - 1; pr > prio && freed < need; pr-- {
+		for _, g := range l.groups {
+			for i := len(g.q[pr]) - 1; i >= 0 && freed < need; i-- {
+				v := g.q[pr][i].p
+				if v.finished || slices.Contains(victims, v) || v.queued < v.req.Rows {
+					continue // a request partly sent cannot be shed
+				}
+				victims = append(victims, v)
+				freed += v.queued
+			}
+		}
+	}
+	if freed < need {
+		return false
+	}
+	for _, v := range victims {
+		l.m.shed.Add(context.Background(), 1, l.m.shedAttrs[shedPriority])
+		l.failLocked(v, inference.Errorf(inference.KindOverloaded,
+			"batch: model %q: shed to make room for higher-priority requests", l.cfg.Model))
+	}
+	return true
+}
+
+// fail ends p with err unless it has ended already.
+func (l *Lane) fail(p *pending, err error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.failLocked(p, err)
+}
+
+func (l *Lane) failLocked(p *pending, err error) {
+	if p.finished {
+		return
+	}
+	l.dequeueLocked(p, p.queued)
+	p.finished, p.err = true, err
+	close(p.done)
+	l.noteIdleLocked()
+}
+
+// dequeueLocked accounts for n of p's rows leaving the queue.
+func (l *Lane) dequeueLocked(p *pending, n int) {
+	if n == 0 {
+		return
+	}
+	p.queued -= n
+	p.group.rows -= n
+	l.queued -= n
+	l.m.queueDepth.Add(context.Background(), -int64(n), l.m.attrs)
+}
+
+// deliverLocked records the outputs of rows [lo, lo+rows) of p and finishes
+// p when every row is answered.
+func (l *Lane) deliverLocked(p *pending, lo, rows int, outputs []inference.Tensor, batchRows int, endpoint string) {
+	if p.finished {
+		return
+	}
+	p.pieces = append(p.pieces, pieceResult{lo: lo, outputs: outputs})
+	p.waiting -= rows
+	p.result.BatchRows, p.result.Endpoint = batchRows, endpoint
+	if p.waiting > 0 {
+		return
+	}
+	slices.SortFunc(p.pieces, func(a, b pieceResult) int { return a.lo - b.lo })
+	outs := make([]inference.Tensor, len(p.pieces[0].outputs))
+	parts := make([]inference.Tensor, len(p.pieces))
+	for i := range outs {
+		for j := range p.pieces {
+			parts[j] = p.pieces[j].outputs[i]
+		}
+		t, err := inference.Concat(parts)
+		if err != nil {
+			l.failLocked(p, inference.Errorf(inference.KindUpstream, "batch: model %q: pieces of output disagree: %w", l.cfg.Model, err))
+			return
+		}
+		outs[i] = t
+	}
+	p.result.Outputs = outs
+	p.pieces = nil
+	p.finished = true
+	close(p.done)
+	l.noteIdleLocked()
+}

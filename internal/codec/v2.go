@@ -1,0 +1,474 @@
+package codec
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"strconv"
+
+	"github.com/batchmesh/batchmesh/internal/inference"
+)
+
+// HeaderContentLength is the binary tensor extension's header: the length of
+// the JSON part of a body followed by binary tensors.
+const HeaderContentLength = "Inference-Header-Content-Length"
+
+// NoHeader is the headerLen to pass when a body carries no
+// Inference-Header-Content-Length header: the whole body is JSON.
+const NoHeader = -1
+
+type wireTensor struct {
+	Name       string          `json:"name"`
+	Shape      []int64         `json:"shape"`
+	Datatype   string          `json:"datatype"`
+	Parameters map[string]any  `json:"parameters"`
+	Data       json.RawMessage `json:"data"`
+}
+
+type wireOutput struct {
+	Name       string         `json:"name"`
+	Parameters map[string]any `json:"parameters"`
+}
+
+type wireRequest struct {
+	ID         *string        `json:"id"`
+	Parameters map[string]any `json:"parameters"`
+	Inputs     []wireTensor   `json:"inputs"`
+	Outputs    []wireOutput   `json:"outputs"`
+}
+
+type wireResponse struct {
+	ModelName    string         `json:"model_name"`
+	ModelVersion string         `json:"model_version"`
+	ID           string         `json:"id"`
+	Parameters   map[string]any `json:"parameters"`
+	Outputs      []wireTensor   `json:"outputs"`
+}
+
+func invalid(format string, args ...any) error {
+	return inference.Errorf(inference.KindInvalid, "codec: "+format, args...)
+}
+
+// splitBody returns the JSON header and the binary part of a body.
+func splitBody(body []byte, headerLen int) (header, bin []byte, err error) {
+	switch {
+	case headerLen == NoHeader:
+		return body, nil, nil
+	case headerLen == 0:
+		return nil, nil, inference.Errorf(inference.KindInvalid,
+			"codec: %s: 0 (a raw binary request without a JSON header) is not supported; send a JSON header that names the input", HeaderContentLength)
+	case headerLen < 0 || headerLen > len(body):
+		return nil, nil, invalid("%s is %d but the body has %d bytes", HeaderContentLength, headerLen, len(body))
+	}
+	return body[:headerLen], body[headerLen:], nil
+}
+
+// ParseHeaderLen parses an Inference-Header-Content-Length value. An empty
+// value means the header is absent and gives NoHeader.
+func ParseHeaderLen(v []byte) (int, error) {
+	if len(v) == 0 {
+		return NoHeader, nil
+	}
+	n, err := strconv.ParseUint(string(bytes.TrimSpace(v)), 10, 31)
+	if err != nil {
+		return 0, invalid("%s must be a byte count, got %q", HeaderContentLength, v)
+	}
+	return int(n), nil
+}
+
+func decodeJSON(header []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(header))
+	dec.UseNumber()
+	if err := dec.Decode(v); err != nil {
+		var se *json.SyntaxError
+		var te *json.UnmarshalTypeError
+		switch {
+		case errors.As(err, &se):
+			return invalid("malformed JSON at byte %d: %v", se.Offset, err)
+		case errors.As(err, &te):
+			return invalid("malformed request: field %q must be %s, got JSON %s", te.Field, jsonKind(te.Type.String()), te.Value)
+		}
+		return invalid("malformed JSON: %v", err)
+	}
+	// dec.More would miss a stray '}' or ']' after the object.
+	if rest := bytes.TrimLeft(header[dec.InputOffset():], " \t\r\n"); len(rest) != 0 {
+		return invalid("malformed JSON: data after the top-level object at byte %d", len(header)-len(rest))
+	}
+	return nil
+}
+
+func jsonKind(goType string) string {
+	switch goType {
+	case "string", "*string":
+		return "a string"
+	case "int64", "[]int64":
+		return "an integer (array)"
+	case "bool":
+		return "a boolean"
+	}
+	if len(goType) > 0 && goType[0] == '[' {
+		return "an array"
+	}
+	return "an object"
+}
+
+// params converts decoded JSON parameters to inference.Parameters, dropping
+// the wire-only keys in drop.
+func params(where string, m map[string]any, drop ...string) (inference.Parameters, error) {
+	if len(m) == 0 {
+		return nil, nil
+	}
+	out := make(inference.Parameters, len(m))
+	for k, v := range m {
+		if slices.Contains(drop, k) {
+			continue
+		}
+		switch v := v.(type) {
+		case string, bool:
+			out[k] = v
+		case json.Number:
+			if i, err := v.Int64(); err == nil {
+				out[k] = i
+			} else if f, err := v.Float64(); err == nil {
+				out[k] = f
+			} else {
+				return nil, invalid("%s parameter %q: %s is not a representable number", where, k, v)
+			}
+		default:
+			return nil, invalid("%s parameter %q must be a string, number or boolean", where, k)
+		}
+	}
+	if len(out) == 0 {
+		return nil, nil
+	}
+	return out, nil
+}
+
+// tensors turns wire tensors into inference tensors, taking binary data from
+// bin in order. what is "input" or "output", for messages.
+func tensors(what string, ws []wireTensor, bin []byte) ([]inference.Tensor, error) {
+	out := make([]inference.Tensor, len(ws))
+	seen := make(map[string]struct{}, len(ws))
+	for i := range ws {
+		w := &ws[i]
+		if w.Name == "" {
+			return nil, invalid("%ss[%d]: name is missing", what, i)
+		}
+		if _, dup := seen[w.Name]; dup {
+			return nil, invalid("%s %q appears twice", what, w.Name)
+		}
+		seen[w.Name] = struct{}{}
+		if w.Datatype == "" {
+			return nil, invalid("%s %q: datatype is missing; allowed: %s", what, w.Name, inference.DataTypeNames)
+		}
+		dt, ok := inference.ParseDataType(w.Datatype)
+		if !ok {
+			return nil, invalid("%s %q: unknown datatype %q; allowed: %s", what, w.Name, w.Datatype, inference.DataTypeNames)
+		}
+		if w.Shape == nil {
+			return nil, invalid("%s %q: shape is missing", what, w.Name)
+		}
+		n, err := inference.ShapeElements(w.Name, w.Shape)
+		if err != nil {
+			return nil, fmt.Errorf("codec: %w", err)
+		}
+		ps, err := params(fmt.Sprintf("%s %q", what, w.Name), w.Parameters, inference.ParamBinaryDataSize)
+		if err != nil {
+			return nil, err
+		}
+		t := inference.Tensor{Name: w.Name, DataType: dt, Shape: w.Shape, Parameters: ps}
+		if size, has := w.Parameters[inference.ParamBinaryDataSize]; has {
+			num, isNum := size.(json.Number)
+			sz, err := num.Int64()
+			if !isNum || err != nil || sz < 0 {
+				return nil, invalid("%s %q: %s must be a byte count, got %v", what, w.Name, inference.ParamBinaryDataSize, size)
+			}
+			if len(w.Data) > 0 && string(w.Data) != "null" {
+				return nil, invalid("%s %q: has both data and %s; send one", what, w.Name, inference.ParamBinaryDataSize)
+			}
+			if sz > int64(len(bin)) {
+				return nil, invalid("%s %q: %s is %d but only %d binary bytes are left in the body", what, w.Name, inference.ParamBinaryDataSize, sz, len(bin))
+			}
+			t.Data, bin = bin[:sz:sz], bin[sz:]
+		} else {
+			if len(w.Data) == 0 || string(w.Data) == "null" {
+				return nil, invalid("%s %q: data is missing (give data, or parameters.%s with binary data)", what, w.Name, inference.ParamBinaryDataSize)
+			}
+			t.Data, err = parseData(w.Name, dt, w.Data, n)
+			if err != nil {
+				return nil, err
+			}
+			if sz := dt.Size(); sz > 0 && int64(len(t.Data)/sz) != n {
+				return nil, invalid("%s %q: shape %s needs %d elements, data has %d",
+					what, w.Name, inference.FormatShape(w.Shape), n, len(t.Data)/sz)
+			}
+		}
+		if err := t.Validate(); err != nil {
+			return nil, fmt.Errorf("codec: %w", err)
+		}
+		out[i] = t
+	}
+	if len(bin) != 0 {
+		return nil, invalid("%d bytes of binary data follow the tensors that binary_data_size accounts for", len(bin))
+	}
+	return out, nil
+}
+
+// DecodeRequest parses a v2 inference request. headerLen is the value of
+// Inference-Header-Content-Length, or NoHeader. Model and Version are left
+// empty for the caller to fill from the route. Binary tensors alias body.
+func DecodeRequest(body []byte, headerLen int) (inference.Request, error) {
+	header, bin, err := splitBody(body, headerLen)
+	if err != nil {
+		return inference.Request{}, err
+	}
+	var w wireRequest
+	if err := decodeJSON(header, &w); err != nil {
+		return inference.Request{}, err
+	}
+	if len(w.Inputs) == 0 {
+		return inference.Request{}, invalid("request has no inputs; \"inputs\" must list at least one tensor")
+	}
+	req := inference.Request{}
+	if w.ID != nil {
+		req.ID = *w.ID
+	}
+	if req.Parameters, err = params("request", w.Parameters); err != nil {
+		return inference.Request{}, err
+	}
+	if req.Inputs, err = tensors("input", w.Inputs, bin); err != nil {
+		return inference.Request{}, err
+	}
+	if w.Outputs != nil {
+		req.Outputs = make([]inference.OutputSpec, len(w.Outputs))
+		for i, o := range w.Outputs {
+			if o.Name == "" {
+				return inference.Request{}, invalid("outputs[%d]: name is missing", i)
+			}
+			ps, err := params(fmt.Sprintf("output %q", o.Name), o.Parameters)
+			if err != nil {
+				return inference.Request{}, err
+			}
+			req.Outputs[i] = inference.OutputSpec{Name: o.Name, Parameters: ps}
+		}
+	}
+	return req, nil
+}
+
+// DecodeResponse parses a v2 inference response. Binary tensors alias body.
+func DecodeResponse(body []byte, headerLen int) (inference.Response, error) {
+	header, bin, err := splitBody(body, headerLen)
+	if err != nil {
+		return inference.Response{}, err
+	}
+	var w wireResponse
+	if err := decodeJSON(header, &w); err != nil {
+		return inference.Response{}, err
+	}
+	resp := inference.Response{ModelName: w.ModelName, ModelVersion: w.ModelVersion, ID: w.ID}
+	if resp.Parameters, err = params("response", w.Parameters); err != nil {
+		return inference.Response{}, err
+	}
+	if resp.Outputs, err = tensors("output", w.Outputs, bin); err != nil {
+		return inference.Response{}, err
+	}
+	return resp, nil
+}
+
+// appendParams writes a parameters object with sorted keys, adding
+// binary_data_size when size >= 0.
+func appendParams(dst []byte, p inference.Parameters, size int) []byte {
+	dst = append(dst, '{')
+	keys := make([]string, 0, len(p))
+	for k := range p {
+		if k != inference.ParamBinaryDataSize {
+			keys = append(keys, k)
+		}
+	}
+	slices.Sort(keys)
+	for i, k := range keys {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = appendString(dst, k)
+		dst = append(dst, ':')
+		switch v := p[k].(type) {
+		case string:
+			dst = appendString(dst, v)
+		case bool:
+			dst = strconv.AppendBool(dst, v)
+		case int64:
+			dst = strconv.AppendInt(dst, v, 10)
+		case int:
+			dst = strconv.AppendInt(dst, int64(v), 10)
+		case float64:
+			if math.IsNaN(v) || math.IsInf(v, 0) {
+				dst = append(dst, "null"...)
+			} else {
+				n := len(dst)
+				dst = strconv.AppendFloat(dst, v, 'g', -1, 64)
+				if !bytes.ContainsAny(dst[n:], ".e") {
+					dst = append(dst, ".0"...) // 1.0 must decode as a float again, not as int64 1
+				}
+			}
+		default:
+			dst = appendString(dst, fmt.Sprint(v))
+		}
+	}
+	if size >= 0 {
+		if len(keys) > 0 {
+			dst = append(dst, ',')
+		}
+		dst = append(dst, `"binary_data_size":`...)
+		dst = strconv.AppendInt(dst, int64(size), 10)
+	}
+	return append(dst, '}')
+}
+
+func appendShape(dst []byte, shape []int64) []byte {
+	dst = append(dst, '[')
+	for i, d := range shape {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = strconv.AppendInt(dst, d, 10)
+	}
+	return append(dst, ']')
+}
+
+// appendTensors writes a JSON array of tensors; binary(i) says whether
+// tensor i goes as binary data, whose bytes the caller appends after the
+// header in the same order.
+func appendTensors(dst []byte, ts []inference.Tensor, binary func(i int) bool) ([]byte, error) {
+	dst = append(dst, '[')
+	for i := range ts {
+		t := &ts[i]
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = append(dst, `{"name":`...)
+		dst = appendString(dst, t.Name)
+		dst = append(dst, `,"datatype":"`...)
+		dst = append(dst, t.DataType.String()...)
+		dst = append(dst, `","shape":`...)
+		dst = appendShape(dst, t.Shape)
+		bin := binary(i)
+		if bin || len(t.Parameters) > 0 {
+			size := -1
+			if bin {
+				size = len(t.Data)
+			}
+			dst = append(dst, `,"parameters":`...)
+			dst = appendParams(dst, t.Parameters, size)
+		}
+		if !bin {
+			var err error
+			dst = append(dst, `,"data":`...)
+			if dst, err = appendData(dst, t); err != nil {
+				return dst, err
+			}
+		}
+		dst = append(dst, '}')
+	}
+	return append(dst, ']'), nil
+}
+
+// EncodeRequest appends req as a v2 request body to dst. With binary set,
+// every input travels as binary tensor data and headerLen is the JSON
+// header's length (send it as Inference-Header-Content-Length); otherwise
+// headerLen is NoHeader.
+func EncodeRequest(dst []byte, req *inference.Request, binary bool) (body []byte, headerLen int, err error) {
+	start := len(dst)
+	dst = append(dst, '{')
+	if req.ID != "" {
+		dst = append(dst, `"id":`...)
+		dst = appendString(dst, req.ID)
+		dst = append(dst, ',')
+	}
+	if len(req.Parameters) > 0 {
+		dst = append(dst, `"parameters":`...)
+		dst = appendParams(dst, req.Parameters, -1)
+		dst = append(dst, ',')
+	}
+	dst = append(dst, `"inputs":`...)
+	if dst, err = appendTensors(dst, req.Inputs, func(int) bool { return binary }); err != nil {
+		return dst, 0, err
+	}
+	if req.Outputs != nil {
+		dst = append(dst, `,"outputs":[`...)
+		for i, o := range req.Outputs {
+			if i > 0 {
+				dst = append(dst, ',')
+			}
+			dst = append(dst, `{"name":`...)
+			dst = appendString(dst, o.Name)
+			if len(o.Parameters) > 0 {
+				dst = append(dst, `,"parameters":`...)
+				dst = appendParams(dst, o.Parameters, -1)
+			}
+			dst = append(dst, '}')
+		}
+		dst = append(dst, ']')
+	}
+	dst = append(dst, '}')
+	if !binary {
+		return dst, NoHeader, nil
+	}
+	headerLen = len(dst) - start
+	for i := range req.Inputs {
+		dst = append(dst, req.Inputs[i].Data...)
+	}
+	return dst, headerLen, nil
+}
+
+// EncodeResponse appends resp as a v2 response body to dst. binary(name)
+// says whether an output travels as binary tensor data (use
+// Request.BinaryOutput). headerLen is NoHeader when no output is binary.
+func EncodeResponse(dst []byte, resp *inference.Response, binary func(name string) bool) (body []byte, headerLen int, err error) {
+	start := len(dst)
+	anyBinary := false
+	isBinary := func(i int) bool {
+		b := binary != nil && binary(resp.Outputs[i].Name)
+		anyBinary = anyBinary || b
+		return b
+	}
+	dst = append(dst, `{"model_name":`...)
+	dst = appendString(dst, resp.ModelName)
+	if resp.ModelVersion != "" {
+		dst = append(dst, `,"model_version":`...)
+		dst = appendString(dst, resp.ModelVersion)
+	}
+	if resp.ID != "" {
+		dst = append(dst, `,"id":`...)
+		dst = appendString(dst, resp.ID)
+	}
+	if len(resp.Parameters) > 0 {
+		dst = append(dst, `,"parameters":`...)
+		dst = appendParams(dst, resp.Parameters, -1)
+	}
+	dst = append(dst, `,"outputs":`...)
+	if dst, err = appendTensors(dst, resp.Outputs, isBinary); err != nil {
+		return dst, 0, err
+	}
+	dst = append(dst, '}')
+	if !anyBinary {
+		return dst, NoHeader, nil
+	}
+	headerLen = len(dst) - start
+	for i := range resp.Outputs {
+		if binary(resp.Outputs[i].Name) {
+			dst = append(dst, resp.Outputs[i].Data...)
+		}
+	}
+	return dst, headerLen, nil
+}
+
+// AppendError appends the v2 error body {"error": msg}.
+func AppendError(dst []byte, msg string) []byte {
+	dst = append(dst, `{"error":`...)
+	dst = appendString(dst, msg)
+	return append(dst, '}')
+}

@@ -1,0 +1,189 @@
+package loadgen
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"net"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/batchmesh/batchmesh/internal/inference"
+)
+
+// Bounds on a run; a Config past them is refused rather than left to run
+// away on a shared machine.
+const (
+	MaxDuration = 10 * time.Minute
+	MaxRequests = 10_000_000
+	MaxClients  = 10_000
+	MaxDistinct = 1_000_000
+	// MaxPoolBytes bounds the pre-encoded request bodies held in memory.
+	MaxPoolBytes = 1 << 30
+	// HotSet is how many bodies the Repeat share draws from.
+	HotSet = 8
+)
+
+// Config describes one closed-loop run. The zero value of every field but
+// URL and one of Duration or Requests is a documented default.
+type Config struct {
+	// URL is the full infer URL, e.g.
+	// http://127.0.0.1:15001/v2/models/bert/infer. http and https only.
+	URL string
+	// Clients is how many closed-loop clients run at once, each with one
+	// request in flight (default 1, at most MaxClients).
+	Clients int
+	// Duration stops the run after this long, and Requests after this many
+	// requests in total, whichever comes first. At least one must be set;
+	// Duration is at most MaxDuration and Requests at most MaxRequests.
+	// A request in flight when Duration ends is waited for and counted.
+	Duration time.Duration
+	Requests int
+	// Rows is the rows per request (default 1). A RowsMax above Rows gives a
+	// uniform mix of sizes Rows..RowsMax; zero means Rows.
+	Rows    int
+	RowsMax int
+	// Input is the input tensor's name (default "input").
+	Input string
+	// Datatype is the v2 datatype of the input (default "FP32"); any of
+	// inference.DataTypeNames.
+	Datatype string
+	// Cols is the elements per row (default 16): the shape is [rows, Cols].
+	Cols int
+	// Repeat is the share of requests (0 to 1) that send one of HotSet hot
+	// bodies instead of the next distinct one, for cache tests. The choice
+	// is a deterministic function of the request's sequence number.
+	Repeat float64
+	// Distinct is how many distinct bodies to pre-encode (default 1024).
+	// With Repeat 0, no body repeats within any Distinct consecutive
+	// requests, and no row repeats in the whole pool.
+	Distinct int
+	// Seed makes a different pool of bodies; the same Seed (default 0)
+	// gives the same bodies on every run.
+	Seed uint64
+	// Binary sends the binary tensor extension instead of JSON.
+	Binary bool
+	// Headers are extra request headers, e.g. X-Batchmesh-Priority. They are
+	// set after Content-Type, so they may replace it.
+	Headers map[string]string
+	// Timeout bounds each request (default 10s). A request that times out
+	// counts as an error with status 0.
+	Timeout time.Duration
+	// OnProgress, when set, is called about once a second from Run's own
+	// goroutine with the stats of the interval since the previous call. It
+	// must return quickly and must not retain the Snapshot's fields beyond
+	// its values (there are no pointers in it).
+	OnProgress func(Snapshot)
+}
+
+// settings is a validated Config with its defaults applied.
+type settings struct {
+	Config
+	dt       inference.DataType
+	addr     string // host:port for the TCP client
+	tls      bool
+	deadline bool // Duration set
+}
+
+func (c Config) validate() (settings, error) {
+	s := settings{Config: c}
+	if s.URL == "" {
+		return s, errors.New("loadgen: no target URL; give the full infer URL, e.g. http://127.0.0.1:15001/v2/models/NAME/infer")
+	}
+	u, err := url.Parse(s.URL)
+	if err != nil {
+		return s, fmt.Errorf("loadgen: target URL: %w", err)
+	}
+	switch u.Scheme {
+	case "http":
+	case "https":
+		s.tls = true
+	default:
+		return s, fmt.Errorf("loadgen: target URL %q: scheme must be http or https", s.URL)
+	}
+	if u.Host == "" || u.Hostname() == "" {
+		return s, fmt.Errorf("loadgen: target URL %q has no host", s.URL)
+	}
+	port := u.Port()
+	if port == "" {
+		port = "80"
+		if s.tls {
+			port = "443"
+		}
+	}
+	s.addr = net.JoinHostPort(u.Hostname(), port)
+
+	if s.Duration < 0 || s.Requests < 0 {
+		return s, errors.New("loadgen: Duration and Requests must not be negative")
+	}
+	if s.Duration == 0 && s.Requests == 0 {
+		return s, errors.New("loadgen: set Duration or Requests (or both) to bound the run")
+	}
+	if s.Duration > MaxDuration {
+		return s, fmt.Errorf("loadgen: Duration %v is over the limit of %v", s.Duration, MaxDuration)
+	}
+	if s.Requests > MaxRequests {
+		return s, fmt.Errorf("loadgen: Requests %d is over the limit of %d", s.Requests, MaxRequests)
+	}
+	s.deadline = s.Duration > 0
+
+	if err := defaultInt(&s.Clients, 1, MaxClients, "Clients"); err != nil {
+		return s, err
+	}
+	if err := defaultInt(&s.Rows, 1, math.MaxInt32, "Rows"); err != nil {
+		return s, err
+	}
+	if s.RowsMax == 0 {
+		s.RowsMax = s.Rows
+	}
+	if s.RowsMax < s.Rows {
+		return s, fmt.Errorf("loadgen: RowsMax %d is below Rows %d", s.RowsMax, s.Rows)
+	}
+	if err := defaultInt(&s.Cols, 16, math.MaxInt32, "Cols"); err != nil {
+		return s, err
+	}
+	if err := defaultInt(&s.Distinct, 1024, MaxDistinct, "Distinct"); err != nil {
+		return s, err
+	}
+	if !(s.Repeat >= 0 && s.Repeat <= 1) { // also refuses NaN
+		return s, fmt.Errorf("loadgen: Repeat %v must be between 0 and 1", s.Repeat)
+	}
+	if s.Input == "" {
+		s.Input = "input"
+	}
+	if s.Datatype == "" {
+		s.Datatype = "FP32"
+	}
+	dt, ok := inference.ParseDataType(s.Datatype)
+	if !ok {
+		return s, fmt.Errorf("loadgen: unknown datatype %q; allowed: %s", s.Datatype, inference.DataTypeNames)
+	}
+	s.dt = dt
+	if s.Timeout < 0 {
+		return s, errors.New("loadgen: Timeout must not be negative")
+	}
+	if s.Timeout == 0 {
+		s.Timeout = 10 * time.Second
+	}
+	for k, v := range s.Headers {
+		if k == "" || strings.ContainsAny(k, " :\r\n\t") {
+			return s, fmt.Errorf("loadgen: bad header name %q", k)
+		}
+		if strings.ContainsAny(v, "\r\n") {
+			return s, fmt.Errorf("loadgen: header %s: value must not contain a line break", k)
+		}
+	}
+	return s, nil
+}
+
+// defaultInt sets *v to def when zero and checks it is within 1..limit.
+func defaultInt(v *int, def, limit int, name string) error {
+	if *v == 0 {
+		*v = def
+	}
+	if *v < 1 || *v > limit {
+		return fmt.Errorf("loadgen: %s %d must be between 1 and %d", name, *v, limit)
+	}
+	return nil
+}

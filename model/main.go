@@ -1,0 +1,143 @@
+// Command model is batchmesh's reference model runtime: it serves the Open
+// Inference Protocol v2 (JSON and the binary tensor extension) in front of
+// real small models computed in Go (mlp) and simulated accelerators (sim).
+//
+// Usage:
+//
+//	model [-listen ADDR] -model NAME=KIND[:ARG] ... [-slots N] [-max-batch N]
+//	model gen-weights -o FILE [-seed N] [-sizes 256,512,512,16]
+//
+// See the README for every flag.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/batchmesh/batchmesh/internal/modelrt"
+	"github.com/batchmesh/batchmesh/internal/telemetry"
+)
+
+func main() {
+	if err := run(os.Args[1:], os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "model:", err)
+		os.Exit(2)
+	}
+}
+
+// modelFlags collects repeated -model NAME=KIND[:ARG] values.
+type modelFlags map[string]modelrt.Model
+
+func (m modelFlags) String() string { return "" }
+
+func (m modelFlags) Set(v string) error {
+	name, model, err := modelrt.ParseModelFlag(v)
+	if err != nil {
+		return err
+	}
+	if _, dup := m[name]; dup {
+		return fmt.Errorf("model %q given twice", name)
+	}
+	m[name] = model
+	return nil
+}
+
+func run(args []string, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "gen-weights" {
+		return genWeights(args[1:], stderr)
+	}
+	fs := flag.NewFlagSet("model", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	models := modelFlags{}
+	listen := fs.String("listen", "127.0.0.1:8000", "address to serve the v2 protocol and /metrics on")
+	fs.Var(models, "model", "a model to serve, NAME=KIND[:ARG] (repeatable): NAME=mlp:WEIGHTS.safetensors, NAME=sim:h200/bert-base, NAME=sim:linear/5ms+200us")
+	slots := fs.Int("slots", 1, "batches computed at once (one per simulated GPU stream); more wait in arrival order")
+	maxBatch := fs.Int("max-batch", 256, "most rows one request may carry; more is a 400")
+	maxBody := fs.Int("max-body", 64<<20, "largest request body in bytes; more is a 413")
+	drain := fs.Duration("drain-timeout", 30*time.Second, "on SIGTERM, how long to wait for requests in flight")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	logger := slog.New(slog.NewTextHandler(stderr, nil))
+	metrics, err := telemetry.NewMetrics()
+	if err != nil {
+		return err
+	}
+	srv, err := modelrt.NewServer(modelrt.Config{
+		Models: models, Slots: *slots, MaxBatch: *maxBatch, MaxBodyBytes: *maxBody,
+		Meter: metrics.Meter("batchmesh/model"), Metrics: metrics.Handler(), Logger: logger,
+	})
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return err
+	}
+	logger.Info("listening", "addr", ln.Addr().String())
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	if err := srv.Warm(ctx); err != nil {
+		_ = srv.Shutdown(context.Background())
+		return err
+	}
+	select {
+	case err := <-served:
+		return err
+	case <-ctx.Done():
+	}
+	logger.Info("draining: not ready, finishing requests in flight", "timeout", *drain)
+	sctx, cancel := context.WithTimeout(context.Background(), *drain)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		return fmt.Errorf("drain: %w", err)
+	}
+	if err := <-served; err != nil {
+		return err
+	}
+	_ = metrics.Close(context.Background())
+	logger.Info("stopped")
+	return nil
+}
+
+func genWeights(args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("model gen-weights", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	out := fs.String("o", "", "safetensors file to write (required)")
+	seed := fs.Int64("seed", 1, "seed of the deterministic weights")
+	sizesFlag := fs.String("sizes", "", "layer widths, input first, comma-separated (default: the reference MLP's)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *out == "" {
+		return errors.New("gen-weights: -o FILE is required")
+	}
+	var sizes []int
+	if *sizesFlag != "" {
+		for _, f := range strings.Split(*sizesFlag, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || n <= 0 {
+				return fmt.Errorf("gen-weights: -sizes: %q is not a positive width", f)
+			}
+			sizes = append(sizes, n)
+		}
+	}
+	return modelrt.GenerateWeightsFile(*out, *seed, sizes)
+}
