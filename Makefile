@@ -81,9 +81,23 @@ fmt:
 	@find . -path ./.git -prune -o -path '*/testdata' -prune -o -path ./bin -prune \
 		-o -name '*.go' -print | xargs -r $(TOOL) goimports -local $(MODULE) -w
 
-## vuln: govulncheck against GOVULNDB (a file:// URL to a local database; the default needs the network).
-vuln:
-	$(TOOL) govulncheck $(if $(GOVULNDB),-db $(GOVULNDB)) ./...
+# govulncheck runs offline against a database built from a pinned
+# golang.org/x/vulndb module with its indexdb command (~1 min, once).
+VULNDB_VERSION ?= v0.0.0-20261105234957-e22db6528018
+VULNDB := bin/vulndb-$(VULNDB_VERSION)
+
+$(VULNDB)/index/db.json:
+	@src="$$($(GO) mod download -json golang.org/x/vulndb@$(VULNDB_VERSION) \
+		| sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$$/\1/p')"; \
+	test -n "$$src"; \
+	rm -rf "$(VULNDB).tmp"; \
+	echo "indexdb golang.org/x/vulndb@$(VULNDB_VERSION) -> $(VULNDB)"; \
+	$(GO) run golang.org/x/vulndb/cmd/indexdb@$(VULNDB_VERSION) -vulns "$$src/data/osv" -out "$(VULNDB).tmp"; \
+	rm -rf "$(VULNDB)"; mv "$(VULNDB).tmp" "$(VULNDB)"
+
+## vuln: govulncheck against the local vulnerability database (not part of test).
+vuln: $(VULNDB)/index/db.json
+	$(TOOL) govulncheck -db file://$(CURDIR)/$(VULNDB) ./...
 
 ## bench: every benchmark, with allocations.
 bench:

@@ -14,7 +14,7 @@ type batch struct {
 	group    *group
 	pieces   []piece
 	rows     int
-	deadline time.Time
+	deadline time.Time // the latest of its requests' deadlines
 }
 
 // scheduleLocked sends every batch that can go now and arms the timer for
@@ -166,7 +166,10 @@ func (l *Lane) takeLocked(g *group, now time.Time) *batch {
 				g.q[pr] = g.q[pr][1:]
 			}
 			b.rows += n
-			if b.deadline.IsZero() || p.req.Deadline.Before(b.deadline) {
+			// The batch runs until its last waiting request's deadline: a
+			// request with a shorter one fails alone (Submit's timer), and
+			// cannot cancel the call for the others.
+			if p.req.Deadline.After(b.deadline) {
 				b.deadline = p.req.Deadline
 			}
 			l.dequeueLocked(p, n)

@@ -47,7 +47,8 @@ func (p Priority) String() string {
 
 // Caller sends one batch to one endpoint. It is the next stage's interface,
 // implemented by the proxy over the upstream client. ctx carries the batch's
-// own deadline (the tightest of its requests). The returned tensors are owned
+// own deadline (the latest of its requests': one caller's short deadline
+// fails only its own request, never the batch). The returned tensors are owned
 // by the lane. Errors are *inference.Error: KindInvalid (the runtime refused
 // the input: the lane bisects), KindUnavailable or KindUpstream (the lane
 // retries elsewhere), anything else fails the batch.

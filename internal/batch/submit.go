@@ -92,14 +92,27 @@ func (l *Lane) admit(p *pending, now time.Time) error {
 		l.m.shed.Add(context.Background(), 1, l.m.shedAttrs[shedDeadline])
 		return inference.Errorf(inference.KindDeadline, "batch: model %q: the deadline has already passed", l.cfg.Model)
 	}
-	if l.queued+r.Rows > l.cfg.MaxQueueSize && !l.pushOutLocked(r.Priority, l.queued+r.Rows-l.cfg.MaxQueueSize) {
-		l.m.shed.Add(context.Background(), 1, l.m.shedAttrs[shedQueueFull])
-		return inference.Errorf(inference.KindOverloaded, "batch: model %q: queue full (%d of max_queue_size %d rows waiting)", l.cfg.Model, l.queued, l.cfg.MaxQueueSize)
+	// Choose the requests r would push out, but shed them only once r is
+	// sure to be admitted.
+	var victims []*pending
+	ahead := l.queued
+	if over := l.queued + r.Rows - l.cfg.MaxQueueSize; over > 0 {
+		var freed int
+		if victims, freed = l.pushOutLocked(r.Priority, over); victims == nil {
+			l.m.shed.Add(context.Background(), 1, l.m.shedAttrs[shedQueueFull])
+			return inference.Errorf(inference.KindOverloaded, "batch: model %q: queue full (%d of max_queue_size %d rows waiting)", l.cfg.Model, l.queued, l.cfg.MaxQueueSize)
+		}
+		ahead -= freed
 	}
-	if eta := l.earliestFinishLocked(now, r.Rows); !eta.IsZero() && eta.After(r.Deadline) {
+	if eta := l.earliestFinishLocked(now, ahead+r.Rows); !eta.IsZero() && eta.After(r.Deadline) {
 		l.m.shed.Add(context.Background(), 1, l.m.shedAttrs[shedDeadline])
 		return inference.Errorf(inference.KindOverloaded, "batch: model %q: cannot finish within the deadline (%s) behind the %d rows queued; earliest about %s",
-			l.cfg.Model, r.Deadline.Sub(now).Round(time.Millisecond), l.queued, eta.Sub(now).Round(time.Millisecond))
+			l.cfg.Model, r.Deadline.Sub(now).Round(time.Millisecond), ahead, eta.Sub(now).Round(time.Millisecond))
+	}
+	for _, v := range victims {
+		l.m.shed.Add(context.Background(), 1, l.m.shedAttrs[shedPriority])
+		l.failLocked(v, inference.Errorf(inference.KindOverloaded,
+			"batch: model %q: shed to make room for higher-priority requests", l.cfg.Model))
 	}
 	g := l.groups[r.Group]
 	if g == nil {
@@ -118,24 +131,25 @@ func (l *Lane) admit(p *pending, now time.Time) error {
 	return nil
 }
 
-// earliestFinishLocked is an optimistic estimate of when rows submitted now
-// could be answered: every batch ahead full, every healthy slot busy with
-// it, at the best recent latency. Zero when no latency is known yet.
+// earliestFinishLocked is an optimistic estimate of when rows, counting
+// those queued ahead, could all be answered if dispatched from now: every
+// batch full, every healthy slot busy, at the best recent latency. Zero
+// when no latency is known yet.
 func (l *Lane) earliestFinishLocked(now time.Time, rows int) time.Time {
 	lat := l.bestLatencyLocked()
 	if lat <= 0 {
 		return time.Time{}
 	}
-	batches := (l.queued + rows + l.cfg.MaxBatchSize - 1) / l.cfg.MaxBatchSize
+	batches := (rows + l.cfg.MaxBatchSize - 1) / l.cfg.MaxBatchSize
 	rounds := (batches + l.slotsLocked() - 1) / l.slotsLocked()
 	return now.Add(time.Duration(rounds) * lat)
 }
 
-// pushOutLocked sheds the newest queued requests of lower priority than prio
-// until need rows are free. It sheds nothing unless it can free enough.
-func (l *Lane) pushOutLocked(prio Priority, need int) bool {
-	var victims []*pending
-	freed := 0
+// pushOutLocked chooses the newest queued requests of lower priority than
+// prio whose rows free at least need, and returns them and the rows they
+// free; nil when it cannot free enough. It changes nothing: the caller
+// sheds them.
+func (l *Lane) pushOutLocked(prio Priority, need int) (victims []*pending, freed int) {
 	for pr := numPriorities - 1; pr > prio && freed < need; pr-- {
 		for _, g := range l.groups {
 			for i := len(g.q[pr]) - 1; i >= 0 && freed < need; i-- {
@@ -149,14 +163,9 @@ func (l *Lane) pushOutLocked(prio Priority, need int) bool {
 		}
 	}
 	if freed < need {
-		return false
+		return nil, 0
 	}
-	for _, v := range victims {
-		l.m.shed.Add(context.Background(), 1, l.m.shedAttrs[shedPriority])
-		l.failLocked(v, inference.Errorf(inference.KindOverloaded,
-			"batch: model %q: shed to make room for higher-priority requests", l.cfg.Model))
-	}
-	return true
+	return victims, freed
 }
 
 // fail ends p with err unless it has ended already.

@@ -38,25 +38,25 @@ func ParseRoute(path string) Route {
 	if !ok {
 		return Route{}
 	}
-	parts := strings.Split(rest, "/")
-	if parts[0] == "" {
+	// Cut rather than Split: an inference request parses its route without
+	// allocating.
+	model, rest, more := strings.Cut(rest, "/")
+	if model == "" {
 		return Route{}
 	}
-	r := Route{Model: parts[0]}
-	parts = parts[1:]
-	if len(parts) >= 2 && parts[0] == "versions" {
-		if parts[1] == "" {
+	r := Route{Model: model}
+	if after, ok := strings.CutPrefix(rest, "versions/"); more && ok {
+		r.Version, rest, more = strings.Cut(after, "/")
+		if r.Version == "" {
 			return Route{}
 		}
-		r.Version = parts[1]
-		parts = parts[2:]
 	}
 	switch {
-	case len(parts) == 0:
+	case !more:
 		r.Kind = RouteModel
-	case len(parts) == 1 && parts[0] == "ready":
+	case rest == "ready":
 		r.Kind = RouteModelReady
-	case len(parts) == 1 && parts[0] == "infer":
+	case rest == "infer":
 		r.Kind = RouteInfer
 	default:
 		return Route{}

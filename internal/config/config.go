@@ -1,6 +1,7 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"time"
@@ -192,6 +193,9 @@ type Endpoint struct {
 // Model returns the model with the given name, or nil. The result points
 // into c.Models.
 func (c *Config) Model(name string) *Model {
+	if c == nil {
+		return nil
+	}
 	for i := range c.Models {
 		if c.Models[i].Name == name {
 			return &c.Models[i]
@@ -234,6 +238,9 @@ func Parse(name string, data []byte) (*Config, error) {
 // files: it returns nil, or every problem as an *Error with a key path but
 // no file or line, joined with errors.Join.
 func (c *Config) Validate() error {
+	if c == nil {
+		return errors.New("config: no config")
+	}
 	ch := &checker{}
 	ch.config(c)
 	if len(ch.errs) > 0 {

@@ -2,7 +2,6 @@ package config
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"io"
 	"regexp"
@@ -10,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -24,9 +24,11 @@ var (
 	endpointKeys = []string{"address", "weight", "slots", "zone"}
 )
 
-// maxNodes bounds the YAML nodes one file may expand to through aliases,
-// so that a few lines of anchors cannot make Parse build a huge Config.
-const maxNodes = 1 << 20
+// aliasNodes is how many YAML nodes aliases may add to a file's walk, so
+// that a few lines of anchors cannot make Parse build a huge Config. A file
+// without aliases has fewer nodes than twice its bytes, and never reaches
+// the bound.
+const aliasNodes = 1 << 16
 
 // YAML tags of scalars.
 const (
@@ -46,7 +48,8 @@ type decoder struct {
 	errs   []*Error
 	lines  map[string]int // key path → line of its key, or of its list element
 	failed []string       // key paths whose values could not be decoded
-	nodes  int            // nodes visited, bounded by maxNodes
+	nodes  int            // nodes visited
+	limit  int            // the most nodes to visit
 }
 
 func newDecoder(file string) *decoder {
@@ -69,11 +72,8 @@ func (d *decoder) fail(line int, path, format string, args ...any) {
 func (d *decoder) decode(data []byte) *Config {
 	root, err := parseYAML(data)
 	if err != nil {
-		var e *Error
-		if errors.As(err, &e) {
-			e.File = d.file
-			d.errs = append(d.errs, e)
-		}
+		err.File = d.file
+		d.errs = append(d.errs, err)
 		return nil
 	}
 	if root == nil {
@@ -81,6 +81,7 @@ func (d *decoder) decode(data []byte) *Config {
 		return nil
 	}
 	d.lines[""] = root.Line
+	d.limit = 2*len(data) + aliasNodes
 	c := &Config{CacheBytes: DefaultCacheBytes, Weights: DefaultWeights}
 	ok := d.mapping(root, "", configKeys, func(key string, v *yaml.Node, path string) {
 		switch key {
@@ -94,8 +95,8 @@ func (d *decoder) decode(data []byte) *Config {
 			}
 		}
 	})
-	if d.nodes > maxNodes {
-		d.errs = []*Error{errorf(d.file, 0, "", "the file expands to more than %d YAML nodes through aliases", maxNodes)}
+	if d.nodes > d.limit {
+		d.errs = []*Error{errorf(d.file, 0, "", "aliases expand the file to more than %d YAML nodes", d.limit)}
 		return nil
 	}
 	if !ok {
@@ -108,8 +109,8 @@ func (d *decoder) decode(data []byte) *Config {
 var syntaxLine = regexp.MustCompile(`^yaml: line (\d+): `)
 
 // parseYAML parses the single YAML document in data and returns its root
-// node, or nil for an empty file. Errors are *Error without File.
-func parseYAML(data []byte) (root *yaml.Node, err error) {
+// node, or nil for an empty file. Its errors have no File.
+func parseYAML(data []byte) (root *yaml.Node, err *Error) {
 	defer func() {
 		// The YAML parser panics on a few malformed inputs; a config
 		// file is not worth a crash.
@@ -123,7 +124,7 @@ func parseYAML(data []byte) (root *yaml.Node, err error) {
 		if err == io.EOF {
 			return nil, nil
 		}
-		return nil, syntaxError(err)
+		return nil, syntaxError(err, data)
 	}
 	for {
 		var more yaml.Node
@@ -132,7 +133,7 @@ func parseYAML(data []byte) (root *yaml.Node, err error) {
 			break
 		}
 		if err != nil {
-			return nil, syntaxError(err)
+			return nil, syntaxError(err, data)
 		}
 		if n := docRoot(&more); n != nil && !isNull(n) {
 			return nil, &Error{Line: more.Line, Msg: "a second YAML document; the file must hold one"}
@@ -151,16 +152,86 @@ func docRoot(doc *yaml.Node) *yaml.Node {
 	return nil
 }
 
-func syntaxError(err error) *Error {
-	msg := err.Error()
-	if m := syntaxLine.FindStringSubmatch(msg); m != nil {
-		line, _ := strconv.Atoi(m[1])
-		return &Error{Line: line, Msg: "invalid YAML: " + msg[len(m[0]):]}
+// syntaxError turns an error of the YAML parser into an *Error with the
+// line of the problem. The parser's own line numbers are 0-based for
+// parser errors and absent for problems on the first line; reading errors
+// and unknown anchors carry none, so their line is found in data.
+func syntaxError(err error, data []byte) *Error {
+	msg := strings.TrimPrefix(err.Error(), "yaml: ")
+	line := 0
+	if m := syntaxLine.FindStringSubmatch(err.Error()); m != nil {
+		line, _ = strconv.Atoi(m[1])
+		msg = err.Error()[len(m[0]):]
 	}
-	return &Error{Msg: "invalid YAML: " + strings.TrimPrefix(msg, "yaml: ")}
+	switch {
+	case strings.HasPrefix(msg, "unknown anchor '"):
+		name := strings.TrimSuffix(strings.TrimPrefix(msg, "unknown anchor '"), "' referenced")
+		if i := bytes.Index(data, []byte("*"+name)); i >= 0 {
+			line = lineAt(data, i)
+		}
+	case slices.Contains(readerProblems, msg):
+		line = lineAt(data, badChar(data))
+	case slices.Contains(parserProblems, msg):
+		line++
+	case line == 0:
+		line = 1
+	}
+	return &Error{Line: line, Msg: "invalid YAML: " + msg}
 }
 
-// deref follows aliases and counts the node against maxNodes.
+// parserProblems are the messages of errors that the YAML parser, not its
+// scanner, reports.
+var parserProblems = []string{
+	"did not find expected ',' or ']'",
+	"did not find expected ',' or '}'",
+	"did not find expected '-' indicator",
+	"did not find expected <document start>",
+	"did not find expected <stream-start>",
+	"did not find expected key",
+	"did not find expected node content",
+	"found duplicate %TAG directive",
+	"found duplicate %YAML directive",
+	"found incompatible YAML document",
+	"found undefined tag handle",
+}
+
+// readerProblems are the messages of errors about characters that YAML
+// does not allow.
+var readerProblems = []string{
+	"control characters are not allowed",
+	"invalid leading UTF-8 octet",
+	"incomplete UTF-8 octet sequence",
+	"invalid trailing UTF-8 octet",
+	"invalid length of a UTF-8 sequence",
+	"invalid Unicode character",
+}
+
+// badChar returns the offset of the first character in data that YAML does
+// not allow, or -1.
+func badChar(data []byte) int {
+	for i := 0; i < len(data); {
+		r, size := utf8.DecodeRune(data[i:])
+		switch {
+		case r == utf8.RuneError && size <= 1,
+			r < 0x20 && r != '\t' && r != '\n' && r != '\r',
+			r >= 0x7f && r <= 0x9f && r != 0x85,
+			r == 0xfffe || r == 0xffff:
+			return i
+		}
+		i += size
+	}
+	return -1
+}
+
+// lineAt returns the 1-based line of offset i in data, or 0 if i < 0.
+func lineAt(data []byte, i int) int {
+	if i < 0 {
+		return 0
+	}
+	return bytes.Count(data[:i], []byte("\n")) + 1
+}
+
+// deref follows aliases and counts the node against d.limit.
 func (d *decoder) deref(n *yaml.Node) *yaml.Node {
 	d.nodes++
 	for i := 0; n != nil && n.Kind == yaml.AliasNode && i < 8; i++ {
@@ -193,7 +264,7 @@ func (d *decoder) entries(n *yaml.Node, path string, inMerge []*yaml.Node) []ent
 			continue
 		}
 		if k.Kind != yaml.ScalarNode {
-			d.fail(k.Line, path, "a key must be a string; got %s", describe(k))
+			d.errorf(k.Line, path, "a key must be a string; got %s", describe(k))
 			continue
 		}
 		if k.Value == "<<" && k.ShortTag() == tagMerge {
@@ -261,7 +332,7 @@ func (d *decoder) mapping(n *yaml.Node, path string, allowed []string, set func(
 			continue
 		}
 		d.lines[at] = e.line
-		if !isNull(e.value) && d.nodes <= maxNodes {
+		if !isNull(e.value) && d.nodes <= d.limit {
 			set(e.key, e.value, at)
 		}
 	}
@@ -276,7 +347,7 @@ func (d *decoder) list(n *yaml.Node, path, what string) []*yaml.Node {
 	}
 	out := make([]*yaml.Node, 0, len(n.Content))
 	for i, e := range n.Content {
-		if e = d.deref(e); e == nil || d.nodes > maxNodes {
+		if e = d.deref(e); e == nil || d.nodes > d.limit {
 			break
 		}
 		d.lines[index(path, i)] = e.Line
@@ -382,6 +453,10 @@ func (d *decoder) scalar(n *yaml.Node, path, tag, want string) bool {
 	if n.Kind == yaml.ScalarNode && n.ShortTag() == tag {
 		return true
 	}
+	if tag == tagInt && isIntLiteral(n) {
+		d.fail(n.Line, path, "%s is out of range", n.Value)
+		return false
+	}
 	hint := ""
 	if tag == tagStr && n.Kind == yaml.ScalarNode {
 		hint = "; quote it to make it a string"
@@ -471,10 +546,25 @@ func (d *decoder) size(n *yaml.Node, path string, def int64) int64 {
 				return def
 			}
 			return v
+		case tagFloat:
+			if isIntLiteral(n) {
+				d.fail(n.Line, path, "%s is out of range", n.Value)
+				return def
+			}
 		}
 	}
 	d.fail(n.Line, path, "expected a size such as 268435456 or 256MiB, got %s", describe(n))
 	return def
+}
+
+// isIntLiteral reports whether n is a plain decimal integer that YAML
+// resolved to a float because it is too large for an int64.
+func isIntLiteral(n *yaml.Node) bool {
+	if n.Kind != yaml.ScalarNode || n.ShortTag() != tagFloat {
+		return false
+	}
+	s := strings.TrimPrefix(n.Value, "-")
+	return s != "" && strings.Trim(s, "0123456789") == ""
 }
 
 // describe names the type of n, and its value if it is a scalar, for an

@@ -95,7 +95,16 @@ func quote(s string) string {
 
 // suggest returns the allowed key closest to key, or "" if none is close.
 func suggest(key string, allowed []string) string {
-	best, bestDist := "", min(len(key)/2+1, 3)+1
+	// Allow one edit in a short key, two in a longer one, three in a long
+	// one: "port" is not a typo of "zone".
+	limit := 1
+	switch {
+	case len(key) > 12:
+		limit = 3
+	case len(key) > 4:
+		limit = 2
+	}
+	best, bestDist := "", limit+1
 	for _, a := range allowed {
 		if d := editDistance(strings.ToLower(key), a); d < bestDist {
 			best, bestDist = a, d

@@ -3,7 +3,6 @@ package loadgen
 import (
 	"errors"
 	"fmt"
-	"math"
 	"net"
 	"net/url"
 	"strings"
@@ -19,8 +18,12 @@ const (
 	MaxRequests = 10_000_000
 	MaxClients  = 10_000
 	MaxDistinct = 1_000_000
+	MaxRows     = 1 << 20
+	MaxCols     = 1 << 24
 	// MaxPoolBytes bounds the pre-encoded request bodies held in memory.
 	MaxPoolBytes = 1 << 30
+	// defaultPoolBytes is what the default Distinct keeps the pool under.
+	defaultPoolBytes = 64 << 20
 	// HotSet is how many bodies the Repeat share draws from.
 	HotSet = 8
 )
@@ -55,7 +58,8 @@ type Config struct {
 	// bodies instead of the next distinct one, for cache tests. The choice
 	// is a deterministic function of the request's sequence number.
 	Repeat float64
-	// Distinct is how many distinct bodies to pre-encode (default 1024).
+	// Distinct is how many distinct bodies to pre-encode: by default 1024,
+	// or fewer when bodies are so big that 1024 would take over 64 MiB.
 	// With Repeat 0, no body repeats within any Distinct consecutive
 	// requests, and no row repeats in the whole pool.
 	Distinct int
@@ -131,19 +135,16 @@ func (c Config) validate() (settings, error) {
 	if err := defaultInt(&s.Clients, 1, MaxClients, "Clients"); err != nil {
 		return s, err
 	}
-	if err := defaultInt(&s.Rows, 1, math.MaxInt32, "Rows"); err != nil {
+	if err := defaultInt(&s.Rows, 1, MaxRows, "Rows"); err != nil {
 		return s, err
 	}
 	if s.RowsMax == 0 {
 		s.RowsMax = s.Rows
 	}
-	if s.RowsMax < s.Rows {
-		return s, fmt.Errorf("loadgen: RowsMax %d is below Rows %d", s.RowsMax, s.Rows)
+	if s.RowsMax < s.Rows || s.RowsMax > MaxRows {
+		return s, fmt.Errorf("loadgen: RowsMax %d must be between Rows (%d) and %d", s.RowsMax, s.Rows, MaxRows)
 	}
-	if err := defaultInt(&s.Cols, 16, math.MaxInt32, "Cols"); err != nil {
-		return s, err
-	}
-	if err := defaultInt(&s.Distinct, 1024, MaxDistinct, "Distinct"); err != nil {
+	if err := defaultInt(&s.Cols, 16, MaxCols, "Cols"); err != nil {
 		return s, err
 	}
 	if !(s.Repeat >= 0 && s.Repeat <= 1) { // also refuses NaN
@@ -160,6 +161,21 @@ func (c Config) validate() (settings, error) {
 		return s, fmt.Errorf("loadgen: unknown datatype %q; allowed: %s", s.Datatype, inference.DataTypeNames)
 	}
 	s.dt = dt
+	per := s.bodyBytes()
+	if s.Distinct == 0 {
+		s.Distinct = int(min(1024, max(1, defaultPoolBytes/per)))
+	}
+	if s.Distinct < 1 || s.Distinct > MaxDistinct {
+		return s, fmt.Errorf("loadgen: Distinct %d must be between 1 and %d", s.Distinct, MaxDistinct)
+	}
+	bodies := int64(s.Distinct)
+	if s.Repeat > 0 {
+		bodies += HotSet
+	}
+	if per > MaxPoolBytes || bodies*per > MaxPoolBytes {
+		return s, fmt.Errorf("loadgen: %d request bodies of about %d KiB would take over %d MiB; lower Distinct, RowsMax or Cols",
+			bodies, per>>10, MaxPoolBytes>>20)
+	}
 	if s.Timeout < 0 {
 		return s, errors.New("loadgen: Timeout must not be negative")
 	}
@@ -186,4 +202,30 @@ func defaultInt(v *int, def, limit int, name string) error {
 		return fmt.Errorf("loadgen: %s %d must be between 1 and %d", name, *v, limit)
 	}
 	return nil
+}
+
+// bodyBytes estimates the encoded size of a body of the mean row count.
+func (s *settings) bodyBytes() int64 {
+	var elem int64
+	switch {
+	case s.dt == inference.Bytes && s.Binary:
+		elem = 12 // 4-byte length and 8 letters
+	case s.Binary:
+		elem = int64(s.dt.Size())
+	default: // typical JSON text of one element and its comma
+		switch s.dt {
+		case inference.FP64:
+			elem = 20
+		case inference.FP32, inference.Bytes:
+			elem = 11
+		case inference.FP16:
+			elem = 8
+		case inference.BF16, inference.Int16, inference.Uint16, inference.Int32, inference.Uint32, inference.Int64, inference.Uint64:
+			elem = 6
+		default: // BOOL, INT8, UINT8
+			elem = 4
+		}
+	}
+	meanRows := (int64(s.Rows) + int64(s.RowsMax)) / 2
+	return 100 + meanRows*int64(s.Cols)*elem
 }

@@ -93,11 +93,12 @@ func (r Result) String() string {
 }
 
 // FormatComparison returns a small aligned table of a and b side by side:
-// rows/s, p50, p90, p99 and errors, with the ratio a/b of rows/s and of p50.
+// rows/s, p50, p90, p99 and errors, with a ratio column holding a/b of
+// rows/s and of p50.
 func FormatComparison(a, b Result, nameA, nameB string) string {
 	var sb strings.Builder
 	w := tabwriter.NewWriter(&sb, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(w, "\t%s\t%s\t%s/%s\t\n", nameA, nameB, nameA, nameB)
+	fmt.Fprintf(w, "\t%s\t%s\tratio\t\n", nameA, nameB)
 	fmt.Fprintf(w, "rows/s\t%s\t%s\t%s\t\n", rate(a.RowsPerSec), rate(b.RowsPerSec), ratio(a.RowsPerSec, b.RowsPerSec))
 	fmt.Fprintf(w, "p50\t%v\t%v\t%s\t\n", round(a.P50), round(b.P50), ratio(float64(a.P50), float64(b.P50)))
 	fmt.Fprintf(w, "p90\t%v\t%v\t\t\n", round(a.P90), round(b.P90))
@@ -111,7 +112,16 @@ func ratio(a, b float64) string {
 	if b == 0 {
 		return "-"
 	}
-	return strconv.FormatFloat(a/b, 'f', 2, 64) + "×"
+	r := a / b
+	switch {
+	case r >= 100:
+		return strconv.FormatFloat(r, 'f', 0, 64) + "×"
+	case r >= 10:
+		return strconv.FormatFloat(r, 'f', 1, 64) + "×"
+	case r >= 0.1:
+		return strconv.FormatFloat(r, 'f', 2, 64) + "×"
+	}
+	return strconv.FormatFloat(r, 'g', 2, 64) + "×"
 }
 
 // rate formats a rate with one decimal below 1000 and none above.

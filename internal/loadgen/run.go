@@ -58,20 +58,8 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		}
 		return Result{}, err
 	}
-	hc := &fasthttp.HostClient{
-		Addr:                   s.addr,
-		IsTLS:                  s.tls,
-		Name:                   "batchmesh-loadgen",
-		MaxConns:               s.Clients, // each client has at most one request in flight
-		DisablePathNormalizing: true,
-	}
-	defer hc.CloseIdleConnections()
-
-	r := &run{s: &s, pool: p, hc: hc, done: ctx.Done(), limit: uint64(s.Requests)}
-	r.clients = make([]*client, s.Clients)
-	for i := range r.clients {
-		r.clients[i] = &client{status: make(map[int]int64)}
-	}
+	r := newRun(&s, p, ctx.Done())
+	defer r.hc.CloseIdleConnections()
 	start := time.Now()
 	r.deadline = start.Add(s.Duration)
 	var wg sync.WaitGroup
@@ -84,6 +72,22 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		wg.Wait()
 	}
 	return r.result(time.Since(start)), nil
+}
+
+func newRun(s *settings, p *pool, done <-chan struct{}) *run {
+	r := &run{s: s, pool: p, done: done, limit: uint64(s.Requests)}
+	r.hc = &fasthttp.HostClient{
+		Addr:                   s.addr,
+		IsTLS:                  s.tls,
+		Name:                   "batchmesh-loadgen",
+		MaxConns:               s.Clients, // each client has at most one request in flight
+		DisablePathNormalizing: true,
+	}
+	r.clients = make([]*client, s.Clients)
+	for i := range r.clients {
+		r.clients[i] = &client{status: make(map[int]int64)}
+	}
+	return r
 }
 
 // probe dials the target once, so that a run against nothing fails fast
@@ -132,13 +136,32 @@ type cacheCount struct {
 	n     int64
 }
 
-// loop sends requests one after another until the run is over. Past the
-// first request it does not allocate.
+// loop sends requests one after another until the run is over.
 func (r *run) loop(c *client) {
-	req := fasthttp.AcquireRequest()
+	req := r.newRequest()
 	resp := fasthttp.AcquireResponse()
 	defer fasthttp.ReleaseRequest(req)
 	defer fasthttp.ReleaseResponse(resp)
+	for {
+		select {
+		case <-r.done:
+			return
+		default:
+		}
+		t := r.next.Add(1) - 1
+		if r.limit > 0 && t >= r.limit {
+			return
+		}
+		end := r.send(c, req, resp, r.pool.pick(t))
+		if r.s.deadline && !end.Before(r.deadline) {
+			return
+		}
+	}
+}
+
+// newRequest returns a request with everything set but the body.
+func (r *run) newRequest() *fasthttp.Request {
+	req := fasthttp.AcquireRequest()
 	req.SetRequestURI(r.s.URL)
 	req.Header.SetMethod(fasthttp.MethodPost)
 	if r.s.Binary {
@@ -150,29 +173,21 @@ func (r *run) loop(c *client) {
 		req.Header.Set(k, v)
 	}
 	req.SetTimeout(r.s.Timeout)
-	for {
-		select {
-		case <-r.done:
-			return
-		default:
-		}
-		t := r.next.Add(1) - 1
-		if r.limit > 0 && t >= r.limit {
-			return
-		}
-		b := r.pool.pick(t)
-		req.SetBodyRaw(b.data)
-		if b.headerLen != "" {
-			req.Header.Set(codec.HeaderContentLength, b.headerLen)
-		}
-		start := time.Now()
-		err := r.hc.Do(req, resp)
-		end := time.Now()
-		c.record(r, b, resp, err, end.Sub(start))
-		if r.s.deadline && !end.Before(r.deadline) {
-			return
-		}
+	return req
+}
+
+// send sends b, records the outcome in c and returns when the answer came.
+// Once req and resp have been used, it does not allocate.
+func (r *run) send(c *client, req *fasthttp.Request, resp *fasthttp.Response, b *body) time.Time {
+	req.SetBodyRaw(b.data)
+	if b.headerLen != "" {
+		req.Header.Set(codec.HeaderContentLength, b.headerLen)
 	}
+	start := time.Now()
+	err := r.hc.Do(req, resp)
+	end := time.Now()
+	c.record(r, b, resp, err, end.Sub(start))
+	return end
 }
 
 func (c *client) record(r *run, b *body, resp *fasthttp.Response, err error, lat time.Duration) {

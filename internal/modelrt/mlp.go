@@ -40,13 +40,21 @@ type MLP struct {
 
 // LoadMLP reads an MLP from a safetensors file (see NewMLP).
 func LoadMLP(path string) (*MLP, error) {
-	w, err := ReadSafetensors(path)
+	m, err := loadMLP(path)
+	if err != nil {
+		return nil, fmt.Errorf("modelrt: %w", err)
+	}
+	return m, nil
+}
+
+func loadMLP(path string) (*MLP, error) {
+	w, err := readSafetensors(path)
 	if err != nil {
 		return nil, err
 	}
 	m, err := newMLP(w, haveSIMD())
 	if err != nil {
-		return nil, fmt.Errorf("modelrt: mlp weights %s: %w", path, err)
+		return nil, fmt.Errorf("mlp weights %s: %w", path, err)
 	}
 	return m, nil
 }

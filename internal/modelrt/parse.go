@@ -34,9 +34,9 @@ func ParseModelFlag(s string) (name string, m Model, err error) {
 		if arg == "" {
 			return "", nil, fmt.Errorf("modelrt: model %q: mlp needs a weights file: %s=mlp:PATH", name, name)
 		}
-		mlp, err := LoadMLP(arg)
+		mlp, err := loadMLP(arg)
 		if err != nil {
-			return "", nil, fmt.Errorf("model %q: %w", name, err)
+			return "", nil, fmt.Errorf("modelrt: model %q: %w", name, err)
 		}
 		return name, mlp, nil
 	case "sim":

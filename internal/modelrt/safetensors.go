@@ -104,13 +104,21 @@ func (w *Weights) Tensor(name string) *WeightTensor {
 
 // ReadSafetensors reads and parses the safetensors file at path.
 func ReadSafetensors(path string) (*Weights, error) {
-	data, err := os.ReadFile(path)
+	w, err := readSafetensors(path)
 	if err != nil {
 		return nil, fmt.Errorf("modelrt: %w", err)
 	}
+	return w, nil
+}
+
+func readSafetensors(path string) (*Weights, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
 	w, err := parseSafetensors(data)
 	if err != nil {
-		return nil, fmt.Errorf("modelrt: safetensors file %s: %w", path, err)
+		return nil, fmt.Errorf("safetensors file %s: %w", path, err)
 	}
 	return w, nil
 }
@@ -137,7 +145,7 @@ type headerEntry struct {
 func decodeEntry(dec *json.Decoder, name string) (*headerEntry, error) {
 	var fields map[string]any
 	if err := dec.Decode(&fields); err != nil {
-		return nil, fmt.Errorf("tensor %q: %w", name, err)
+		return nil, fmt.Errorf("tensor %q: %w", name, jsonError(err))
 	}
 	if fields == nil {
 		return nil, fmt.Errorf("tensor %q: the value must be an object", name)
@@ -211,13 +219,13 @@ func parseSafetensors(data []byte) (*Weights, error) {
 	dec := json.NewDecoder(bytes.NewReader(header))
 	dec.UseNumber()
 	if _, err := dec.Token(); err != nil { // the '{' checked above
-		return nil, fmt.Errorf("header: %w", err)
+		return nil, fmt.Errorf("header: %w", jsonError(err))
 	}
 	seen := map[string]bool{}
 	for dec.More() {
 		tok, err := dec.Token()
 		if err != nil {
-			return nil, fmt.Errorf("header: %w", err)
+			return nil, fmt.Errorf("header: %w", jsonError(err))
 		}
 		name, ok := tok.(string)
 		if !ok {
@@ -246,7 +254,7 @@ func parseSafetensors(data []byte) (*Weights, error) {
 		spans[name] = s
 	}
 	if _, err := dec.Token(); err != nil { // the closing '}'
-		return nil, fmt.Errorf("header: %w", err)
+		return nil, fmt.Errorf("header: %w", jsonError(err))
 	}
 	if rest := header[dec.InputOffset():]; len(bytes.TrimLeft(rest, " \t\r\n")) != 0 {
 		return nil, fmt.Errorf("header: %d unexpected bytes after the JSON object", len(rest))
@@ -257,11 +265,19 @@ func parseSafetensors(data []byte) (*Weights, error) {
 	return w, nil
 }
 
+// jsonError turns the JSON decoder's bare EOF into a message.
+func jsonError(err error) error {
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return errors.New("the JSON ends early")
+	}
+	return err
+}
+
 // decodeMetadata decodes the "__metadata__" value into w.Metadata.
 func decodeMetadata(dec *json.Decoder, w *Weights) error {
 	var raw json.RawMessage
 	if err := dec.Decode(&raw); err != nil {
-		return fmt.Errorf("header: %s: %w", metadataKey, err)
+		return fmt.Errorf("header: %s: %w", metadataKey, jsonError(err))
 	}
 	var m map[string]string
 	if err := json.Unmarshal(raw, &m); err != nil || m == nil {

@@ -1,8 +1,8 @@
 package modelrt
 
 import (
-	_ "embed"
 	"context"
+	_ "embed"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"

@@ -54,8 +54,8 @@ type Client struct {
 	binParams inference.Parameters
 }
 
-// endpoint is one runtime address.
-type endpoint struct {
+// pool is one runtime address: its connections and what Probe learned.
+type pool struct {
 	hc     *fasthttp.HostClient
 	binary atomic.Bool // the last Probe saw binary_tensor_data
 }
@@ -83,12 +83,12 @@ func New(cfg Config) *Client {
 	}
 }
 
-// endpoint returns the pool for addr, making it on first use.
-func (c *Client) endpoint(addr string) *endpoint {
+// pool returns the pool of addr, making it on first use.
+func (c *Client) pool(addr string) *pool {
 	if ep, ok := c.endpoints.Load(addr); ok {
-		return ep.(*endpoint)
+		return ep.(*pool)
 	}
-	ep, _ := c.endpoints.LoadOrStore(addr, &endpoint{hc: &fasthttp.HostClient{
+	ep, _ := c.endpoints.LoadOrStore(addr, &pool{hc: &fasthttp.HostClient{
 		Addr:                   addr,
 		Name:                   "batchmesh",
 		MaxConns:               c.cfg.MaxConnsPerEndpoint,
@@ -97,14 +97,14 @@ func (c *Client) endpoint(addr string) *endpoint {
 		DisablePathNormalizing: true,
 		RetryIfErr:             retryStale,
 	}})
-	return ep.(*endpoint)
+	return ep.(*pool)
 }
 
 // Binary reports whether the last Probe of endpoint found the binary tensor
 // extension, that is whether Infer sends it binary tensors.
 func (c *Client) Binary(endpoint string) bool {
 	ep, ok := c.endpoints.Load(endpoint)
-	return ok && ep.(*endpoint).binary.Load()
+	return ok && ep.(*pool).binary.Load()
 }
 
 // Forget closes the idle connections to endpoint and drops what the Client
@@ -112,7 +112,7 @@ func (c *Client) Binary(endpoint string) bool {
 // finish; a later call starts afresh (JSON until probed).
 func (c *Client) Forget(endpoint string) {
 	if ep, ok := c.endpoints.LoadAndDelete(endpoint); ok {
-		ep.(*endpoint).hc.CloseIdleConnections()
+		ep.(*pool).hc.CloseIdleConnections()
 	}
 }
 
@@ -120,7 +120,7 @@ func (c *Client) Forget(endpoint string) {
 // finish and close their connections; the Client remains usable.
 func (c *Client) Close() {
 	c.endpoints.Range(func(_, ep any) bool {
-		ep.(*endpoint).hc.CloseIdleConnections()
+		ep.(*pool).hc.CloseIdleConnections()
 		return true
 	})
 }
@@ -144,7 +144,7 @@ func (c *Client) Probe(ctx context.Context, endpoint string) error {
 	if err := ctx.Err(); err != nil {
 		return contextError(endpoint, err)
 	}
-	ep := c.endpoint(endpoint)
+	ep := c.pool(endpoint)
 	req := fasthttp.AcquireRequest()
 	resp := fasthttp.AcquireResponse()
 	defer fasthttp.ReleaseRequest(req)
@@ -173,7 +173,7 @@ func (c *Client) Probe(ctx context.Context, endpoint string) error {
 	return nil
 }
 
-func (c *Client) get(ctx context.Context, ep *endpoint, req *fasthttp.Request, resp *fasthttp.Response, path string) error {
+func (c *Client) get(ctx context.Context, ep *pool, req *fasthttp.Request, resp *fasthttp.Response, path string) error {
 	req.Reset()
 	req.Header.SetMethod(fasthttp.MethodGet)
 	req.SetRequestURI(path)

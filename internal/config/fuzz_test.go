@@ -1,0 +1,44 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+// FuzzParse checks that Parse never panics, and that what it accepts
+// Validate accepts too.
+func FuzzParse(f *testing.F) {
+	files, _ := filepath.Glob(filepath.Join("testdata", "*.yaml"))
+	for _, name := range files {
+		data, err := os.ReadFile(name)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(data)
+	}
+	for _, s := range []string{
+		"",
+		oneModel,
+		modelHead + "    batching: &b {max_batch_size: 0}\n    cache: {<<: *b}\n" + versionsTail,
+		"a: &a [*a]\nmodels: *a\n",
+		"models: [{name: a, versions: [{version: 1, endpoints: [{address: \"[::1]:80\", weight: 0}, {address: \"h:1\"}]}]}]\n",
+		"cache_bytes: 1TiB\nweights: adaptive\nmodels: ~\n",
+		"models:\n- &m\n  name: a\n  <<: *m\n",
+		"---\nmodels: []\n---\n",
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := Parse("fuzz.yaml", data)
+		if err != nil {
+			if c != nil {
+				t.Fatalf("Parse returned a config and an error: %v", err)
+			}
+			return
+		}
+		if err := c.Validate(); err != nil {
+			t.Fatalf("Parse accepted what Validate refuses: %v\n%s", err, data)
+		}
+	})
+}

@@ -1,0 +1,143 @@
+package config
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+)
+
+// validConfig returns a small valid Config built in code.
+func validConfig() *Config {
+	return &Config{
+		CacheBytes: DefaultCacheBytes,
+		Weights:    WeightsStatic,
+		Models: []Model{{
+			Name:     "bert-base",
+			Protocol: ProtocolV2,
+			Batching: DefaultBatching(),
+			Cache:    DefaultCache(),
+			Versions: []Version{{
+				Version:   "1",
+				Weight:    1,
+				Endpoints: []Endpoint{{Address: "127.0.0.1:8000", Weight: 1, Slots: 1}},
+			}},
+		}},
+	}
+}
+
+func TestValidate(t *testing.T) {
+	tests := []struct {
+		name   string
+		change func(c *Config)
+		want   []string // each a substring of the error; none for a valid config
+	}{
+		{name: "valid", change: func(*Config) {}},
+		{
+			name:   "pass-through needs no queue",
+			change: func(c *Config) { c.Models[0].Batching.MaxBatchSize, c.Models[0].Batching.MaxQueueSize = 0, 0 },
+		},
+		{
+			name:   "zero value",
+			change: func(c *Config) { *c = Config{} },
+			want: []string{
+				`config: weights: "" is not a weights mode; must be static or adaptive`,
+				"config: models: at least one model is required",
+			},
+		},
+		{
+			name:   "zero model",
+			change: func(c *Config) { c.Models[0] = Model{} },
+			want: []string{
+				"config: models[0].name: required",
+				`config: models[0].protocol: "" is not a protocol`,
+				"config: models[0].batching.timeout: 0s is too short",
+				"config: models[0].cache.ttl: 0s is too short",
+				`config: models[0].cache.granularity: "" is not a cache granularity`,
+				"config: models[0].versions: at least one version is required",
+			},
+		},
+		{
+			name: "batching",
+			change: func(c *Config) {
+				c.Models[0].Batching = Batching{MaxBatchSize: -1, MaxQueueSize: -1, MaxQueueDelay: -time.Millisecond, Timeout: -time.Second}
+			},
+			want: []string{
+				"config: models[0].batching.max_batch_size: -1 is negative; must be 0 (no batching) or more",
+				"config: models[0].batching.max_queue_size: -1 is negative; must be 1 or more",
+				"config: models[0].batching.max_queue_delay: -1ms is negative; must be 0 or more",
+				"config: models[0].batching.timeout: -1s is negative; must be more than 0",
+			},
+		},
+		{
+			name: "duplicates",
+			change: func(c *Config) {
+				v := &c.Models[0].Versions[0]
+				v.Endpoints = append(v.Endpoints, v.Endpoints[0])
+				c.Models[0].Versions = append(c.Models[0].Versions, *v)
+				c.Models = append(c.Models, c.Models[0])
+			},
+			want: []string{
+				`config: models[0].versions[0].endpoints[1].address: duplicate address "127.0.0.1:8000"; models[0].versions[0].endpoints[0] has it too`,
+				`config: models[0].versions[1].version: duplicate version "1"; models[0].versions[0] has it too`,
+				`config: models[1].name: duplicate model name "bert-base"; models[0] has it too`,
+			},
+		},
+		{
+			name: "weights",
+			change: func(c *Config) {
+				c.Models[0].Versions[0].Weight = 0
+				c.Models[0].Versions[0].Endpoints[0].Weight = 0
+			},
+			want: []string{
+				"config: models[0].versions: the version weights sum to 0",
+				"config: models[0].versions[0].endpoints: the endpoint weights sum to 0",
+			},
+		},
+		{
+			name:   "version with a slash",
+			change: func(c *Config) { c.Models[0].Versions[0].Version = "1/2" },
+			want:   []string{`config: models[0].versions[0].version: "1/2" has '/'`},
+		},
+		{
+			name:   "version with a space",
+			change: func(c *Config) { c.Models[0].Versions[0].Version = "1 2" },
+			want:   []string{`config: models[0].versions[0].version: "1 2" has the character U+0020`},
+		},
+		{
+			name:   "model name ..",
+			change: func(c *Config) { c.Models[0].Name = ".." },
+			want:   []string{`config: models[0].name: ".." is not a name`},
+		},
+		{
+			name:   "ipv6 without brackets",
+			change: func(c *Config) { c.Models[0].Versions[0].Endpoints[0].Address = "::1:8000" },
+			want:   []string{`config: models[0].versions[0].endpoints[0].address: "::1:8000" is not host:port: too many colons in address`},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := validConfig()
+			tt.change(c)
+			err := c.Validate()
+			if len(tt.want) == 0 {
+				if err != nil {
+					t.Fatalf("Validate: %v", err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("Validate succeeded on %+v", c)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error\n%v\ndoes not contain\n%s", err, w)
+				}
+			}
+			var e *Error
+			if !errors.As(err, &e) || e.File != "" || e.Line != 0 {
+				t.Errorf("errors.As(*Error) = %+v, want an *Error without file or line", e)
+			}
+		})
+	}
+}

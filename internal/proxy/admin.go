@@ -1,0 +1,191 @@
+package proxy
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/valyala/fasthttp"
+	"github.com/valyala/fasthttp/fasthttpadaptor"
+
+	"github.com/batchmesh/batchmesh/internal/batch"
+	"github.com/batchmesh/batchmesh/internal/codec"
+	"github.com/batchmesh/batchmesh/internal/inference"
+)
+
+// AdminHandler serves the admin listener: /healthz, /readyz, /metrics,
+// /config_dump, /clusters and POST /drain.
+func (p *Proxy) AdminHandler(ctx *fasthttp.RequestCtx) { p.admin(ctx) }
+
+func (p *Proxy) newAdmin() fasthttp.RequestHandler {
+	var metricsHandler fasthttp.RequestHandler
+	if p.cfg.Metrics != nil {
+		metricsHandler = fasthttpadaptor.NewFastHTTPHandler(p.cfg.Metrics)
+	}
+	return func(ctx *fasthttp.RequestCtx) {
+		switch path := string(ctx.Path()); path {
+		case "/healthz":
+			ctx.SetContentType("text/plain")
+			ctx.SetBodyString("ok\n")
+		case "/readyz":
+			if why := p.ready(); why != "" {
+				ctx.SetStatusCode(fasthttp.StatusServiceUnavailable)
+				writeJSON(ctx, map[string]any{"ready": false, "reason": why})
+				return
+			}
+			writeJSON(ctx, map[string]any{"ready": true})
+		case "/metrics":
+			if metricsHandler == nil {
+				writeAdminError(ctx, inference.Errorf(inference.KindNotFound, "proxy: metrics are not enabled"))
+				return
+			}
+			metricsHandler(ctx)
+		case "/config_dump":
+			writeJSON(ctx, p.configDump())
+		case "/clusters":
+			writeJSON(ctx, p.clusters())
+		case "/drain":
+			if !ctx.IsPost() {
+				writeAdminError(ctx, inference.Errorf(inference.KindMethod, "proxy: /drain needs POST"))
+				return
+			}
+			p.StartDrain()
+			writeJSON(ctx, map[string]any{"draining": true})
+		default:
+			writeAdminError(ctx, inference.Errorf(inference.KindNotFound,
+				"proxy: no admin route %s; routes: /healthz /readyz /metrics /config_dump /clusters POST /drain", path))
+		}
+	}
+}
+
+type dumpEndpoint struct {
+	Address string `json:"address"`
+	Weight  int    `json:"weight"`
+	Slots   int    `json:"slots"`
+	Zone    string `json:"zone,omitempty"`
+	Healthy bool   `json:"healthy"`
+}
+
+type dumpVersion struct {
+	Version   string         `json:"version"`
+	Weight    int            `json:"weight"`
+	Endpoints []dumpEndpoint `json:"endpoints"`
+}
+
+type dumpModel struct {
+	Name     string         `json:"name"`
+	Protocol string         `json:"protocol"`
+	Batching map[string]any `json:"batching"`
+	Cache    map[string]any `json:"cache"`
+	Versions []dumpVersion  `json:"versions"`
+}
+
+func (p *Proxy) configDump() map[string]any {
+	models := make([]dumpModel, 0, len(p.names))
+	for _, name := range p.names {
+		m := p.models[name]
+		b, c := m.cfg.Batching, m.cfg.Cache
+		dm := dumpModel{
+			Name: name, Protocol: m.cfg.Protocol,
+			Batching: map[string]any{
+				"enabled": b.Enabled(), "max_batch_size": b.MaxBatchSize, "max_queue_delay": b.MaxQueueDelay.String(),
+				"max_queue_size": b.MaxQueueSize, "timeout": b.Timeout.String(),
+			},
+			Cache: map[string]any{
+				"enabled": c.Enabled, "ttl": c.TTL.String(), "granularity": c.Granularity, "scope": c.Scope,
+				"supported": false, "note": "the row cache is not built yet; every response says X-Batchmesh-Cache: bypass",
+			},
+		}
+		for _, v := range m.versions {
+			dv := dumpVersion{Version: v.cfg.Version, Weight: v.cfg.Weight}
+			for _, e := range v.cfg.Endpoints {
+				dv.Endpoints = append(dv.Endpoints, dumpEndpoint{Address: e.Address, Weight: e.Weight, Slots: e.Slots, Zone: e.Zone, Healthy: p.isHealthy(e.Address)})
+			}
+			dm.Versions = append(dm.Versions, dv)
+		}
+		models = append(models, dm)
+	}
+	return map[string]any{
+		"source":      p.cfg.Source,
+		"weights":     p.cfg.Models.Weights,
+		"cache_bytes": p.cfg.Models.CacheBytes,
+		"xds":         map[string]any{"mode": "static", "note": "no xDS client: configuration comes from -config"},
+		"draining":    p.draining.Load(),
+		"models":      models,
+	}
+}
+
+type clusterStatus struct {
+	Cluster   string                 `json:"cluster"`
+	Batching  bool                   `json:"batching"`
+	Queued    int                    `json:"queued_rows"`
+	Endpoints []batch.EndpointStatus `json:"endpoints"`
+}
+
+func (p *Proxy) clusters() []clusterStatus {
+	var out []clusterStatus
+	for _, name := range p.names {
+		for _, v := range p.models[name].versions {
+			cs := clusterStatus{Cluster: fmt.Sprintf("batchmesh|%s|%s", name, v.cfg.Version), Batching: v.lane != nil}
+			if v.lane != nil {
+				cs.Endpoints, cs.Queued = v.lane.Status()
+			} else {
+				for _, e := range v.cfg.Endpoints {
+					cs.Endpoints = append(cs.Endpoints, batch.EndpointStatus{Address: e.Address, Weight: e.Weight, Slots: e.Slots, Healthy: p.isHealthy(e.Address)})
+				}
+			}
+			out = append(out, cs)
+		}
+	}
+	return out
+}
+
+func writeJSON(ctx *fasthttp.RequestCtx, v any) {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		writeAdminError(ctx, fmt.Errorf("proxy: encode: %w", err))
+		return
+	}
+	ctx.SetContentType("application/json")
+	ctx.SetBody(append(b, '\n'))
+}
+
+func writeAdminError(ctx *fasthttp.RequestCtx, err error) {
+	ctx.SetStatusCode(inference.HTTPStatus(err))
+	ctx.SetContentType("application/json")
+	ctx.SetBody(codec.AppendError(nil, err.Error()))
+}
+
+// NewServer returns the fasthttp server for the inference listener, with the
+// body limit and JSON errors for requests fasthttp itself refuses.
+func (p *Proxy) NewServer() *fasthttp.Server {
+	return &fasthttp.Server{
+		Handler:               p.Handler,
+		ErrorHandler:          p.transportError,
+		Name:                  "batchmesh",
+		MaxRequestBodySize:    p.cfg.MaxBodyBytes,
+		ReadTimeout:           5 * time.Minute,
+		IdleTimeout:           2 * time.Minute,
+		NoDefaultServerHeader: true,
+		NoDefaultContentType:  true,
+		CloseOnShutdown:       true,
+		Concurrency:           1 << 16,
+	}
+}
+
+// NewAdminServer returns the fasthttp server for the admin listener.
+func (p *Proxy) NewAdminServer() *fasthttp.Server {
+	return &fasthttp.Server{
+		Handler: p.AdminHandler, Name: "batchmesh-admin",
+		NoDefaultServerHeader: true, ReadTimeout: time.Minute, CloseOnShutdown: true,
+	}
+}
+
+func (p *Proxy) transportError(ctx *fasthttp.RequestCtx, err error) {
+	if errors.Is(err, fasthttp.ErrBodyTooLarge) {
+		writeAdminError(ctx, inference.Errorf(inference.KindTooLarge, "proxy: request body is over the limit of %d bytes", p.cfg.MaxBodyBytes))
+		return
+	}
+	writeAdminError(ctx, inference.Errorf(inference.KindInvalid, "proxy: cannot read request: %v", err))
+}

@@ -1,0 +1,314 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/valyala/fasthttp"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/metric/noop"
+
+	"github.com/batchmesh/batchmesh/internal/batch"
+	"github.com/batchmesh/batchmesh/internal/config"
+	"github.com/batchmesh/batchmesh/internal/inference"
+	"github.com/batchmesh/batchmesh/internal/upstream"
+)
+
+// Config configures a Proxy. Zero values are the defaults noted.
+type Config struct {
+	Models        *config.Config // required, validated
+	Source        string         // where Models came from, for /config_dump (e.g. the file name)
+	MaxBodyBytes  int            // largest application request body; default 64 MiB
+	ProbeInterval time.Duration  // health probes of every endpoint; default 1s
+	Meter         metric.Meter   // nil records nothing
+	Metrics       http.Handler   // served at the admin /metrics when set
+	Logger        *slog.Logger   // nil discards
+	Upstream      upstream.Config
+}
+
+// Proxy is the sidecar's data plane. Build it with New, call Probe once,
+// run the health checker with Run, serve Handler and AdminHandler, and call
+// Drain on shutdown. Its methods are safe for concurrent use.
+type Proxy struct {
+	cfg        Config
+	up         *upstream.Client
+	models     map[string]*model
+	names      []string
+	m          *metrics
+	draining   atomic.Bool
+	probed     atomic.Bool
+	health     sync.Map // endpoint address → bool (absent: not probed yet, assumed healthy)
+	probeMu    sync.Mutex
+	probeFails map[string]int // consecutive failed probes per endpoint
+	rndMu      sync.Mutex
+	rnd        *rand.Rand
+	admin      fasthttp.RequestHandler
+}
+
+// model is one configured model: its settings and a lane per version.
+type model struct {
+	cfg         config.Model
+	versions    []*version
+	totalWeight int
+}
+
+type version struct {
+	cfg  config.Version
+	lane *batch.Lane // nil when batching is off
+}
+
+// New builds the proxy from a validated config. It starts nothing.
+func New(cfg Config) (*Proxy, error) {
+	if cfg.Models == nil {
+		return nil, errors.New("proxy: no model config")
+	}
+	if err := cfg.Models.Validate(); err != nil {
+		return nil, fmt.Errorf("proxy: %w", err)
+	}
+	if cfg.MaxBodyBytes == 0 {
+		cfg.MaxBodyBytes = 64 << 20
+	}
+	if cfg.ProbeInterval == 0 {
+		cfg.ProbeInterval = time.Second
+	}
+	if cfg.Meter == nil {
+		cfg.Meter = noop.NewMeterProvider().Meter("")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	cfg.Upstream.Logger = cfg.Logger
+	p := &Proxy{
+		cfg:        cfg,
+		up:         upstream.New(cfg.Upstream),
+		models:     make(map[string]*model),
+		probeFails: make(map[string]int),
+		rnd:        rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1)),
+	}
+	var err error
+	if p.m, err = newMetrics(cfg.Meter, cfg.Models); err != nil {
+		return nil, err
+	}
+	for i, mc := range cfg.Models.Models {
+		m := &model{cfg: mc}
+		for j, vc := range mc.Versions {
+			v := &version{cfg: vc}
+			m.totalWeight += vc.Weight
+			if mc.Batching.Enabled() {
+				eps := make([]batch.Endpoint, len(vc.Endpoints))
+				for k, e := range vc.Endpoints {
+					eps[k] = batch.Endpoint{Address: e.Address, Weight: e.Weight, Slots: e.Slots}
+				}
+				v.lane, err = batch.NewLane(batch.Config{
+					Model: mc.Name, Version: vc.Version,
+					MaxBatchSize: mc.Batching.MaxBatchSize, MaxQueueDelay: mc.Batching.MaxQueueDelay,
+					MaxQueueSize: mc.Batching.MaxQueueSize, Endpoints: eps,
+					Caller: &caller{up: p.up, m: p.m, model: mc.Name},
+					Meter:  cfg.Meter, Seed: uint64(i*1000 + j + 1),
+				})
+				if err != nil {
+					return nil, fmt.Errorf("proxy: %w", err)
+				}
+			}
+			m.versions = append(m.versions, v)
+		}
+		p.models[mc.Name] = m
+		p.names = append(p.names, mc.Name)
+	}
+	sort.Strings(p.names)
+	p.admin = p.newAdmin()
+	return p, nil
+}
+
+// Probe checks every endpoint once and records its health. Call it before
+// serving so that /readyz tells the truth from the start. An endpoint that
+// was healthy turns unhealthy after two failed probes in a row (a busy
+// runtime may miss one); a connection failure on the data path marks it at
+// once.
+func (p *Proxy) Probe(ctx context.Context) {
+	seen := map[string]bool{}
+	for _, name := range p.names {
+		for _, v := range p.models[name].versions {
+			for _, e := range v.cfg.Endpoints {
+				ok, done := seen[e.Address]
+				if !done {
+					ok = p.probeOne(ctx, name, e.Address)
+					seen[e.Address] = ok
+				}
+				p.setHealthy(v, e.Address, ok)
+			}
+		}
+	}
+	p.probed.Store(true)
+}
+
+func (p *Proxy) probeOne(ctx context.Context, model, addr string) bool {
+	timeout := p.cfg.Upstream.ProbeTimeout
+	if timeout <= 0 {
+		timeout = time.Second
+	}
+	pctx, cancel := context.WithTimeout(ctx, timeout)
+	err := p.up.Probe(pctx, addr)
+	cancel()
+	p.probeMu.Lock()
+	defer p.probeMu.Unlock()
+	if err == nil {
+		p.probeFails[addr] = 0
+		return true
+	}
+	p.probeFails[addr]++
+	if ctx.Err() == nil {
+		p.cfg.Logger.Warn("endpoint probe failed", "model", model, "endpoint", addr, "failures", p.probeFails[addr], "err", err)
+	}
+	wasHealthy := p.isHealthy(addr) && p.probed.Load()
+	return wasHealthy && p.probeFails[addr] < 2
+}
+
+func (p *Proxy) setHealthy(v *version, addr string, ok bool) {
+	if v.lane != nil {
+		v.lane.SetHealthy(addr, ok)
+	}
+	p.health.Store(addr, ok)
+}
+
+// Run probes every endpoint each ProbeInterval until ctx ends.
+func (p *Proxy) Run(ctx context.Context) error {
+	t := time.NewTicker(p.cfg.ProbeInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			p.Probe(ctx)
+		}
+	}
+}
+
+// StartDrain makes /readyz fail from now on; requests are still served.
+func (p *Proxy) StartDrain() {
+	if !p.draining.Swap(true) {
+		p.cfg.Logger.Info("draining: /readyz now fails")
+	}
+}
+
+// Drain marks the proxy draining and waits until every queued and in-flight
+// batch has answered its callers, or ctx ends. Call it after the listener
+// has stopped accepting requests.
+func (p *Proxy) Drain(ctx context.Context) error {
+	p.StartDrain()
+	var errs []error
+	for _, name := range p.names {
+		for _, v := range p.models[name].versions {
+			if v.lane != nil {
+				errs = append(errs, v.lane.Close(ctx))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Close releases the upstream connections.
+func (p *Proxy) Close() { p.up.Close() }
+
+// ready returns "" when ready, or why not.
+func (p *Proxy) ready() string {
+	switch {
+	case p.draining.Load():
+		return "draining"
+	case !p.probed.Load():
+		return "endpoints not probed yet"
+	}
+	for _, name := range p.names {
+		m := p.models[name]
+		if !p.modelHealthy(m) {
+			return fmt.Sprintf("model %q has no healthy endpoint", name)
+		}
+	}
+	return ""
+}
+
+func (p *Proxy) modelHealthy(m *model) bool {
+	for _, v := range m.versions {
+		if v.lane != nil && v.lane.Healthy() {
+			return true
+		}
+		if v.lane == nil {
+			for _, e := range v.cfg.Endpoints {
+				if p.isHealthy(e.Address) {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
+// pickVersion chooses a version by weight, or the one the route names.
+func (p *Proxy) pickVersion(m *model, want string) (*version, error) {
+	if want != "" {
+		for _, v := range m.versions {
+			if v.cfg.Version == want {
+				return v, nil
+			}
+		}
+		names := make([]string, len(m.versions))
+		for i, v := range m.versions {
+			names[i] = v.cfg.Version
+		}
+		return nil, inference.Errorf(inference.KindNotFound, "proxy: model %q has no version %q; versions: %v", m.cfg.Name, want, names)
+	}
+	if len(m.versions) == 1 {
+		return m.versions[0], nil
+	}
+	p.rndMu.Lock()
+	r := p.rnd.IntN(m.totalWeight)
+	p.rndMu.Unlock()
+	for _, v := range m.versions {
+		if r < v.cfg.Weight {
+			return v, nil
+		}
+		r -= v.cfg.Weight
+	}
+	return m.versions[len(m.versions)-1], nil
+}
+
+// pickEndpoint chooses a healthy endpoint of v for a pass-through call, by
+// weight.
+func (p *Proxy) pickEndpoint(v *version) (string, error) {
+	total := 0
+	for _, e := range v.cfg.Endpoints {
+		if p.isHealthy(e.Address) {
+			total += e.Weight
+		}
+	}
+	if total == 0 {
+		return "", inference.Errorf(inference.KindUnavailable, "proxy: version %q has no healthy endpoint", v.cfg.Version)
+	}
+	p.rndMu.Lock()
+	r := p.rnd.IntN(total)
+	p.rndMu.Unlock()
+	for _, e := range v.cfg.Endpoints {
+		if !p.isHealthy(e.Address) {
+			continue
+		}
+		if r < e.Weight {
+			return e.Address, nil
+		}
+		r -= e.Weight
+	}
+	return "", inference.Errorf(inference.KindUnavailable, "proxy: version %q has no healthy endpoint", v.cfg.Version)
+}
+
+func (p *Proxy) isHealthy(addr string) bool {
+	v, ok := p.health.Load(addr)
+	return !ok || v.(bool)
+}

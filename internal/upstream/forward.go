@@ -1,0 +1,84 @@
+package upstream
+
+import (
+	"bytes"
+	"context"
+
+	"github.com/valyala/fasthttp"
+)
+
+// hopByHop lists the headers that describe one connection, not the message
+// (RFC 9110 §7.6.1), and so are not forwarded either way.
+var hopByHop = [...]string{
+	fasthttp.HeaderConnection,
+	"Keep-Alive",
+	fasthttp.HeaderProxyConnection,
+	fasthttp.HeaderProxyAuthenticate,
+	fasthttp.HeaderProxyAuthorization,
+	fasthttp.HeaderTE,
+	fasthttp.HeaderTrailer,
+	fasthttp.HeaderTransferEncoding,
+	fasthttp.HeaderUpgrade,
+}
+
+// Forward proxies req to endpoint as it is — method, path and query,
+// headers less the hop-by-hop ones, body — and fills resp with the answer,
+// whatever its status, less its hop-by-hop headers. The Host header names
+// endpoint. Forward reads req and does not modify it; resp belongs to the
+// caller, who must not use it concurrently. Non-2xx answers are not errors:
+// they are in resp. Errors (no answer) are classified as Infer's.
+func (c *Client) Forward(ctx context.Context, endpoint string, req *fasthttp.Request, resp *fasthttp.Response) error {
+	if err := ctx.Err(); err != nil {
+		return contextError(endpoint, err)
+	}
+	ep := c.pool(endpoint)
+	out := fasthttp.AcquireRequest()
+	defer fasthttp.ReleaseRequest(out)
+
+	req.Header.CopyTo(&out.Header)
+	stripHopByHop(&out.Header, req.Header.PeekAll(fasthttp.HeaderConnection))
+	if uri := req.Header.RequestURI(); len(uri) > 0 && uri[0] != '/' {
+		// Absolute form (http://host/path): keep only the path and query.
+		out.SetRequestURIBytes(req.URI().RequestURI())
+	}
+	out.Header.SetHost(endpoint)
+	out.SetBodyRaw(req.Body())
+
+	if err := ep.hc.DoDeadline(out, resp, c.deadline(ctx)); err != nil {
+		return transportError(endpoint, err)
+	}
+	stripRespHopByHop(&resp.Header)
+	return nil
+}
+
+// stripHopByHop deletes the hop-by-hop headers of h, including those that
+// conn (the Connection header's values) names.
+func stripHopByHop(h *fasthttp.RequestHeader, conn [][]byte) {
+	for _, v := range conn {
+		for tok := range bytes.SplitSeq(v, []byte{','}) {
+			if tok = bytes.TrimSpace(tok); len(tok) > 0 {
+				h.DelBytes(tok)
+			}
+		}
+	}
+	for _, k := range hopByHop {
+		h.Del(k)
+	}
+}
+
+func stripRespHopByHop(h *fasthttp.ResponseHeader) {
+	var names [][]byte
+	for _, v := range h.PeekAll(fasthttp.HeaderConnection) {
+		for tok := range bytes.SplitSeq(v, []byte{','}) {
+			if tok = bytes.TrimSpace(tok); len(tok) > 0 && !bytes.EqualFold(tok, []byte("close")) && !bytes.EqualFold(tok, []byte("keep-alive")) {
+				names = append(names, bytes.Clone(tok))
+			}
+		}
+	}
+	for _, k := range names {
+		h.DelBytes(k)
+	}
+	for _, k := range hopByHop {
+		h.Del(k)
+	}
+}

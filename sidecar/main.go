@@ -1,0 +1,129 @@
+// Command sidecar is batchmesh's data plane: a proxy next to an application
+// that gathers its one-row inference calls into dynamic batches for the
+// model runtimes.
+//
+// Usage:
+//
+//	sidecar -config FILE [-listen 127.0.0.1:15001] [-admin 127.0.0.1:15000]
+//
+// See the README for every flag.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/batchmesh/batchmesh/internal/config"
+	"github.com/batchmesh/batchmesh/internal/proxy"
+	"github.com/batchmesh/batchmesh/internal/telemetry"
+)
+
+func main() {
+	if err := run(os.Args[1:], os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "sidecar:", err)
+		os.Exit(2)
+	}
+}
+
+func run(args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("sidecar", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	listen := fs.String("listen", "127.0.0.1:15001", "inference listener the application calls")
+	admin := fs.String("admin", "127.0.0.1:15000", "admin listener: /healthz /readyz /metrics /config_dump /clusters POST /drain")
+	cfgPath := fs.String("config", "", "YAML file of models, versions, endpoints, batching and cache (required)")
+	maxBody := fs.String("max-body", "64MiB", "largest application request body; more is a 413")
+	probe := fs.Duration("probe-interval", time.Second, "how often every endpoint's readiness is probed")
+	drain := fs.Duration("drain-timeout", 30*time.Second, "on SIGTERM, how long to wait for queued and in-flight requests")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if *cfgPath == "" {
+		return errors.New("-config FILE is required (the YAML schema is in the README)")
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		return fmt.Errorf("-log-level: %w", err)
+	}
+	bodyLimit, err := config.ParseSize(*maxBody)
+	if err != nil || bodyLimit <= 0 || bodyLimit > 1<<31-1 {
+		return fmt.Errorf("-max-body %q: want a positive size below 2GiB, like 64MiB", *maxBody)
+	}
+	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	cfg, err := config.Load(*cfgPath)
+	if err != nil {
+		return err
+	}
+	metrics, err := telemetry.NewMetrics()
+	if err != nil {
+		return err
+	}
+	defer metrics.Close(context.Background())
+	p, err := proxy.New(proxy.Config{
+		Models: cfg, Source: *cfgPath, MaxBodyBytes: int(bodyLimit), ProbeInterval: *probe,
+		Meter: metrics.Meter("batchmesh/sidecar"), Metrics: metrics.Handler(), Logger: logger,
+	})
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return err
+	}
+	aln, err := net.Listen("tcp", *admin)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	p.Probe(ctx)
+
+	srv, adminSrv := p.NewServer(), p.NewAdminServer()
+	errc := make(chan error, 2)
+	go func() { errc <- srv.Serve(ln) }()
+	go func() { errc <- adminSrv.Serve(aln) }()
+	probeCtx, stopProbe := context.WithCancel(context.Background())
+	probed := make(chan struct{})
+	go func() { defer close(probed); _ = p.Run(probeCtx) }()
+	logger.Info("sidecar serving", "listen", ln.Addr().String(), "admin", aln.Addr().String(), "models", len(cfg.Models))
+
+	select {
+	case err := <-errc:
+		stopProbe()
+		<-probed
+		return err
+	case <-ctx.Done():
+	}
+	// SIGTERM: not ready first, stop accepting, answer everything queued and
+	// in flight, then exit 0.
+	logger.Info("draining", "timeout", *drain)
+	p.StartDrain()
+	dctx, cancel := context.WithTimeout(context.Background(), *drain)
+	defer cancel()
+	var errs []error
+	errs = append(errs, srv.ShutdownWithContext(dctx))
+	errs = append(errs, p.Drain(dctx))
+	stopProbe()
+	<-probed
+	errs = append(errs, adminSrv.ShutdownWithContext(dctx))
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("drain: %w", err)
+	}
+	logger.Info("stopped")
+	return nil
+}
