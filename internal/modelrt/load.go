@@ -17,12 +17,12 @@ const loadWindow = time.Second
 type loadTracker struct {
 	waiting atomic.Int64 // batches waiting for a slot
 
-	mu       sync.Mutex
-	start    time.Time // start of the current window
-	busy     time.Duration
-	rows     int64
-	util     float64 // of the last complete window
-	rps      float64
+	mu    sync.Mutex
+	start time.Time // start of the current window
+	busy  time.Duration
+	rows  int64
+	util  float64 // of the last complete window
+	rps   float64
 }
 
 // finish records a batch that took d to compute n rows.
