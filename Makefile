@@ -7,6 +7,8 @@
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := build
+# go parallelises inside each step; running steps side by side only thrashes 2 cores.
+.NOTPARALLEL:
 
 GO       ?= go
 TOOL     := $(GO) tool -modfile=tools/go.mod

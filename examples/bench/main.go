@@ -167,7 +167,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		b, err = load(ctx, cfg, *compare, nameB, width, stderr)
 		switch {
 		case ctx.Err() != nil && errors.Is(err, ctx.Err()):
-			fmt.Fprintf(stderr, "bench: interrupted; %s not run\n", nameB)
+			_, _ = fmt.Fprintf(stderr, "bench: interrupted; %s not run\n", nameB)
 			*compare = ""
 		case err != nil:
 			return err
@@ -182,12 +182,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		enc.SetIndent("", "  ")
 		return enc.Encode(out)
 	}
-	fmt.Fprintf(stdout, "%s: %v\n", nameA, a)
+	text := fmt.Sprintf("%s: %v\n", nameA, a)
 	if *compare != "" {
-		fmt.Fprintf(stdout, "%s: %v\n\n", nameB, b)
-		fmt.Fprint(stdout, loadgen.FormatComparison(a, b, nameA, nameB))
+		text += fmt.Sprintf("%s: %v\n\n%s", nameB, b, loadgen.FormatComparison(a, b, nameA, nameB))
 	}
-	return nil
+	_, err = io.WriteString(stdout, text)
+	return err
 }
 
 // load runs cfg against target, printing progress to stderr under name,
@@ -195,7 +195,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 func load(ctx context.Context, cfg loadgen.Config, target, name string, width int, stderr io.Writer) (loadgen.Result, error) {
 	cfg.URL = target
 	cfg.OnProgress = func(s loadgen.Snapshot) {
-		fmt.Fprintf(stderr, "%-*s %4.0fs %10.1f rows/s  p50 %-8v p99 %-8v %d errors\n",
+		_, _ = fmt.Fprintf(stderr, "%-*s %4.0fs %10.1f rows/s  p50 %-8v p99 %-8v %d errors\n",
 			width, name, s.Elapsed.Seconds(), s.RowsPerSec, round(s.P50), round(s.P99), s.Errors)
 	}
 	res, err := loadgen.Run(ctx, cfg)

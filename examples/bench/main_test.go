@@ -21,7 +21,7 @@ func fakeRuntime(t *testing.T, count *atomic.Int64) string {
 			return
 		}
 		w.Header().Set("X-Batchmesh-Batch-Size", "2")
-		w.Write([]byte(`{"model_name":"m","outputs":[]}`))
+		_, _ = w.Write([]byte(`{"model_name":"m","outputs":[]}`))
 	}))
 	t.Cleanup(srv.Close)
 	return srv.URL + "/v2/models/m/infer"

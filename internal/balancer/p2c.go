@@ -9,16 +9,36 @@
 // This package exports no metrics.
 package balancer
 
+import (
+	"sync"
+
+	"github.com/batchmesh/batchmesh/internal/inference"
+)
+
 // Load is what the picker knows of one endpoint.
-type Load struct {
-	InFlightRows int
-	Weight       int  // > 0; 0 counts as 1
-	Eligible     bool // healthy and with capacity for this batch
-}
+type Load = inference.EndpointLoad
 
 // Rand is the source of randomness (math/rand/v2's *Rand satisfies it).
 type Rand interface {
 	IntN(n int) int
+}
+
+// Picker is P2C with its own source of randomness, safe for concurrent use.
+// The zero value is not usable; build it with NewPicker.
+type Picker struct {
+	mu sync.Mutex
+	r  Rand
+}
+
+// NewPicker returns a Picker drawing from r.
+func NewPicker(r Rand) *Picker { return &Picker{r: r} }
+
+// Pick returns the index of the chosen endpoint, or -1 when none is
+// eligible.
+func (p *Picker) Pick(loads []inference.EndpointLoad) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return P2C(p.r, loads)
 }
 
 // P2C returns the index of the chosen endpoint, or -1 when none is

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"time"
 
-	"github.com/batchmesh/batchmesh/internal/balancer"
 	"github.com/batchmesh/batchmesh/internal/inference"
 )
 
@@ -78,9 +77,9 @@ func (l *Lane) nextGroupLocked() *group {
 // if any (idle), else one that may take a batch in transit.
 func (l *Lane) pickLocked() (ep *endpoint, idle bool) {
 	for i, e := range l.eps {
-		l.loads[i] = balancer.Load{InFlightRows: e.rows, Weight: e.Weight, Eligible: e.healthy && e.busy < e.Slots}
+		l.loads[i] = inference.EndpointLoad{InFlightRows: e.rows, Weight: e.Weight, Eligible: e.healthy && e.busy < e.Slots}
 	}
-	if i := balancer.P2C(l.rnd, l.loads); i >= 0 {
+	if i := l.cfg.Picker.Pick(l.loads); i >= 0 {
 		return l.eps[i], true
 	}
 	// Every slot is busy: the endpoint that frees first takes the batch in
@@ -227,6 +226,11 @@ func (l *Lane) run(b *batch, ep *endpoint, start time.Time) {
 		ep.healthy = false // the health checker turns it back on
 	}
 	l.mu.Unlock()
+	defer func() {
+		l.mu.Lock()
+		l.failIfNoEndpointLocked()
+		l.mu.Unlock()
+	}()
 
 	if err != nil && (errors.Is(err, inference.ErrUnavailable) || errors.Is(err, inference.ErrUpstream)) {
 		if alt, at := l.retryTarget(ep, b); alt != nil {
@@ -262,9 +266,9 @@ func (l *Lane) retryTarget(failed *endpoint, b *batch) (*endpoint, time.Time) {
 		return nil, now
 	}
 	for i, e := range l.eps {
-		l.loads[i] = balancer.Load{InFlightRows: e.rows, Weight: e.Weight, Eligible: e.healthy && e != failed}
+		l.loads[i] = inference.EndpointLoad{InFlightRows: e.rows, Weight: e.Weight, Eligible: e.healthy && e != failed}
 	}
-	i := balancer.P2C(l.rnd, l.loads)
+	i := l.cfg.Picker.Pick(l.loads)
 	if i < 0 {
 		return nil, now
 	}
@@ -301,7 +305,7 @@ func (l *Lane) bisect(b *batch, ep *endpoint, cause error) {
 
 // call builds b's upstream request and sends it under b's deadline.
 func (l *Lane) call(b *batch, ep *endpoint) ([]inference.Tensor, error) {
-	tmpl := b.group.tmpl
+	tmpl := b.pieces[0].p.req // every request of a group has the same inputs, outputs and parameters
 	req := &inference.Request{
 		Model: l.cfg.Model, Version: l.cfg.Version,
 		Parameters: tmpl.Parameters, Outputs: tmpl.Outputs,

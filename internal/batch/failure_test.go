@@ -95,7 +95,7 @@ func TestBisection(t *testing.T) {
 func TestRetryElsewhere(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := newFakeCaller(map[string]time.Duration{"a": 5 * time.Millisecond, "b": 5 * time.Millisecond}, "a")
-		l := newTestLane(t, Config{Seed: 7, Endpoints: []Endpoint{{Address: "a"}, {Address: "b"}}}, f)
+		l := newTestLane(t, Config{Endpoints: []Endpoint{{Address: "a"}, {Address: "b"}}}, f)
 		hitA := false
 		for i := 0; i < 50 && !hitA; i++ {
 			r := newRequest(i, 2)

@@ -3,7 +3,6 @@ package batch
 import (
 	"context"
 	"fmt"
-	"math/rand/v2"
 	"strconv"
 	"sync"
 	"time"
@@ -12,7 +11,6 @@ import (
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/metric/noop"
 
-	"github.com/batchmesh/batchmesh/internal/balancer"
 	"github.com/batchmesh/batchmesh/internal/inference"
 )
 
@@ -56,6 +54,31 @@ type Caller interface {
 	Call(ctx context.Context, endpoint string, req *inference.Request, traceparent string) ([]inference.Tensor, error)
 }
 
+// Picker chooses the endpoint for a batch among the eligible ones; it
+// returns an index into loads, or -1 when none is eligible. It must not
+// block. The proxy plugs in the balancer package's.
+type Picker interface {
+	Pick(loads []inference.EndpointLoad) int
+}
+
+// leastLoaded is the default Picker: the eligible endpoint with the fewest
+// in-flight rows per unit of weight, the first on ties.
+type leastLoaded struct{}
+
+func (leastLoaded) Pick(loads []inference.EndpointLoad) int {
+	best, bestCost := -1, 0.0
+	for i, l := range loads {
+		if !l.Eligible {
+			continue
+		}
+		cost := float64(l.InFlightRows+1) / float64(max(l.Weight, 1))
+		if best < 0 || cost < bestCost {
+			best, bestCost = i, cost
+		}
+	}
+	return best
+}
+
 // Endpoint is one model runtime of a lane.
 type Endpoint struct {
 	Address string
@@ -72,7 +95,7 @@ type Config struct {
 	Endpoints      []Endpoint    // at least one
 	Caller         Caller        // required
 	Meter          metric.Meter  // nil records nothing
-	Seed           uint64        // seeds the balancer's choices
+	Picker         Picker        // nil picks the least loaded endpoint
 }
 
 // Request is one caller's rows as the lane sees them. Inputs must be valid
@@ -107,8 +130,7 @@ type Lane struct {
 	groups  map[string]*group
 	queued  int // rows queued, over all groups
 	eps     []*endpoint
-	loads   []balancer.Load // scratch for the picker
-	rnd     *rand.Rand
+	loads   []inference.EndpointLoad // scratch for the picker
 	timer   *time.Timer
 	timerAt time.Time
 	closed  bool
@@ -161,7 +183,6 @@ func NewLane(cfg Config) (*Lane, error) {
 	l := &Lane{
 		cfg:    cfg,
 		groups: make(map[string]*group),
-		rnd:    rand.New(rand.NewPCG(cfg.Seed, 0x9e3779b97f4a7c15)),
 		idle:   make(chan struct{}),
 	}
 	for _, e := range cfg.Endpoints {
@@ -173,7 +194,10 @@ func NewLane(cfg Config) (*Lane, error) {
 		}
 		l.eps = append(l.eps, &endpoint{Endpoint: e, healthy: true})
 	}
-	l.loads = make([]balancer.Load, len(l.eps))
+	l.loads = make([]inference.EndpointLoad, len(l.eps))
+	if l.cfg.Picker == nil {
+		l.cfg.Picker = leastLoaded{}
+	}
 	var err error
 	if l.m, err = newLaneMetrics(cfg.Meter, cfg.Model); err != nil {
 		return nil, err
@@ -241,6 +265,25 @@ func (l *Lane) SetHealthy(address string, healthy bool) {
 	}
 	if healthy {
 		l.scheduleLocked(time.Now())
+	} else {
+		l.failIfNoEndpointLocked()
+	}
+}
+
+// failIfNoEndpointLocked answers every queued request with 503 when no
+// endpoint is healthy: they would otherwise wait out their deadlines.
+func (l *Lane) failIfNoEndpointLocked() {
+	if l.healthyLocked() || l.queued == 0 {
+		return
+	}
+	err := inference.Errorf(inference.KindUnavailable, "batch: model %q version %q has no healthy endpoint left", l.cfg.Model, l.cfg.Version)
+	for _, g := range l.groups {
+		for pr := range numPriorities {
+			for _, pc := range g.q[pr] {
+				l.failLocked(pc.p, err)
+			}
+			g.q[pr] = nil
+		}
 	}
 }
 

@@ -127,7 +127,7 @@ func TestExactlyOnceUnderLoad(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				f := newFakeCaller(map[string]time.Duration{"a": 5 * time.Millisecond, "b": 7 * time.Millisecond})
 				l := newTestLane(t, Config{
-					Seed: seed, MaxBatchSize: 16, MaxQueueDelay: time.Millisecond,
+					MaxBatchSize: 16, MaxQueueDelay: time.Millisecond,
 					Endpoints: []Endpoint{{Address: "a", Slots: 2}, {Address: "b", Weight: 2}},
 				}, f)
 				rnd := rand.New(rand.NewPCG(seed, 99))

@@ -41,7 +41,6 @@ type group struct {
 	key  string
 	q    [numPriorities][]piece
 	rows int // rows queued in this group
-	tmpl *Request
 }
 
 // Submit queues r's rows, waits for their answer and returns it. It returns
@@ -116,7 +115,7 @@ func (l *Lane) admit(p *pending, now time.Time) error {
 	}
 	g := l.groups[r.Group]
 	if g == nil {
-		g = &group{key: r.Group, tmpl: r}
+		g = &group{key: r.Group}
 		l.groups[r.Group] = g
 	}
 	p.group = g

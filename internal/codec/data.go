@@ -153,7 +153,7 @@ func (p *dataParser) scalar() error {
 		return nil
 	case inference.FP16, inference.BF16, inference.FP32, inference.FP64:
 		bits := 64
-		if p.dt != inference.FP64 {
+		if p.dt == inference.FP32 {
 			bits = 32
 		}
 		f, err := strconv.ParseFloat(string(tok), bits)
@@ -169,13 +169,13 @@ func (p *dataParser) scalar() error {
 		case inference.FP32:
 			p.out = binary.LittleEndian.AppendUint32(p.out, math.Float32bits(float32(f)))
 		case inference.FP16:
-			h := float32ToHalf(float32(f))
+			h := float32ToHalf(roundToOdd32(f))
 			if h&0x7c00 == 0x7c00 {
 				return p.errorf("%s is out of the range of FP16", tok)
 			}
 			p.out = binary.LittleEndian.AppendUint16(p.out, h)
 		case inference.BF16:
-			h := float32ToBF16(float32(f))
+			h := float32ToBF16(roundToOdd32(f))
 			if h&0x7f80 == 0x7f80 {
 				return p.errorf("%s is out of the range of BF16", tok)
 			}
@@ -214,6 +214,27 @@ func (p *dataParser) scalar() error {
 		p.out = binary.LittleEndian.AppendUint64(p.out, u)
 	}
 	return nil
+}
+
+// roundToOdd32 narrows f to float32, rounding an inexact result to the
+// neighbour with an odd last bit. Rounding that again to FP16 or BF16 (whose
+// significands are at least two bits shorter) then equals rounding f
+// directly; float32(f), which rounds to even, could land on a tie of the
+// narrower type and round the wrong way.
+func roundToOdd32(f float64) float32 {
+	r := float32(f)
+	if float64(r) == f {
+		return r
+	}
+	if b := math.Float32bits(r); b&1 == 0 {
+		if math.Abs(float64(r)) > math.Abs(f) {
+			b-- // toward zero (Inf becomes the largest finite float32)
+		} else {
+			b++
+		}
+		r = math.Float32frombits(b)
+	}
+	return r
 }
 
 func (p *dataParser) intError(tok []byte, err error) error {

@@ -5,7 +5,9 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"math"
+	"math/big"
 	"math/rand/v2"
+	"strconv"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -276,5 +278,80 @@ func TestAppendStringAllocs(t *testing.T) {
 	s := "a plain tensor name with é and \"quotes\""
 	if n := testing.AllocsPerRun(100, func() { dst = appendString(dst[:0], s) }); n != 0 {
 		t.Errorf("appendString: %v allocs, want 0", n)
+	}
+}
+
+// TestParseDataHalfRounding checks that a JSON number becomes the FP16 or
+// BF16 value nearest to it, with one rounding: a client that rounds its
+// float64 to FP16 itself and sends binary gets the same bytes as one that
+// sends the float64 as JSON.
+func TestParseDataHalfRounding(t *testing.T) {
+	tests := []struct {
+		name string
+		dt   inference.DataType
+		in   string
+		want uint16
+	}{
+		// 1 + 2^-11 + 2^-30: just above the tie between 1 and the next
+		// FP16, but float32 rounds it onto the tie.
+		{"FP16 above a tie", inference.FP16, "1.000488282181322574615478515625", 0x3c01},
+		{"FP16 below a tie", inference.FP16, "1.000488279387354850769042968750", 0x3c00},
+		{"FP16 at a tie", inference.FP16, "1.00048828125", 0x3c00},
+		{"FP16 subnormal above a tie", inference.FP16, "2.9802322388562674237988403547205962240695953369140625e-8", 0x0001}, // 2^-25 + 2^-60
+		{"FP16 subnormal at a tie", inference.FP16, "2.98023223876953125e-8", 0x0000},
+		// 1 + 2^-8 + 2^-30 for BF16.
+		{"BF16 above a tie", inference.BF16, "1.003906250931322574615478515625", 0x3f81},
+		{"BF16 at a tie", inference.BF16, "1.00390625", 0x3f80},
+		{"BF16 just under overflow", inference.BF16, "3.3961e38", 0x7f7f},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := parseData("x", tt.dt, []byte(tt.in), 1)
+			if err != nil || binary.LittleEndian.Uint16(got) != tt.want {
+				t.Errorf("parseData(%s) = %x, %v; want %#04x", tt.in, got, err, tt.want)
+			}
+		})
+	}
+
+	r := rand.New(rand.NewPCG(7, 8))
+	for range 50000 {
+		// A float64 near a random FP16 midpoint, or anywhere in range.
+		var x float64
+		h := uint16(r.IntN(0x7bff))
+		switch r.IntN(3) {
+		case 0:
+			mid := (halfValue(h) + halfValue(h+1)) / 2
+			x = mid + float64(r.IntN(2001)-1000)*math.Abs(mid)*0x1p-52
+		case 1:
+			x = (halfValue(h) + halfValue(h+1)) / 2
+		default:
+			x = math.Ldexp(r.Float64(), r.IntN(41)-25) // below 2^15
+		}
+		if r.IntN(2) == 0 {
+			x = -x
+		}
+		text := strconv.FormatFloat(x, 'g', -1, 64)
+		got, err := parseData("x", inference.FP16, []byte(text), 1)
+		if err != nil {
+			t.Fatalf("parseData(%s): %v", text, err)
+		}
+		if g, want := binary.LittleEndian.Uint16(got), nearestHalf(x); g != want {
+			t.Fatalf("FP16 parseData(%s) = %#04x, want %#04x", text, g, want)
+		}
+
+		// BF16, in its normal range, against math/big rounding to 8 bits.
+		y := math.Ldexp(1+r.Float64(), r.IntN(250)-125)
+		if r.IntN(2) == 0 {
+			y = math.Float64frombits(math.Float64bits(y)&^(1<<45-1) | 1<<44 | uint64(r.IntN(3))) // near a BF16 tie
+		}
+		text = strconv.FormatFloat(y, 'g', -1, 64)
+		got, err = parseData("x", inference.BF16, []byte(text), 1)
+		if err != nil {
+			t.Fatalf("parseData(%s): %v", text, err)
+		}
+		ref, _ := new(big.Float).SetMode(big.ToNearestEven).SetPrec(8).SetFloat64(y).Float32()
+		if g, want := binary.LittleEndian.Uint16(got), uint16(math.Float32bits(ref)>>16); g != want {
+			t.Fatalf("BF16 parseData(%s) = %#04x, want %#04x", text, g, want)
+		}
 	}
 }

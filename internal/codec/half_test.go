@@ -137,41 +137,50 @@ func TestFloat32ToHalf(t *testing.T) {
 	}
 }
 
+// halfPositives holds every finite non-negative FP16 value, ascending.
+var halfPositives = func() []float64 {
+	v := make([]float64, 0x7c00)
+	for h := range v {
+		v[h] = halfValue(uint16(h))
+	}
+	return v
+}()
+
+// nearestHalf is a reference rounding of a finite f to FP16, by searching
+// the sorted values for the nearest one (ties to even).
+func nearestHalf(f float64) uint16 {
+	sign := uint16(0)
+	if math.Signbit(f) {
+		sign = 0x8000
+	}
+	a := math.Abs(f)
+	if a >= 65520 {
+		return sign | 0x7c00
+	}
+	i := sort.SearchFloat64s(halfPositives, a) // first >= a
+	if i == len(halfPositives) {
+		return sign | 0x7bff // (65504, 65520)
+	}
+	if halfPositives[i] == a {
+		return sign | uint16(i)
+	}
+	lo, hi := i-1, i
+	switch dl, dh := a-halfPositives[lo], halfPositives[hi]-a; {
+	case dl < dh:
+		return sign | uint16(lo)
+	case dh < dl:
+		return sign | uint16(hi)
+	case lo&1 == 0:
+		return sign | uint16(lo)
+	}
+	return sign | uint16(hi)
+}
+
 // TestFloat32ToHalfRandom compares float32ToHalf with a reference that
 // searches the sorted FP16 values for the nearest one, for random float32
 // bit patterns and a stride through all of them.
 func TestFloat32ToHalfRandom(t *testing.T) {
-	positives := make([]float64, 0x7c00) // every finite non-negative half, ascending
-	for h := range positives {
-		positives[h] = halfValue(uint16(h))
-	}
-	reference := func(f float32) uint16 {
-		sign := uint16(0)
-		if math.Signbit(float64(f)) {
-			sign = 0x8000
-		}
-		a := math.Abs(float64(f))
-		if a >= 65520 {
-			return sign | 0x7c00
-		}
-		i := sort.SearchFloat64s(positives, a) // first >= a
-		if i == len(positives) {
-			return sign | 0x7bff // (65504, 65520)
-		}
-		if i < len(positives) && positives[i] == a {
-			return sign | uint16(i)
-		}
-		lo, hi := i-1, i
-		switch dl, dh := a-positives[lo], positives[hi]-a; {
-		case dl < dh:
-			return sign | uint16(lo)
-		case dh < dl:
-			return sign | uint16(hi)
-		case lo&1 == 0:
-			return sign | uint16(lo)
-		}
-		return sign | uint16(hi)
-	}
+	reference := func(f float32) uint16 { return nearestHalf(float64(f)) }
 	r := rand.New(rand.NewPCG(5, 6))
 	check := func(b uint32) {
 		f := math.Float32frombits(b)

@@ -219,7 +219,7 @@ func checkName(name string) string {
 		return quote(name) + " is not a name; a name must not be . or .."
 	}
 	for _, r := range name {
-		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-') {
+		if !isAlnum(r) && r != '.' && r != '_' && r != '-' {
 			return fmt.Sprintf("%s has %s; a name may hold only A-Z, a-z, 0-9, '.', '_' and '-'", quote(name), describeRune(r))
 		}
 	}

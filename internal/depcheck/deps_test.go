@@ -70,7 +70,7 @@ var rules = []rule{
 	{
 		pkgs: []string{"./..."},
 		except: []string{
-			"./internal/proxy/...", "./internal/upstream/...", "./internal/modelrt/...",
+			"./internal/proxy/...", "./internal/upstream/...", "./internal/modelrt/...", "./internal/loadgen/...",
 			"./sidecar/...", "./controlplane/...", "./model/...", "./examples/...",
 		},
 		forbid: []string{"github.com/valyala/fasthttp/..."},

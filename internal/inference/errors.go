@@ -50,7 +50,11 @@ type Error struct {
 // argument as the cause, as with fmt.Errorf.
 func Errorf(kind Kind, format string, args ...any) error {
 	wrapped := fmt.Errorf(format, args...)
-	return &Error{Kind: kind, Msg: wrapped.Error(), Err: errors.Unwrap(wrapped)}
+	cause := errors.Unwrap(wrapped)
+	if _, many := wrapped.(interface{ Unwrap() []error }); many {
+		cause = wrapped // several %w: errors.Is and As search them all
+	}
+	return &Error{Kind: kind, Msg: wrapped.Error(), Err: cause}
 }
 
 func (e *Error) Error() string { return e.Msg }

@@ -80,6 +80,16 @@ func TestErrorCause(t *testing.T) {
 		t.Errorf("Unwrap without %%w = %v, want nil", got)
 	}
 
+	// Several %w verbs wrap every argument, as fmt.Errorf does.
+	two := inference.Errorf(inference.KindInvalid, "codec: %w; %w", io.EOF, io.ErrClosedPipe)
+	if !errors.Is(two, io.EOF) || !errors.Is(two, io.ErrClosedPipe) || !errors.Is(two, inference.ErrInvalid) {
+		t.Errorf("with two %%w: Is(EOF) %v, Is(ErrClosedPipe) %v, Is(ErrInvalid) %v; want all true",
+			errors.Is(two, io.EOF), errors.Is(two, io.ErrClosedPipe), errors.Is(two, inference.ErrInvalid))
+	}
+	if got := two.Error(); got != "codec: EOF; io: read/write on closed pipe" {
+		t.Errorf("Error() = %q", got)
+	}
+
 	// An error of one kind caused by another matches both sentinels; its
 	// own (outer) kind decides the status.
 	inner := inference.Errorf(inference.KindDeadline, "upstream: deadline")

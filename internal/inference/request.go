@@ -106,3 +106,11 @@ func (r *Response) Output(name string) *Tensor {
 	}
 	return nil
 }
+
+// EndpointLoad is what a balancer knows of one endpoint when it picks where
+// a batch goes.
+type EndpointLoad struct {
+	InFlightRows int
+	Weight       int  // > 0; 0 counts as 1
+	Eligible     bool // healthy and with capacity for this batch
+}

@@ -3,6 +3,7 @@ package loadgen
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/url"
 	"strings"
@@ -29,7 +30,8 @@ const (
 )
 
 // Config describes one closed-loop run. The zero value of every field but
-// URL and one of Duration or Requests is a documented default.
+// URL and one of Duration or Requests is a documented default. Run copies
+// what it needs (Headers included) and keeps nothing after it returns.
 type Config struct {
 	// URL is the full infer URL, e.g.
 	// http://127.0.0.1:15001/v2/models/bert/infer. http and https only.
@@ -76,8 +78,7 @@ type Config struct {
 	Timeout time.Duration
 	// OnProgress, when set, is called about once a second from Run's own
 	// goroutine with the stats of the interval since the previous call. It
-	// must return quickly and must not retain the Snapshot's fields beyond
-	// its values (there are no pointers in it).
+	// should return quickly: the clients keep running meanwhile.
 	OnProgress func(Snapshot)
 }
 
@@ -92,6 +93,7 @@ type settings struct {
 
 func (c Config) validate() (settings, error) {
 	s := settings{Config: c}
+	s.Headers = maps.Clone(c.Headers)
 	if s.URL == "" {
 		return s, errors.New("loadgen: no target URL; give the full infer URL, e.g. http://127.0.0.1:15001/v2/models/NAME/infer")
 	}

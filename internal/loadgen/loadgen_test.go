@@ -77,13 +77,13 @@ func (f *fakeUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("X-Batchmesh-Batch-Size", "4")
 		w.Header().Set("X-Batchmesh-Cache", "miss")
 		w.Header().Set("Content-Type", "application/json")
-		fmt.Fprintf(w, `{"model_name":"m","outputs":[]}`)
+		_, _ = io.WriteString(w, `{"model_name":"m","outputs":[]}`)
 		return
 	case http.StatusTooManyRequests:
 		w.Header().Set("Retry-After", "1")
 	}
 	w.WriteHeader(status)
-	fmt.Fprintf(w, `{"error":"status %d"}`, status)
+	_, _ = fmt.Fprintf(w, `{"error":"status %d"}`, status)
 }
 
 // check decodes the request; it returns the status to answer with and the
@@ -192,7 +192,7 @@ func TestResultMatchesServer(t *testing.T) {
 			if res.Elapsed <= 0 || res.RowsPerSec <= 0 || res.ReqPerSec <= 0 {
 				t.Errorf("Elapsed %v, RowsPerSec %v, ReqPerSec %v; want all > 0", res.Elapsed, res.RowsPerSec, res.ReqPerSec)
 			}
-			if !(0 < res.P50 && res.P50 <= res.P90 && res.P90 <= res.P99 && res.P99 <= res.Max) {
+			if res.P50 <= 0 || res.P50 > res.P90 || res.P90 > res.P99 || res.P99 > res.Max {
 				t.Errorf("latencies not ordered: p50 %v p90 %v p99 %v max %v", res.P50, res.P90, res.P99, res.Max)
 			}
 			// Row sizes go round Rows..RowsMax.
@@ -393,7 +393,9 @@ func TestUnreachable(t *testing.T) {
 		t.Fatal(err)
 	}
 	addr := ln.Addr().String()
-	ln.Close()
+	if err := ln.Close(); err != nil {
+		t.Fatal(err)
+	}
 	_, err = Run(t.Context(), Config{URL: "http://" + addr + "/v2/models/m/infer", Requests: 10})
 	if !errors.Is(err, ErrUnreachable) {
 		t.Errorf("Run against a closed port: %v, want ErrUnreachable", err)
@@ -404,7 +406,7 @@ func TestTransportErrors(t *testing.T) {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		conn, _, err := http.NewResponseController(w).Hijack()
 		if err == nil {
-			conn.Close()
+			_ = conn.Close() // a transport error for the client
 		}
 	}))
 	defer srv.Close()
@@ -567,11 +569,17 @@ func TestFormat(t *testing.T) {
 			t.Errorf("line %d %q lacks %q", i, lines[i], want)
 		}
 	}
-	for _, l := range lines[1:] {
-		if len(l) != len(lines[1]) && strings.TrimRight(l, " ") == l {
-			t.Errorf("table not aligned:\n%s", table)
-			break
+	// The second value column (direct) ends at the same place on every line.
+	ends := map[int]bool{}
+	for i, l := range lines {
+		col := 2 // label, sidecar, direct
+		if i == 0 {
+			col = 1
 		}
+		ends[fieldEnd(l, col)] = true
+	}
+	if len(ends) != 1 {
+		t.Errorf("table not aligned:\n%s", table)
 	}
 	if z := FormatComparison(a, Result{}, "a", "b"); !strings.Contains(z, "-") {
 		t.Errorf("ratio over zero should print -:\n%s", z)
@@ -589,6 +597,22 @@ func TestFormat(t *testing.T) {
 	}
 }
 
+// fieldEnd returns the rune offset just past the n-th (from 0)
+// space-separated field of line.
+func fieldEnd(line string, n int) int {
+	runes := []rune(line)
+	field := -1
+	for i := 0; i < len(runes); i++ {
+		if runes[i] != ' ' && (i == 0 || runes[i-1] == ' ') {
+			field++
+		}
+		if field == n && (i+1 == len(runes) || runes[i+1] == ' ') {
+			return i + 1
+		}
+	}
+	return -1
+}
+
 // fastServer serves a minimal v2 answer over fasthttp, which does not
 // allocate per request, so that allocation counts are loadgen's own.
 func fastServer(t testing.TB) string {
@@ -601,8 +625,12 @@ func fastServer(t testing.TB) string {
 		ctx.Response.Header.Set("X-Batchmesh-Cache", "hit")
 		ctx.SetBodyString(`{"model_name":"m","outputs":[]}`)
 	}}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Shutdown() })
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() {
+		if err := srv.Shutdown(); err != nil {
+			t.Error(err)
+		}
+	})
 	return "http://" + ln.Addr().String() + "/v2/models/m/infer"
 }
 

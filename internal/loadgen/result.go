@@ -5,8 +5,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"text/tabwriter"
 	"time"
+	"unicode/utf8"
 )
 
 // Result is what one Run measured. Rates and latencies count only
@@ -96,15 +96,36 @@ func (r Result) String() string {
 // rows/s, p50, p90, p99 and errors, with a ratio column holding a/b of
 // rows/s and of p50.
 func FormatComparison(a, b Result, nameA, nameB string) string {
+	rows := [][]string{
+		{"", nameA, nameB, "ratio"},
+		{"rows/s", rate(a.RowsPerSec), rate(b.RowsPerSec), ratio(a.RowsPerSec, b.RowsPerSec)},
+		{"p50", round(a.P50).String(), round(b.P50).String(), ratio(float64(a.P50), float64(b.P50))},
+		{"p90", round(a.P90).String(), round(b.P90).String(), ""},
+		{"p99", round(a.P99).String(), round(b.P99).String(), ""},
+		{"errors", strconv.FormatInt(a.Errors, 10), strconv.FormatInt(b.Errors, 10), ""},
+	}
+	var width [4]int
+	for _, row := range rows {
+		for i, cell := range row {
+			width[i] = max(width[i], utf8.RuneCountInString(cell))
+		}
+	}
 	var sb strings.Builder
-	w := tabwriter.NewWriter(&sb, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(w, "\t%s\t%s\tratio\t\n", nameA, nameB)
-	fmt.Fprintf(w, "rows/s\t%s\t%s\t%s\t\n", rate(a.RowsPerSec), rate(b.RowsPerSec), ratio(a.RowsPerSec, b.RowsPerSec))
-	fmt.Fprintf(w, "p50\t%v\t%v\t%s\t\n", round(a.P50), round(b.P50), ratio(float64(a.P50), float64(b.P50)))
-	fmt.Fprintf(w, "p90\t%v\t%v\t\t\n", round(a.P90), round(b.P90))
-	fmt.Fprintf(w, "p99\t%v\t%v\t\t\n", round(a.P99), round(b.P99))
-	fmt.Fprintf(w, "errors\t%d\t%d\t\t\n", a.Errors, b.Errors)
-	w.Flush()
+	for _, row := range rows {
+		var line strings.Builder
+		for i, cell := range row {
+			pad := width[i] - utf8.RuneCountInString(cell)
+			if i == 0 { // labels to the left, numbers to the right
+				line.WriteString(cell)
+				line.WriteString(strings.Repeat(" ", pad))
+				continue
+			}
+			line.WriteString(strings.Repeat(" ", pad+2))
+			line.WriteString(cell)
+		}
+		sb.WriteString(strings.TrimRight(line.String(), " "))
+		sb.WriteByte('\n')
+	}
 	return sb.String()
 }
 

@@ -16,6 +16,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/metric/noop"
 
+	"github.com/batchmesh/batchmesh/internal/balancer"
 	"github.com/batchmesh/batchmesh/internal/batch"
 	"github.com/batchmesh/batchmesh/internal/config"
 	"github.com/batchmesh/batchmesh/internal/inference"
@@ -112,7 +113,7 @@ func New(cfg Config) (*Proxy, error) {
 					MaxBatchSize: mc.Batching.MaxBatchSize, MaxQueueDelay: mc.Batching.MaxQueueDelay,
 					MaxQueueSize: mc.Batching.MaxQueueSize, Endpoints: eps,
 					Caller: &caller{up: p.up, m: p.m, model: mc.Name},
-					Meter:  cfg.Meter, Seed: uint64(i*1000 + j + 1),
+					Meter:  cfg.Meter, Picker: balancer.NewPicker(rand.New(rand.NewPCG(uint64(i*1000+j+1), 0x9e3779b97f4a7c15))),
 				})
 				if err != nil {
 					return nil, fmt.Errorf("proxy: %w", err)

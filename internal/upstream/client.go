@@ -28,7 +28,8 @@ const (
 type Config struct {
 	// MaxConnsPerEndpoint bounds the open connections to one endpoint
 	// (default 512). A call beyond it waits for a free connection until its
-	// deadline.
+	// deadline (then KindDeadline) or for at most Timeout (then
+	// KindUnavailable).
 	MaxConnsPerEndpoint int
 	// ProbeTimeout bounds each request of a Probe (default 1 s); a shorter
 	// ctx deadline wins.
@@ -47,7 +48,7 @@ type Config struct {
 // Client is safe for concurrent use; Close it when done.
 type Client struct {
 	cfg       Config
-	endpoints sync.Map // string → *endpoint
+	endpoints sync.Map // address → *pool
 	bufs      sync.Pool
 	// binParams is the request parameters of a binary call whose request
 	// has none. Never modified.

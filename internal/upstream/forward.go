@@ -24,9 +24,11 @@ var hopByHop = [...]string{
 // Forward proxies req to endpoint as it is — method, path and query,
 // headers less the hop-by-hop ones, body — and fills resp with the answer,
 // whatever its status, less its hop-by-hop headers. The Host header names
-// endpoint. Forward reads req and does not modify it; resp belongs to the
-// caller, who must not use it concurrently. Non-2xx answers are not errors:
-// they are in resp. Errors (no answer) are classified as Infer's.
+// endpoint. Forward reads req and does not modify it. resp belongs to the
+// caller, who must not use it concurrently; Forward resets it first, so set
+// any headers of your own after it returns. Non-2xx answers are not errors:
+// they are in resp. Errors (no answer) are classified as Infer's, and the
+// call ends at ctx's deadline as Infer's does.
 func (c *Client) Forward(ctx context.Context, endpoint string, req *fasthttp.Request, resp *fasthttp.Response) error {
 	if err := ctx.Err(); err != nil {
 		return contextError(endpoint, err)

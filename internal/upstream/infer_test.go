@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/valyala/fasthttp"
 
+	"github.com/batchmesh/batchmesh/internal/codec"
 	"github.com/batchmesh/batchmesh/internal/inference"
 	"github.com/batchmesh/batchmesh/internal/modelrt"
 	"github.com/batchmesh/batchmesh/internal/upstream"
@@ -359,7 +361,13 @@ func TestInferRetriesStaleConnection(t *testing.T) {
 		t.Fatal(err)
 	}
 	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	stop := func() {
+		if err := ln.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+			t.Error(err)
+		}
+		wg.Wait()
+	}
+	t.Cleanup(stop)
 	handler := fasthttp.RequestHandler(fake.handle)
 	conns := 0
 	wg.Go(func() {
@@ -373,7 +381,9 @@ func TestInferRetriesStaleConnection(t *testing.T) {
 			if err := serveOne(conn, handler); err != nil {
 				t.Errorf("serve: %v", err)
 			}
-			conn.Close()
+			if err := conn.Close(); err != nil {
+				t.Errorf("close: %v", err)
+			}
 		}
 	})
 
@@ -384,8 +394,7 @@ func TestInferRetriesStaleConnection(t *testing.T) {
 			t.Fatalf("call %d: %v", i, err)
 		}
 	}
-	ln.Close()
-	wg.Wait()
+	stop()
 	if conns != 3 {
 		t.Errorf("%d connections for 3 calls", conns)
 	}
@@ -509,6 +518,52 @@ func BenchmarkInfer(b *testing.B) {
 	b.SetBytes(int64(len(req.Inputs[0].Data)))
 	for b.Loop() {
 		if _, err := c.Infer(ctx, addr, req, headers); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkInferClient measures the client alone: the runtime is a fasthttp
+// handler that answers every call with one pre-encoded binary reply, so
+// nearly all the time and allocations are the client's (encode, round trip,
+// one body copy, decode).
+func BenchmarkInferClient(b *testing.B) {
+	_, sim := simModel(b, "sim=sim:linear/0s+0s")
+	req := fp32Request(64, 16, 0)
+	outs, err := sim.Infer(context.Background(), req)
+	if err != nil {
+		b.Fatal(err)
+	}
+	resp := inference.Response{ModelName: "sim", ModelVersion: "1", Outputs: outs}
+	body, hl, err := codec.EncodeResponse(nil, &resp, func(string) bool { return true })
+	if err != nil {
+		b.Fatal(err)
+	}
+	hlv := strconv.Itoa(hl)
+	addr := serve(b, func(ctx *fasthttp.RequestCtx) {
+		if string(ctx.Path()) == "/v2" {
+			writeJSON(ctx, fasthttp.StatusOK, codec.ServerMetadata{Extensions: []string{codec.ExtensionBinaryTensorData}})
+			return
+		}
+		if string(ctx.Path()) != "/v2/models/sim/infer" {
+			ctx.SetStatusCode(fasthttp.StatusOK) // ready
+			return
+		}
+		ctx.Response.Header.Set(codec.HeaderContentLength, hlv)
+		ctx.Response.Header.Set(upstream.HeaderLoadReport, "TEXT application_utilization=0.5000, rps_fractional=100.00, named_metrics.queue_depth=0")
+		ctx.SetContentType("application/octet-stream")
+		ctx.Response.SetBodyRaw(body)
+	})
+	c := upstream.New(upstream.Config{})
+	defer c.Close()
+	if err := c.Probe(context.Background(), addr); err != nil || !c.Binary(addr) {
+		b.Fatalf("Probe: %v, binary %v", err, c.Binary(addr))
+	}
+	ctx := context.Background()
+	b.ReportAllocs()
+	b.SetBytes(int64(len(req.Inputs[0].Data)))
+	for b.Loop() {
+		if _, err := c.Infer(ctx, addr, req, nil); err != nil {
 			b.Fatal(err)
 		}
 	}
