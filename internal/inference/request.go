@@ -67,8 +67,13 @@ func (r *Request) BinaryOutput(name string) bool {
 	return v
 }
 
+// MaxRows bounds the batch dimension of one request. Rows of zero bytes
+// (a shape like [2^40, 0]) would otherwise make a tiny body claim more rows
+// than memory can index.
+const MaxRows = 1 << 20
+
 // Rows returns the batch size shared by every input (dim 0), failing when an
-// input is a scalar or the inputs disagree.
+// input is a scalar, the inputs disagree or there are more than MaxRows.
 func (r *Request) Rows() (int, error) {
 	if len(r.Inputs) == 0 {
 		return 0, Errorf(KindInvalid, "request has no inputs")
@@ -78,6 +83,9 @@ func (r *Request) Rows() (int, error) {
 		n, err := r.Inputs[i].BatchRows()
 		if err != nil {
 			return 0, err
+		}
+		if n > MaxRows {
+			return 0, Errorf(KindInvalid, "input %q has %d rows (dim 0); at most %d are allowed", r.Inputs[i].Name, n, MaxRows)
 		}
 		if rows >= 0 && n != rows {
 			return 0, Errorf(KindInvalid, "input %q has %d rows (dim 0) but input %q has %d; every input needs the same batch size",

@@ -206,8 +206,9 @@ func SameRowType(a, b *Tensor) bool {
 }
 
 // Concat stacks tensors along dim 0 into a new tensor with freshly allocated
-// Data (the one copy a merge needs). Every part must have the same row type
-// as the first; the result takes the first part's name and parameters.
+// Data (the one copy a merge needs); a single part is returned as it is,
+// sharing its Data. Every part must have the same row type as the first; the
+// result takes the first part's name and parameters.
 func Concat(parts []Tensor) (Tensor, error) {
 	if len(parts) == 0 {
 		return Tensor{}, Errorf(KindInternal, "inference: concat of no tensors")
