@@ -79,8 +79,8 @@ func GenerateWeightsFile(path string, seed int64, sizes []int) (err error) {
 	}
 	defer func() {
 		if err != nil {
-			f.Close()
-			os.Remove(f.Name())
+			_ = f.Close()           // already failed; the first error is the one to report
+			_ = os.Remove(f.Name()) // best effort: the temporary file is hidden anyway
 		}
 	}()
 	bw := bufio.NewWriterSize(f, 1<<20)

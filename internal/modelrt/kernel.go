@@ -14,12 +14,17 @@ package modelrt
 //	y[r][j] = acc + b[j]      (then ReLU, if not the last layer)
 //
 // one accumulator, k ascending, every product rounded to float32 before it is
-// added (the float32 conversion forbids fused multiply-add). That is what
-// makes a row's output bit-identical alone or in any batch. Batching pays
-// because a tile of rowTile rows shares every load of a weight panel: a
-// single row streams all the weights through the core once per row, a tile
-// once per rowTile rows, and the SIMD kernels keep the tile's accumulators
-// in registers.
+// added (the float32 conversion forbids fused multiply-add; the assembly uses
+// separate multiplies and adds). That is what makes a row's output
+// bit-identical alone or in any batch, and on any machine.
+//
+// Batching pays because of weight reuse. One row streams every weight from
+// L3 or memory (the default model's 4 MiB overflow L2) for one multiply-add
+// each. A batch streams each panel once: the panel stays in L1 while every
+// tile of rowTile rows passes it, and each vector of weights loaded into a
+// register feeds rowTile rows. The row tiles run on the AVX2 kernels in
+// kernel_amd64.s; elsewhere the portable kernel computes the same bits
+// without the speed-up.
 
 const (
 	// panelWidth is the number of output columns in one packed panel: two

@@ -3,6 +3,7 @@ package modelrt
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math"
 	"strconv"
@@ -116,7 +117,7 @@ func newMLP(w *Weights, simd bool) (*MLP, error) {
 		layers = append(layers, packDense(wv, bv, int(in), int(out)))
 	}
 	if len(layers) == 0 {
-		return nil, fmt.Errorf("no layers: want tensors layers.0.weight [out, in] and layers.0.bias [out], then layers.1.…")
+		return nil, errors.New("no layers: want tensors layers.0.weight [out, in] and layers.0.bias [out], then layers.1.…")
 	}
 	if used != len(w.Tensors) {
 		for _, t := range w.Tensors {

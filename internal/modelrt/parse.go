@@ -1,6 +1,7 @@
 package modelrt
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 )
@@ -56,7 +57,7 @@ func ParseModelFlag(s string) (name string, m Model, err error) {
 // checkModelName checks a model name (see ParseModelFlag).
 func checkModelName(name string) error {
 	if name == "" {
-		return fmt.Errorf("empty model name")
+		return errors.New("empty model name")
 	}
 	if len(name) > maxModelName {
 		return fmt.Errorf("model name is %d bytes; at most %d", len(name), maxModelName)
