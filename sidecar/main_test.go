@@ -75,7 +75,9 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 	}
 	listen, admin := freeAddr(t), freeAddr(t)
 	done := make(chan error, 1)
-	go func() { done <- run([]string{"-config", cfg, "-listen", listen, "-admin", admin, "-log-level", "warn"}, io.Discard) }()
+	go func() {
+		done <- run([]string{"-config", cfg, "-listen", listen, "-admin", admin, "-log-level", "warn"}, io.Discard)
+	}()
 	waitFor(t, func() bool {
 		resp, err := http.Get("http://" + admin + "/readyz")
 		if err != nil {
