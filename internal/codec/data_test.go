@@ -130,7 +130,7 @@ func TestAppendData(t *testing.T) {
 		{"fp16", inference.FP16, le[uint16](0x3c00, 0x2e66, 0x7bff, 0x0001, 0x8000), "[1,0.099975586,65504,5.9604645e-08,-0]"},
 		{"bf16", inference.BF16, le[uint16](0x3f80, 0x3dcd, 0x7f7f), "[1,0.100097656,3.3895314e+38]"},
 		{"fp32", inference.FP32, le[float32](0.1, 1e-45, 3.4028235e38, 100), "[0.1,1e-45,3.4028235e+38,100]"},
-		{"fp64", inference.FP64, le(0.1, 5e-324, 1e21, -0.0), "[0.1,5e-324,1e+21,0]"},
+		{"fp64", inference.FP64, le(0.1, 5e-324, 1e21, math.Copysign(0, -1)), "[0.1,5e-324,1e+21,-0]"},
 		{"bytes", inference.Bytes, lenPrefixed("", "a\"\\\n<", "é"), `["","a\"\\\n\u003c","é"]`},
 		{"empty", inference.FP32, nil, "[]"},
 		{"empty bytes", inference.Bytes, nil, "[]"},

@@ -308,8 +308,8 @@ func TestMetadataAndHealth(t *testing.T) {
 	r = do(t, http.MethodGet, base+"/metrics", nil, nil)
 	text := string(r.body)
 	for _, want := range []string{
-		`model_rows_total{model="bert"} 4`, // the warm-up row and three
-		`model_batch_rows_bucket{model="bert",le="4"} 2`,
+		`model_rows_total{model="bert"} 3`, // the warm-up is not traffic
+		`model_batch_rows_bucket{model="bert",le="4"} 1`,
 		`model_inference_duration_seconds_count{model="bert"} 1`,
 		`model_queue_depth{model="bert"} 0`,
 	} {
