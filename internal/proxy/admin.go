@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http/pprof"
+	"strings"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -15,7 +17,7 @@ import (
 )
 
 // AdminHandler serves the admin listener: /healthz, /readyz, /metrics,
-// /config_dump, /clusters and POST /drain.
+// /config_dump, /clusters, POST /drain and Go's /debug/pprof/ profiles.
 func (p *Proxy) AdminHandler(ctx *fasthttp.RequestCtx) { p.admin(ctx) }
 
 func (p *Proxy) newAdmin() fasthttp.RequestHandler {
@@ -23,8 +25,19 @@ func (p *Proxy) newAdmin() fasthttp.RequestHandler {
 	if p.cfg.Metrics != nil {
 		metricsHandler = fasthttpadaptor.NewFastHTTPHandler(p.cfg.Metrics)
 	}
+	pprofHandler := fasthttpadaptor.NewFastHTTPHandlerFunc(pprof.Index)
+	profileHandler := fasthttpadaptor.NewFastHTTPHandlerFunc(pprof.Profile)
 	return func(ctx *fasthttp.RequestCtx) {
-		switch path := string(ctx.Path()); path {
+		path := string(ctx.Path())
+		switch {
+		case path == "/debug/pprof/profile":
+			profileHandler(ctx)
+			return
+		case strings.HasPrefix(path, "/debug/pprof/"):
+			pprofHandler(ctx)
+			return
+		}
+		switch path {
 		case "/healthz":
 			ctx.SetContentType("text/plain")
 			ctx.SetBodyString("ok\n")
@@ -54,7 +67,7 @@ func (p *Proxy) newAdmin() fasthttp.RequestHandler {
 			writeJSON(ctx, map[string]any{"draining": true})
 		default:
 			writeAdminError(ctx, inference.Errorf(inference.KindNotFound,
-				"proxy: no admin route %s; routes: /healthz /readyz /metrics /config_dump /clusters POST /drain", path))
+				"proxy: no admin route %s; routes: /healthz /readyz /metrics /config_dump /clusters POST /drain /debug/pprof/", path))
 		}
 	}
 }

@@ -21,7 +21,7 @@ type metrics struct {
 	duration     metric.Float64Histogram
 	upRequests   metric.Int64Counter
 	upDuration   metric.Float64Histogram
-	attrs        sync.Map // attribute key string → metric.MeasurementOption
+	attrs        sync.Map // labels → metric.MeasurementOption
 	weightGauge  metric.Int64ObservableGauge
 	registration metric.Registration
 }
@@ -73,34 +73,43 @@ func newMetrics(m metric.Meter, cfg *config.Config) (*metrics, error) {
 	return pm, nil
 }
 
-// opt returns a cached attribute set for the label values kv (pairs).
-func (pm *metrics) opt(kv ...string) metric.MeasurementOption {
-	key := ""
-	for _, s := range kv {
-		key += s + "\x00"
-	}
-	if o, ok := pm.attrs.Load(key); ok {
+// labels identifies one attribute set; absent labels are empty.
+type labels struct {
+	model, endpoint, cache string
+	code                   int
+	withCode               bool
+}
+
+// opt returns the cached attribute set for l, building it on first use.
+func (pm *metrics) opt(l labels) metric.MeasurementOption {
+	if o, ok := pm.attrs.Load(l); ok {
 		return o.(metric.MeasurementOption)
 	}
-	as := make([]attribute.KeyValue, 0, len(kv)/2)
-	for i := 0; i+1 < len(kv); i += 2 {
-		as = append(as, attribute.String(kv[i], kv[i+1]))
+	as := []attribute.KeyValue{attribute.String("model", l.model)}
+	if l.endpoint != "" {
+		as = append(as, attribute.String("endpoint", l.endpoint))
+	}
+	if l.withCode {
+		as = append(as, attribute.String("code", strconv.Itoa(l.code)))
+	}
+	if l.cache != "" {
+		as = append(as, attribute.String("cache", l.cache))
 	}
 	o := metric.WithAttributeSet(attribute.NewSet(as...))
-	pm.attrs.Store(key, o)
+	pm.attrs.Store(l, o)
 	return o
 }
 
 func (pm *metrics) request(model string, code int, cache string, d time.Duration) {
 	ctx := context.Background()
-	pm.requests.Add(ctx, 1, pm.opt("model", model, "code", strconv.Itoa(code), "cache", cache))
-	pm.duration.Record(ctx, d.Seconds(), pm.opt("model", model))
+	pm.requests.Add(ctx, 1, pm.opt(labels{model: model, code: code, withCode: true, cache: cache}))
+	pm.duration.Record(ctx, d.Seconds(), pm.opt(labels{model: model}))
 }
 
 func (pm *metrics) upstream(model, endpoint string, code int, d time.Duration) {
 	ctx := context.Background()
-	pm.upRequests.Add(ctx, 1, pm.opt("model", model, "endpoint", endpoint, "code", strconv.Itoa(code)))
-	pm.upDuration.Record(ctx, d.Seconds(), pm.opt("model", model, "endpoint", endpoint))
+	pm.upRequests.Add(ctx, 1, pm.opt(labels{model: model, endpoint: endpoint, code: code, withCode: true}))
+	pm.upDuration.Record(ctx, d.Seconds(), pm.opt(labels{model: model, endpoint: endpoint}))
 }
 
 // caller sends the lane's batches through the upstream client and records

@@ -24,33 +24,42 @@ var hopByHop = [...]string{
 // Forward proxies req to endpoint as it is — method, path and query,
 // headers less the hop-by-hop ones, body — and fills resp with the answer,
 // whatever its status, less its hop-by-hop headers. The Host header names
-// endpoint. Forward reads req and does not modify it. resp belongs to the
-// caller, who must not use it concurrently; Forward resets it first, so set
-// any headers of your own after it returns. Non-2xx answers are not errors:
-// they are in resp. Errors (no answer) are classified as Infer's, and the
-// call ends at ctx's deadline as Infer's does.
+// endpoint. To avoid a copy on the pass-through path, Forward edits req in
+// place (it removes the hop-by-hop headers and sets Host): the caller must
+// not need them afterwards. req and resp belong to the caller, who must not
+// use them concurrently; Forward resets resp first, so set any headers of
+// your own after it returns. Non-2xx answers are not errors: they are in
+// resp. Errors (no answer) are classified as Infer's, and the call ends at
+// ctx's deadline as Infer's does.
 func (c *Client) Forward(ctx context.Context, endpoint string, req *fasthttp.Request, resp *fasthttp.Response) error {
 	if err := ctx.Err(); err != nil {
 		return contextError(endpoint, err)
 	}
 	ep := c.pool(endpoint)
-	out := fasthttp.AcquireRequest()
-	defer fasthttp.ReleaseRequest(out)
-
-	req.Header.CopyTo(&out.Header)
-	stripHopByHop(&out.Header, req.Header.PeekAll(fasthttp.HeaderConnection))
+	if conn := req.Header.PeekAll(fasthttp.HeaderConnection); len(conn) > 0 {
+		stripHopByHop(&req.Header, cloneAll(conn))
+	} else {
+		stripHopByHop(&req.Header, nil)
+	}
 	if uri := req.Header.RequestURI(); len(uri) > 0 && uri[0] != '/' {
 		// Absolute form (http://host/path): keep only the path and query.
-		out.SetRequestURIBytes(req.URI().RequestURI())
+		req.SetRequestURIBytes(req.URI().RequestURI())
 	}
-	out.Header.SetHost(endpoint)
-	out.SetBodyRaw(req.Body())
-
-	if err := ep.hc.DoDeadline(out, resp, c.deadline(ctx)); err != nil {
+	req.Header.SetHost(endpoint)
+	if err := ep.hc.DoDeadline(req, resp, c.deadline(ctx)); err != nil {
 		return transportError(endpoint, err)
 	}
 	stripRespHopByHop(&resp.Header)
 	return nil
+}
+
+// cloneAll copies header values that the header itself is about to change.
+func cloneAll(vs [][]byte) [][]byte {
+	out := make([][]byte, len(vs))
+	for i, v := range vs {
+		out[i] = bytes.Clone(v)
+	}
+	return out
 }
 
 // stripHopByHop deletes the hop-by-hop headers of h, including those that

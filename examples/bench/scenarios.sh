@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# The sidecar benchmarks of the README, each measured as a ratio in one run:
+# the same closed-loop load through the sidecar and straight at the runtime.
+#
+#   examples/bench/scenarios.sh [SCENARIO ...] (default: all)
+#
+# Scenarios: bert (sim:h200/bert-base, 256 clients), linear (5ms+0.2ms/row,
+# 64 clients, and concurrency 1), mlp (the Go MLP on CPU, 64 clients),
+# passthrough (batching off, concurrency 1). DURATION (default 10s) sets each
+# run's length. Everything listens on 127.0.0.1 and stops by itself.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+
+DURATION=${DURATION:-10s}
+BIN=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$BIN"' EXIT
+go build -o "$BIN/" ./model ./sidecar ./examples/bench
+RT=127.0.0.1:18800 SC=127.0.0.1:18801 ADMIN=127.0.0.1:18802
+
+wait_ready() { # URL
+	for _ in $(seq 100); do
+		curl -fs "$1" >/dev/null 2>&1 && return 0
+		sleep 0.1
+	done
+	echo "not ready: $1" >&2
+	return 1
+}
+
+start() { # MODEL_FLAG SLOTS MAX_BATCH MAX_QUEUE_DELAY
+	"$BIN/model" -listen "$RT" -model "m=$1" -slots "$2" >"$BIN/model.log" 2>&1 &
+	wait_ready "http://$RT/v2/health/ready"
+	cat >"$BIN/sidecar.yaml" <<YAML
+models:
+  - name: m
+    batching: {max_batch_size: $3, max_queue_delay: $4, timeout: 10s}
+    versions: [{version: "1", endpoints: [{address: "$RT", slots: $2}]}]
+YAML
+	"$BIN/sidecar" -config "$BIN/sidecar.yaml" -listen "$SC" -admin "$ADMIN" -log-level warn >"$BIN/sidecar.log" 2>&1 &
+	wait_ready "http://$ADMIN/readyz"
+}
+
+stop() {
+	kill $(jobs -p) 2>/dev/null || true
+	wait 2>/dev/null || true
+}
+
+compare() { # TITLE CLIENTS [bench flags...]
+	local title=$1 clients=$2
+	shift 2
+	echo "== $title"
+	"$BIN/bench" -target "http://$SC/v2/models/m/infer" -compare "http://$RT/v2/models/m/infer" \
+		-clients "$clients" -duration "$DURATION" "$@" 2>/dev/null
+	echo
+}
+
+run_bert() {
+	start sim:h200/bert-base 1 64 2ms
+	compare "sim:h200/bert-base, 1 slot, max_batch_size 64, 256 one-row clients (sidecar vs direct)" 256
+	echo "== the runtime's own best batched rate: 64-row requests, 2 clients, straight at it"
+	"$BIN/bench" -target "http://$RT/v2/models/m/infer" -rows 64 -clients 2 -duration "$DURATION" 2>/dev/null
+	echo
+	stop
+}
+
+run_linear() {
+	start sim:linear/5ms+200us 1 64 2ms
+	compare "sim:linear/5ms+200us, 1 slot, 64 one-row clients" 64
+	compare "sim:linear/5ms+200us, concurrency 1" 1
+	stop
+}
+
+run_mlp() {
+	"$BIN/model" gen-weights -o "$BIN/mlp.safetensors"
+	start "mlp:$BIN/mlp.safetensors" 1 64 2ms
+	compare "mlp on CPU (512-1024-512-16), 1 slot, 64 one-row clients" 64 -cols 512
+	stop
+}
+
+run_passthrough() {
+	start sim:linear/0s+0s 1 0 0s
+	compare "pass-through (max_batch_size 0), zero-cost runtime, concurrency 1" 1
+	stop
+}
+
+scenarios=("$@")
+((${#scenarios[@]})) || scenarios=(bert linear mlp passthrough)
+for s in "${scenarios[@]}"; do
+	"run_$s"
+done
