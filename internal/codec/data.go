@@ -16,26 +16,38 @@ import (
 // scalar) of datatype dt into canonical bytes. want is the element count the
 // shape asks for; it only sizes the buffer and is checked by the caller.
 func parseData(name string, dt inference.DataType, raw []byte, want int64) ([]byte, error) {
-	p := dataParser{name: name, dt: dt, in: raw}
+	out, end, err := parseDataAt(name, dt, raw, 0, want)
+	if err != nil {
+		return nil, err
+	}
+	if end != len(raw) {
+		p := dataParser{name: name, count: int64(len(out))}
+		return nil, p.errorf("unexpected %q after data", raw[end])
+	}
+	return out, nil
+}
+
+// parseDataAt parses the data value that starts at in[pos] and returns its
+// canonical bytes and the offset just past it (and past white space).
+func parseDataAt(name string, dt inference.DataType, in []byte, pos int, want int64) ([]byte, int, error) {
+	p := dataParser{name: name, dt: dt, in: in, pos: pos}
+	rest := int64(len(in) - pos)
 	if sz := int64(dt.Size()); sz > 0 {
 		// Each element takes at least two input bytes ("0,"), so a shape
 		// larger than the text cannot make us allocate more than ~4x it.
-		if limit := int64(len(raw)/2+1) * sz; want*sz > limit {
+		if limit := (rest/2 + 1) * sz; want*sz > limit {
 			want = limit / sz
 		}
 		p.out = make([]byte, 0, want*sz)
 	} else {
-		p.out = make([]byte, 0, len(raw))
+		p.out = make([]byte, 0, min(rest, 4*want+rest))
 	}
 	p.skipSpace()
 	if err := p.value(0); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	p.skipSpace()
-	if p.pos != len(p.in) {
-		return nil, p.errorf("unexpected %q after data", p.in[p.pos])
-	}
-	return p.out, nil
+	return p.out, p.pos, nil
 }
 
 type dataParser struct {
@@ -107,16 +119,20 @@ func (p *dataParser) value(depth int) error {
 // token returns the bytes of a bare JSON literal (number, true, false, null).
 func (p *dataParser) token() []byte {
 	start := p.pos
-	for p.pos < len(p.in) {
-		switch c := p.in[p.pos]; {
-		case c >= '0' && c <= '9', c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c == '-', c == '+', c == '.':
-			p.pos++
-			continue
-		}
-		break
+	for p.pos < len(p.in) && tokenByte[p.in[p.pos]] {
+		p.pos++
 	}
 	return p.in[start:p.pos]
 }
+
+// tokenByte marks the bytes of bare JSON literals (and of the malformed
+// ones we name in errors): letters, digits, '+', '-' and '.'.
+var tokenByte = func() (t [256]bool) {
+	for c := range 256 {
+		t[c] = c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c == '-' || c == '+' || c == '.'
+	}
+	return t
+}()
 
 // scalar parses element p.count. (A defer to count it would not be
 // open-coded here, with this many returns, and cost ~15% of JSON decoding.)

@@ -3,7 +3,6 @@ package codec
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"math"
 	"slices"
@@ -26,6 +25,8 @@ type wireTensor struct {
 	Datatype   string          `json:"datatype"`
 	Parameters map[string]any  `json:"parameters"`
 	Data       json.RawMessage `json:"data"`
+	parsed     []byte          // the data already parsed in place by the reader
+	hasParsed  bool
 }
 
 type wireOutput struct {
@@ -77,42 +78,6 @@ func ParseHeaderLen(v []byte) (int, error) {
 		return 0, invalid("%s must be a byte count, got %q", HeaderContentLength, v)
 	}
 	return int(n), nil
-}
-
-func decodeJSON(header []byte, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(header))
-	dec.UseNumber()
-	if err := dec.Decode(v); err != nil {
-		var se *json.SyntaxError
-		var te *json.UnmarshalTypeError
-		switch {
-		case errors.As(err, &se):
-			return invalid("malformed JSON at byte %d: %v", se.Offset, err)
-		case errors.As(err, &te):
-			return invalid("malformed request: field %q must be %s, got JSON %s", te.Field, jsonKind(te.Type.String()), te.Value)
-		}
-		return invalid("malformed JSON: %v", err)
-	}
-	// dec.More would miss a stray '}' or ']' after the object.
-	if rest := bytes.TrimLeft(header[dec.InputOffset():], " \t\r\n"); len(rest) != 0 {
-		return invalid("malformed JSON: data after the top-level object at byte %d", len(header)-len(rest))
-	}
-	return nil
-}
-
-func jsonKind(goType string) string {
-	switch goType {
-	case "string", "*string":
-		return "a string"
-	case "int64", "[]int64":
-		return "an integer (array)"
-	case "bool":
-		return "a boolean"
-	}
-	if len(goType) > 0 && goType[0] == '[' {
-		return "an array"
-	}
-	return "an object"
 }
 
 // params converts decoded JSON parameters to inference.Parameters, dropping
@@ -186,7 +151,7 @@ func tensors(what string, ws []wireTensor, bin []byte) ([]inference.Tensor, erro
 			if !isNum || err != nil || sz < 0 {
 				return nil, invalid("%s %q: %s must be a byte count, got %v", what, w.Name, inference.ParamBinaryDataSize, size)
 			}
-			if len(w.Data) > 0 && string(w.Data) != "null" {
+			if w.hasParsed || len(w.Data) > 0 && string(w.Data) != "null" {
 				return nil, invalid("%s %q: has both data and %s; send one", what, w.Name, inference.ParamBinaryDataSize)
 			}
 			if sz > int64(len(bin)) {
@@ -194,12 +159,15 @@ func tensors(what string, ws []wireTensor, bin []byte) ([]inference.Tensor, erro
 			}
 			t.Data, bin = bin[:sz:sz], bin[sz:]
 		} else {
-			if len(w.Data) == 0 || string(w.Data) == "null" {
-				return nil, invalid("%s %q: data is missing (give data, or parameters.%s with binary data)", what, w.Name, inference.ParamBinaryDataSize)
-			}
-			t.Data, err = parseData(w.Name, dt, w.Data, n)
-			if err != nil {
-				return nil, err
+			if w.hasParsed {
+				t.Data = w.parsed
+			} else {
+				if len(w.Data) == 0 || string(w.Data) == "null" {
+					return nil, invalid("%s %q: data is missing (give data, or parameters.%s with binary data)", what, w.Name, inference.ParamBinaryDataSize)
+				}
+				if t.Data, err = parseData(w.Name, dt, w.Data, n); err != nil {
+					return nil, err
+				}
 			}
 			if sz := dt.Size(); sz > 0 && int64(len(t.Data)/sz) != n {
 				return nil, invalid("%s %q: shape %s needs %d elements, data has %d",
@@ -226,7 +194,7 @@ func DecodeRequest(body []byte, headerLen int) (inference.Request, error) {
 		return inference.Request{}, err
 	}
 	var w wireRequest
-	if err := decodeJSON(header, &w); err != nil {
+	if err := readRequest(header, &w); err != nil {
 		return inference.Request{}, err
 	}
 	if len(w.Inputs) == 0 {
@@ -265,7 +233,7 @@ func DecodeResponse(body []byte, headerLen int) (inference.Response, error) {
 		return inference.Response{}, err
 	}
 	var w wireResponse
-	if err := decodeJSON(header, &w); err != nil {
+	if err := readResponse(header, &w); err != nil {
 		return inference.Response{}, err
 	}
 	resp := inference.Response{ModelName: w.ModelName, ModelVersion: w.ModelVersion, ID: w.ID}

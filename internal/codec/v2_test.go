@@ -387,7 +387,7 @@ func TestDecodeRequestErrors(t *testing.T) {
 		{name: "FP32 overflow", body: in("FP32", "[1]", "[1e39]"), want: []string{"1e39 is out of the range of FP32"}},
 		{name: "FP64 overflow", body: in("FP64", "[1]", "[-1e309]"), want: []string{"-1e309 is out of the range of FP64"}},
 		{name: "deep nesting", body: in("FP32", "[1]", deep), want: []string{`input "x"`, "nested deeper than 64"}},
-		{name: "very deep nesting", body: in("FP32", "[1]", strings.Repeat("[", 20000)+strings.Repeat("]", 20000)), want: []string{"malformed JSON"}},
+		{name: "very deep nesting", body: in("FP32", "[1]", strings.Repeat("[", 20000)+strings.Repeat("]", 20000)), want: []string{`input "x"`, "nested deeper than 64"}},
 		{name: "invalid UTF-8 in BYTES", body: in("BYTES", "[1]", "[\"\xff\"]"), want: []string{"not valid UTF-8"}},
 		{name: "invalid UTF-8 in escaped BYTES", body: in("BYTES", "[1]", "[\"\\n\xff\"]"), want: []string{"not valid UTF-8"}},
 
