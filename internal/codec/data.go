@@ -168,6 +168,16 @@ func (p *dataParser) scalar() error {
 		}
 		return nil
 	case inference.FP16, inference.BF16, inference.FP32, inference.FP64:
+		if p.dt == inference.FP32 || p.dt == inference.FP64 {
+			if f, ok := fastFloat(tok, p.dt == inference.FP32); ok {
+				if p.dt == inference.FP32 {
+					p.out = binary.LittleEndian.AppendUint32(p.out, math.Float32bits(float32(f)))
+				} else {
+					p.out = binary.LittleEndian.AppendUint64(p.out, math.Float64bits(f))
+				}
+				return nil
+			}
+		}
 		bits := 64
 		if p.dt == inference.FP32 {
 			bits = 32
@@ -251,6 +261,95 @@ func roundToOdd32(f float64) float32 {
 		r = math.Float32frombits(b)
 	}
 	return r
+}
+
+// pow10 holds the powers of ten that float64 represents exactly.
+var pow10 = [...]float64{1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10,
+	1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22}
+
+// fastFloat parses the common JSON numbers — at most 19 digits, a mantissa
+// below 2^53 and a power of ten within ±22 — exactly, by Clinger's fast
+// path: one correctly rounded float64 operation on exact operands. For
+// FP32 (f32) the float64 is then rounded again, which is exact unless it
+// sits on a float32 halfway point or outside float32's normal range; those
+// and every other case report !ok, for strconv to handle. It also rejects
+// what is not a JSON number.
+func fastFloat(tok []byte, f32 bool) (float64, bool) {
+	i, n := 0, len(tok)
+	neg := n > 0 && tok[0] == '-'
+	if neg {
+		i++
+	}
+	if i >= n {
+		return 0, false
+	}
+	var w uint64
+	digits, q := 0, 0
+	switch c := tok[i]; {
+	case c == '0':
+		i++
+	case c >= '1' && c <= '9':
+		for ; i < n && tok[i] >= '0' && tok[i] <= '9'; i++ {
+			w = w*10 + uint64(tok[i]-'0')
+			digits++
+		}
+	default:
+		return 0, false
+	}
+	if i < n && tok[i] == '.' {
+		i++
+		start := i
+		for ; i < n && tok[i] >= '0' && tok[i] <= '9'; i++ {
+			w = w*10 + uint64(tok[i]-'0')
+			digits++
+			q--
+		}
+		if i == start {
+			return 0, false
+		}
+	}
+	if i < n && (tok[i] == 'e' || tok[i] == 'E') {
+		i++
+		eneg := false
+		if i < n && (tok[i] == '+' || tok[i] == '-') {
+			eneg = tok[i] == '-'
+			i++
+		}
+		start, e := i, 0
+		for ; i < n && tok[i] >= '0' && tok[i] <= '9'; i++ {
+			if e < 1000 {
+				e = e*10 + int(tok[i]-'0')
+			}
+		}
+		if i == start {
+			return 0, false
+		}
+		if eneg {
+			e = -e
+		}
+		q += e
+	}
+	if i != n || digits > 19 || w > 1<<53 || q < -22 || q > 22 {
+		return 0, false
+	}
+	f := float64(w)
+	if q < 0 {
+		f /= pow10[-q]
+	} else {
+		f *= pow10[q]
+	}
+	if neg {
+		f = -f
+	}
+	if f32 {
+		if a := math.Abs(f); a != 0 && (a < 0x1p-126 || a > math.MaxFloat32) {
+			return 0, false
+		}
+		if math.Float64bits(f)&(1<<29-1) == 1<<28 {
+			return 0, false // a float32 tie: round from the decimal instead
+		}
+	}
+	return f, true
 }
 
 func (p *dataParser) intError(tok []byte, err error) error {
