@@ -237,6 +237,7 @@ func (s *Sim) Infer(ctx context.Context, req *inference.Request) ([]inference.Te
 	}
 	t := &req.Inputs[0]
 	n := int(t.Shape[0])
+	deadline := time.Now().Add(s.Latency(n))
 	out := make([]byte, 4*SimOutputWidth*n)
 	if n > 0 {
 		seed := rowTypeSeed(t)
@@ -245,12 +246,8 @@ func (s *Sim) Infer(ctx context.Context, req *inference.Request) ([]inference.Te
 			simRow(out[4*SimOutputWidth*r:], seed, t.Data[off[r]:off[r+1]])
 		}
 	}
-	timer := time.NewTimer(s.Latency(n))
-	defer timer.Stop()
-	select {
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	case <-timer.C:
+	if err := waitUntil(ctx, deadline); err != nil {
+		return nil, err
 	}
 	return []inference.Tensor{{
 		Name:     SimOutput,
@@ -346,4 +343,45 @@ func xxh64(b []byte, seed uint64) uint64 {
 	h *= xxPrime3
 	h ^= h >> 32
 	return h
+}
+
+// fineWindow is the last stretch of a simulated batch that waitUntil
+// sleeps in the kernel rather than on a Go timer.
+const fineWindow = 1500 * time.Microsecond
+
+// waitUntil blocks until deadline, or returns ctx's error if ctx ends
+// first. A Go timer on an idle process wakes up to a millisecond late (the
+// poller sleeps in whole milliseconds), which would stretch a 4.37 ms profile
+// step to ~5.3 ms; so the wait runs on a timer until fineWindow before the
+// deadline and then in fineSleep, whose overshoot is ~0.1 ms. Whatever the
+// kernel sleep left (it may return early, and inside a testing/synctest
+// bubble it does not move the fake clock) is waited for on a timer, so the
+// wait never ends before the deadline.
+func waitUntil(ctx context.Context, deadline time.Time) error {
+	if coarse := time.Until(deadline) - fineWindow; coarse > 0 {
+		if err := timerWait(ctx, coarse); err != nil {
+			return err
+		}
+	}
+	if d := time.Until(deadline); d > 0 {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		fineSleep(d)
+	}
+	if d := time.Until(deadline); d > 0 {
+		return timerWait(ctx, d)
+	}
+	return ctx.Err()
+}
+
+func timerWait(ctx context.Context, d time.Duration) error {
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-timer.C:
+		return nil
+	}
 }
