@@ -61,9 +61,17 @@ fuzz-list:
 fuzz:
 	@targets="$$($(FUZZ_FIND))"; \
 	if [ -z "$$targets" ]; then echo "fuzz: no fuzz targets found"; exit 0; fi; \
+	log="$$(mktemp)"; trap 'rm -f "$$log"' EXIT; \
 	while read -r dir name; do \
-		echo "$(GO) test -run='^\$$' -fuzz='^$$name\$$' -fuzztime=$(FUZZTIME) $$dir"; \
-		$(GO) test -run='^$$' -fuzz="^$$name\$$" -fuzztime=$(FUZZTIME) "$$dir" </dev/null; \
+		for try in 1 2; do \
+			echo "$(GO) test -run='^\$$' -fuzz='^$$name\$$' -fuzztime=$(FUZZTIME) $$dir"; \
+			if $(GO) test -run='^$$' -fuzz="^$$name\$$" -fuzztime=$(FUZZTIME) "$$dir" </dev/null 2>&1 | tee "$$log"; then break; fi; \
+			if [ $$try = 1 ] && grep -q 'context deadline exceeded' "$$log" && ! grep -q 'Failing input written' "$$log"; then \
+				echo "fuzz: $$name: the fuzzing engine timed out stopping its workers (no failing input); running it again"; \
+				continue; \
+			fi; \
+			exit 1; \
+		done; \
 	done <<< "$$targets"
 
 ## lint: gofmt, go vet and staticcheck; fails on any finding.

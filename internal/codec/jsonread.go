@@ -1,6 +1,7 @@
 package codec
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"strconv"
@@ -125,6 +126,13 @@ func (r *reader) object(field string, member func(key []byte) error) error {
 		if err != nil {
 			return err
 		}
+		if bytes.IndexByte(key, '\\') >= 0 || !utf8.Valid(key) {
+			k, err := unquote(nil, key)
+			if err != nil {
+				return err
+			}
+			key = []byte(k)
+		}
 		if r.peek() != ':' {
 			if err := r.eof(); err != nil {
 				return err
@@ -233,6 +241,9 @@ func (r *reader) str(field string) (string, bool, error) {
 // unquote returns the text of a JSON string literal lit (with quotes) whose
 // inside is raw. Invalid UTF-8 becomes U+FFFD, as with encoding/json.
 func unquote(lit, raw []byte) (string, error) {
+	if lit == nil {
+		lit = append(append(append(make([]byte, 0, len(raw)+2), '"'), raw...), '"')
+	}
 	simple := utf8.Valid(raw)
 	for _, c := range raw {
 		if c == '\\' {
@@ -352,10 +363,7 @@ func (r *reader) parameters(field string) (map[string]any, error) {
 		if m == nil {
 			m = map[string]any{}
 		}
-		k, err := unquote(nil, key)
-		if err != nil {
-			return err
-		}
+		k := string(key) // object has unescaped it
 		switch c := r.in[r.pos]; {
 		case c == '"':
 			s, _, err := r.str(field)

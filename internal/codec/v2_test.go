@@ -845,3 +845,16 @@ func TestParseHeaderLen(t *testing.T) {
 		}
 	}
 }
+
+// TestEscapedKeys: object keys are unescaped as encoding/json does, for the
+// fields the reader knows and for parameter names (a fuzzing find).
+func TestEscapedKeys(t *testing.T) {
+	body := `{"\u0069nputs":[{"name":"x","datatype":"FP32","shape":[1],"data":[1]}],"parameters":{"a\u0026b":1}}`
+	req, err := DecodeRequest([]byte(body), NoHeader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(req.Inputs) != 1 || req.Parameters["a&b"] != int64(1) {
+		t.Errorf("decoded %+v, want one input and parameter \"a&b\"", req)
+	}
+}
