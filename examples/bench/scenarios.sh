@@ -79,6 +79,40 @@ run_mlp() {
 run_passthrough() {
 	start sim:linear/0s+0s 1 0 0s
 	compare "pass-through (max_batch_size 0), zero-cost runtime, concurrency 1" 1
+	if command -v nginx >/dev/null; then
+		# nginx in front of the same runtime, for the "no worse than nginx" target.
+		mkdir -p "$BIN/nginx"
+		cat >"$BIN/nginx/nginx.conf" <<NGINX
+worker_processes 1;
+daemon off;
+pid $BIN/nginx/nginx.pid;
+error_log $BIN/nginx/error.log;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  upstream rt { server $RT; keepalive 32; }
+  server {
+    listen 127.0.0.1:18803;
+    location / { proxy_pass http://rt; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+NGINX
+		nginx -c "$BIN/nginx/nginx.conf" -p "$BIN/nginx" &
+		wait_ready "http://127.0.0.1:18803/v2/health/ready"
+		echo "== concurrency 1, p50 in microseconds over ${ROUNDS:-6} interleaved 2s rounds: direct, sidecar (pass-through), nginx"
+		for _ in $(seq "${ROUNDS:-6}"); do
+			for t in "$RT" "$SC" 127.0.0.1:18803; do
+				"$BIN/bench" -target "http://$t/v2/models/m/infer" -clients 1 -duration 2s -json 2>/dev/null |
+					sed -n 's/.*"p50_ns": *\([0-9]*\).*/\1/p' | head -1
+			done | paste -sd' '
+		done >"$BIN/p50s"
+		med() { cut -d' ' -f"$1" "$BIN/p50s" | sort -n | awk '{v[NR]=$1} END {print int(v[int((NR+1)/2)]/1000)}'; }
+		d=$(med 1) s=$(med 2) n=$(med 3)
+		echo "median p50: direct ${d}µs, sidecar ${s}µs (+$((s - d))µs), nginx ${n}µs (+$((n - d))µs)"
+		echo
+	else
+		echo "(nginx is not installed: apt-get install nginx-light to compare with it)"
+	fi
 	stop
 }
 
