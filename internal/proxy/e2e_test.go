@@ -587,3 +587,22 @@ func waitFor(t *testing.T, cond func() bool) {
 		}
 	}
 }
+
+// TestNotSupportedYet: parts of the schema the sidecar cannot serve yet are
+// refused at start-up with a clear error, never silently ignored.
+func TestNotSupportedYet(t *testing.T) {
+	for _, tc := range []struct{ name, yaml, mention string }{
+		{"openai", "models:\n  - name: e\n    protocol: openai\n    versions: [{version: \"1\", endpoints: [{address: 127.0.0.1:1}]}]\n", `protocol "openai" is not supported yet`},
+		{"adaptive", "weights: adaptive\nmodels:\n  - name: e\n    versions: [{version: \"1\", endpoints: [{address: 127.0.0.1:1}]}]\n", "adaptive needs the control plane"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, err := config.Parse("t.yaml", []byte(tc.yaml))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := New(Config{Models: cfg}); err == nil || !strings.Contains(err.Error(), tc.mention) {
+				t.Errorf("New: %v, want an error containing %q", err, tc.mention)
+			}
+		})
+	}
+}

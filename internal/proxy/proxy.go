@@ -98,7 +98,16 @@ func New(cfg Config) (*Proxy, error) {
 	if p.m, err = newMetrics(cfg.Meter, cfg.Models); err != nil {
 		return nil, err
 	}
+	if cfg.Models.Weights == config.WeightsAdaptive {
+		return nil, errors.New("proxy: weights: adaptive needs the control plane, which is not built yet; use weights: static")
+	}
 	for i, mc := range cfg.Models.Models {
+		if mc.Protocol != config.ProtocolV2 {
+			return nil, fmt.Errorf("proxy: model %q: protocol %q is not supported yet; only v2 (the Open Inference Protocol) is", mc.Name, mc.Protocol)
+		}
+		if mc.Cache.Enabled {
+			cfg.Logger.Warn("the row cache is not built yet: cache.enabled is ignored", "model", mc.Name)
+		}
 		m := &model{cfg: mc}
 		for j, vc := range mc.Versions {
 			v := &version{cfg: vc}
