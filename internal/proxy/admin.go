@@ -107,7 +107,6 @@ func (p *Proxy) configDump() map[string]any {
 			},
 			Cache: map[string]any{
 				"enabled": c.Enabled, "ttl": c.TTL.String(), "granularity": c.Granularity, "scope": c.Scope,
-				"supported": false, "note": "the row cache is not built yet; every response says X-Batchmesh-Cache: bypass",
 			},
 		}
 		for _, v := range m.versions {
@@ -119,10 +118,16 @@ func (p *Proxy) configDump() map[string]any {
 		}
 		models = append(models, dm)
 	}
+	cacheUsage := map[string]any{"enabled": p.cache != nil, "max_bytes": p.cfg.Models.CacheBytes}
+	if p.cache != nil {
+		entries, bytes := p.cache.Usage()
+		maxBytes, maxEntries := p.cache.Limits()
+		cacheUsage = map[string]any{"enabled": true, "max_bytes": maxBytes, "max_entries": maxEntries, "bytes": bytes, "entries": entries}
+	}
 	return map[string]any{
 		"source":      p.cfg.Source,
 		"weights":     p.cfg.Models.Weights,
-		"cache_bytes": p.cfg.Models.CacheBytes,
+		"cache":       cacheUsage,
 		"xds":         map[string]any{"mode": "static", "note": "no xDS client: configuration comes from -config"},
 		"draining":    p.draining.Load(),
 		"models":      models,

@@ -136,7 +136,7 @@ func (p *Proxy) infer(ctx *fasthttp.RequestCtx, m *model, v *version, start time
 	}
 	upParams := upstreamParams(req.Parameters)
 	upOutputs := upstreamOutputs(req.Outputs)
-	res, err := v.lane.Submit(context.Background(), &batch.Request{
+	br := &batch.Request{
 		Inputs:      req.Inputs,
 		Outputs:     upOutputs,
 		Parameters:  upParams,
@@ -145,7 +145,16 @@ func (p *Proxy) infer(ctx *fasthttp.RequestCtx, m *model, v *version, start time
 		Priority:    prio,
 		Deadline:    start.Add(timeout),
 		Traceparent: string(ctx.Request.Header.Peek(headerTrace)),
-	})
+	}
+	var res cachedResult
+	noCache, noStore := cacheControl(ctx.Request.Header.Peek(fasthttp.HeaderCacheControl))
+	if m.cfg.Cache.Enabled && !(noCache && noStore) {
+		res, err = p.inferCached(m, v, br, string(ctx.Request.Header.Peek(HeaderTenant)), noCache, noStore)
+	} else {
+		var out batch.Result
+		out, err = v.lane.Submit(context.Background(), br)
+		res = cachedResult{outputs: out.Outputs, status: cacheBypass, batchRows: out.BatchRows, endpoint: out.Endpoint}
+	}
 	if err != nil {
 		if k := inference.KindOf(err); k == inference.KindOverloaded || k == inference.KindUnavailable {
 			ctx.Response.Header.Set("Retry-After", strconv.Itoa(int(v.lane.RetryAfter().Round(time.Second)/time.Second)))
@@ -153,7 +162,7 @@ func (p *Proxy) infer(ctx *fasthttp.RequestCtx, m *model, v *version, start time
 		p.reply(ctx, name, start, err)
 		return
 	}
-	resp := inference.Response{ModelName: name, ModelVersion: v.cfg.Version, ID: req.ID, Outputs: res.Outputs}
+	resp := inference.Response{ModelName: name, ModelVersion: v.cfg.Version, ID: req.ID, Outputs: res.outputs}
 	out, headerLen, err := codec.EncodeResponse(ctx.Response.Body()[:0], &resp, req.BinaryOutput)
 	if err != nil {
 		p.reply(ctx, name, start, err)
@@ -166,10 +175,12 @@ func (p *Proxy) infer(ctx *fasthttp.RequestCtx, m *model, v *version, start time
 	} else {
 		ctx.SetContentType("application/json")
 	}
-	ctx.Response.Header.Set(HeaderBatchSize, strconv.Itoa(res.BatchRows))
-	ctx.Response.Header.Set(HeaderUpstream, res.Endpoint)
-	ctx.Response.Header.Set(HeaderCache, "bypass")
-	p.m.request(name, fasthttp.StatusOK, "bypass", time.Since(start))
+	if res.batchRows > 0 {
+		ctx.Response.Header.Set(HeaderBatchSize, strconv.Itoa(res.batchRows))
+		ctx.Response.Header.Set(HeaderUpstream, res.endpoint)
+	}
+	ctx.Response.Header.Set(HeaderCache, res.status)
+	p.m.request(name, fasthttp.StatusOK, res.status, time.Since(start))
 }
 
 // upstreamParams drops the request parameters that only say how the

@@ -18,6 +18,7 @@ import (
 
 	"github.com/batchmesh/batchmesh/internal/balancer"
 	"github.com/batchmesh/batchmesh/internal/batch"
+	"github.com/batchmesh/batchmesh/internal/cache"
 	"github.com/batchmesh/batchmesh/internal/config"
 	"github.com/batchmesh/batchmesh/internal/inference"
 	"github.com/batchmesh/batchmesh/internal/upstream"
@@ -52,6 +53,7 @@ type Proxy struct {
 	rndMu      sync.Mutex
 	rnd        *rand.Rand
 	admin      fasthttp.RequestHandler
+	cache      *cache.Cache // nil when no model caches
 }
 
 // model is one configured model: its settings and a lane per version.
@@ -105,8 +107,10 @@ func New(cfg Config) (*Proxy, error) {
 		if mc.Protocol != config.ProtocolV2 {
 			return nil, fmt.Errorf("proxy: model %q: protocol %q is not supported yet; only v2 (the Open Inference Protocol) is", mc.Name, mc.Protocol)
 		}
-		if mc.Cache.Enabled {
-			cfg.Logger.Warn("the row cache is not built yet: cache.enabled is ignored", "model", mc.Name)
+		if mc.Cache.Enabled && p.cache == nil {
+			if p.cache, err = cache.New(cache.Config{MaxBytes: cfg.Models.CacheBytes, Meter: cfg.Meter}); err != nil {
+				return nil, fmt.Errorf("proxy: %w", err)
+			}
 		}
 		m := &model{cfg: mc}
 		for j, vc := range mc.Versions {
