@@ -6,7 +6,8 @@
 #
 # Scenarios: bert (sim:h200/bert-base, 256 clients), linear (5ms+0.2ms/row,
 # 64 clients, and concurrency 1), mlp (the Go MLP on CPU, 64 clients),
-# passthrough (batching off, concurrency 1). DURATION (default 10s) sets each
+# passthrough (batching off, concurrency 1), cache (hit path, and a
+# 50%-repeated workload with the cache on vs off). DURATION (default 10s) sets each
 # run's length. Everything listens on 127.0.0.1 and stops by itself.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -116,8 +117,39 @@ NGINX
 	stop
 }
 
+# The row cache: one sidecar with cache on, one with it off, same runtime.
+start_cached() { # MODEL_FLAG
+	"$BIN/model" -listen "$RT" -model "m=$1" >"$BIN/model.log" 2>&1 &
+	wait_ready "http://$RT/v2/health/ready"
+	for c in on off; do
+		local enabled=true listen=$SC admin=$ADMIN
+		[ $c = off ] && enabled=false listen=127.0.0.1:18804 admin=127.0.0.1:18805
+		cat >"$BIN/sidecar-$c.yaml" <<YAML
+models:
+  - name: m
+    batching: {max_batch_size: 64, max_queue_delay: 2ms, timeout: 10s}
+    cache: {enabled: $enabled, ttl: 10m}
+    versions: [{version: "1", endpoints: [{address: "$RT"}]}]
+YAML
+		"$BIN/sidecar" -config "$BIN/sidecar-$c.yaml" -listen "$listen" -admin "$admin" -log-level warn >"$BIN/sidecar-$c.log" 2>&1 &
+		wait_ready "http://$admin/readyz"
+	done
+}
+
+run_cache() {
+	start_cached sim:h200/bert-base
+	echo "== cache hits: 8 clients repeating 8 bodies (all hits after the first 8)"
+	"$BIN/bench" -target "http://$SC/v2/models/m/infer" -clients 8 -repeat 1 -duration "$DURATION" 2>/dev/null
+	echo
+	echo "== 50%-repeated one-row workload on sim:h200/bert-base, 256 clients: cache on vs cache off"
+	"$BIN/bench" -target "http://$SC/v2/models/m/infer" -compare "http://127.0.0.1:18804/v2/models/m/infer" \
+		-clients 256 -repeat 0.5 -distinct 400000 -duration "$DURATION" 2>/dev/null
+	echo
+	stop
+}
+
 scenarios=("$@")
-((${#scenarios[@]})) || scenarios=(bert linear mlp passthrough)
+((${#scenarios[@]})) || scenarios=(bert linear mlp passthrough cache)
 for s in "${scenarios[@]}"; do
 	"run_$s"
 done
