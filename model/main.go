@@ -81,10 +81,20 @@ func run(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	srv, err := modelrt.NewServer(modelrt.Config{
+	tracing, err := telemetry.NewTracing(context.Background(), "batchmesh-model")
+	if err != nil {
+		return err
+	}
+	defer tracing.Close(context.Background())
+	mcfg := modelrt.Config{
 		Models: models, Slots: *slots, MaxBatch: *maxBatch, MaxBodyBytes: *maxBody,
 		Meter: metrics.Meter("batchmesh/model"), Metrics: metrics.Handler(), Logger: logger,
-	})
+	}
+	if tracing.Exporter != "none" {
+		mcfg.Tracer, mcfg.Propagator = tracing.Provider.Tracer("batchmesh/model"), tracing.Propagator
+		logger.Info("tracing on", "exporter", tracing.Exporter)
+	}
+	srv, err := modelrt.NewServer(mcfg)
 	if err != nil {
 		return err
 	}

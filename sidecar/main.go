@@ -75,10 +75,20 @@ func run(args []string, stderr io.Writer) error {
 		return err
 	}
 	defer metrics.Close(context.Background())
-	p, err := proxy.New(proxy.Config{
+	tracing, err := telemetry.NewTracing(context.Background(), "batchmesh-sidecar")
+	if err != nil {
+		return err
+	}
+	defer tracing.Close(context.Background())
+	pcfg := proxy.Config{
 		Models: cfg, Source: *cfgPath, MaxBodyBytes: int(bodyLimit), ProbeInterval: *probe,
 		Meter: metrics.Meter("batchmesh/sidecar"), Metrics: metrics.Handler(), Logger: logger,
-	})
+	}
+	if tracing.Exporter != "none" {
+		pcfg.Tracer, pcfg.Propagator = tracing.Provider.Tracer("batchmesh/sidecar"), tracing.Propagator
+		logger.Info("tracing on", "exporter", tracing.Exporter)
+	}
+	p, err := proxy.New(pcfg)
 	if err != nil {
 		return err
 	}

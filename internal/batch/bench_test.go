@@ -13,7 +13,7 @@ import (
 // measures the lane alone.
 type echoCaller struct{}
 
-func (echoCaller) Call(_ context.Context, _ string, req *inference.Request, _ string) ([]inference.Tensor, error) {
+func (echoCaller) Call(_ context.Context, _ string, req *inference.Request) ([]inference.Tensor, error) {
 	out := req.Inputs[0]
 	out.Name = "out"
 	return []inference.Tensor{out}, nil

@@ -5,6 +5,10 @@ import (
 	"errors"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/batchmesh/batchmesh/internal/inference"
 )
 
@@ -219,7 +223,7 @@ func (l *Lane) finishLocked(ep *endpoint, b *batch, start time.Time, err error) 
 // run sends b to ep and hands each piece its answer. It owns the batch until
 // every piece is answered or failed.
 func (l *Lane) run(b *batch, ep *endpoint, start time.Time) {
-	outs, err := l.call(b, ep)
+	outs, err := l.call(b, ep, 1)
 	l.mu.Lock()
 	l.finishLocked(ep, b, start, err)
 	if err != nil && errors.Is(err, inference.ErrUnavailable) {
@@ -234,7 +238,7 @@ func (l *Lane) run(b *batch, ep *endpoint, start time.Time) {
 
 	if err != nil && (errors.Is(err, inference.ErrUnavailable) || errors.Is(err, inference.ErrUpstream)) {
 		if alt, at := l.retryTarget(ep, b); alt != nil {
-			outs, err = l.call(b, alt)
+			outs, err = l.call(b, alt, 2)
 			l.mu.Lock()
 			l.finishLocked(alt, b, at, err)
 			if err != nil && errors.Is(err, inference.ErrUnavailable) {
@@ -245,7 +249,7 @@ func (l *Lane) run(b *batch, ep *endpoint, start time.Time) {
 		}
 	}
 	if err != nil && errors.Is(err, inference.ErrInvalid) && len(b.pieces) > 1 {
-		l.bisect(b, ep, err)
+		l.bisect(b, ep, err, 2)
 	} else {
 		l.settle(b, ep.Address, outs, err)
 	}
@@ -283,7 +287,7 @@ func (l *Lane) retryTarget(failed *endpoint, b *batch) (*endpoint, time.Time) {
 // the requests whose rows are bad fail. It runs on the batch's goroutine,
 // one half after the other, on the same endpoint (which already refused
 // quickly), until a half holds a single piece.
-func (l *Lane) bisect(b *batch, ep *endpoint, cause error) {
+func (l *Lane) bisect(b *batch, ep *endpoint, cause error, attempt int) {
 	if len(b.pieces) == 1 || time.Until(b.deadline) <= 0 {
 		l.settle(b, ep.Address, nil, cause)
 		return
@@ -294,17 +298,18 @@ func (l *Lane) bisect(b *batch, ep *endpoint, cause error) {
 		for _, pc := range part {
 			h.rows += pc.hi - pc.lo
 		}
-		outs, err := l.call(h, ep)
+		outs, err := l.call(h, ep, attempt)
 		if err != nil && errors.Is(err, inference.ErrInvalid) && len(part) > 1 {
-			l.bisect(h, ep, err)
+			l.bisect(h, ep, err, attempt+1)
 			continue
 		}
 		l.settle(h, ep.Address, outs, err)
 	}
 }
 
-// call builds b's upstream request and sends it under b's deadline.
-func (l *Lane) call(b *batch, ep *endpoint) ([]inference.Tensor, error) {
+// call builds b's upstream request and sends it under b's deadline, in a
+// client span that links every member request's span.
+func (l *Lane) call(b *batch, ep *endpoint, attempt int) ([]inference.Tensor, error) {
 	tmpl := b.pieces[0].p.req // every request of a group has the same inputs, outputs and parameters
 	req := &inference.Request{
 		Model: l.cfg.Model, Version: l.cfg.Version,
@@ -325,7 +330,31 @@ func (l *Lane) call(b *batch, ep *endpoint) ([]inference.Tensor, error) {
 	}
 	ctx, cancel := context.WithDeadline(context.Background(), b.deadline)
 	defer cancel()
-	return l.cfg.Caller.Call(ctx, ep.Address, req, b.pieces[0].p.req.Traceparent)
+	var links []trace.Link
+	for i, pc := range b.pieces {
+		if sc := pc.p.req.Trace; sc.IsValid() && (i == 0 || pc.p != b.pieces[i-1].p) {
+			links = append(links, trace.Link{SpanContext: sc})
+		}
+	}
+	if links == nil {
+		return l.cfg.Caller.Call(ctx, ep.Address, req)
+	}
+	ctx, span := l.cfg.Tracer.Start(ctx, "batch "+l.cfg.Model, trace.WithSpanKind(trace.SpanKindClient),
+		trace.WithNewRoot(), trace.WithLinks(links...), trace.WithAttributes(
+			attribute.String("batchmesh.model", l.cfg.Model),
+			attribute.String("batchmesh.version", l.cfg.Version),
+			attribute.Int("batchmesh.batch_rows", b.rows),
+			attribute.Int("batchmesh.batch_requests", len(links)),
+			attribute.String("batchmesh.endpoint", ep.Address),
+			attribute.Int("batchmesh.attempt", attempt),
+		))
+	outs, err := l.cfg.Caller.Call(ctx, ep.Address, req)
+	if err != nil {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, err.Error())
+	}
+	span.End()
+	return outs, err
 }
 
 // settle hands every piece of b its rows of outs, or err.

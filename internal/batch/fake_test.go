@@ -1,6 +1,8 @@
 package batch
 
 import (
+	"go.opentelemetry.io/otel/trace"
+
 	"bytes"
 	"cmp"
 	"context"
@@ -53,12 +55,12 @@ type fakeCaller struct {
 
 // sentBatch is one call as the runtime saw it.
 type sentBatch struct {
-	endpoint    string
-	at          time.Time // when the call began
-	deadline    time.Time // ctx's deadline
-	rows        int
-	keys        []float32 // the key of each row, in order
-	traceparent string
+	endpoint string
+	at       time.Time // when the call began
+	deadline time.Time // ctx's deadline
+	rows     int
+	keys     []float32 // the key of each row, in order
+	span     trace.SpanContext
 }
 
 func newFakeCaller(latency map[string]time.Duration, down ...string) *fakeCaller {
@@ -69,12 +71,12 @@ func newFakeCaller(latency map[string]time.Duration, down ...string) *fakeCaller
 	return f
 }
 
-func (f *fakeCaller) Call(ctx context.Context, endpoint string, req *inference.Request, traceparent string) ([]inference.Tensor, error) {
+func (f *fakeCaller) Call(ctx context.Context, endpoint string, req *inference.Request) ([]inference.Tensor, error) {
 	in := req.Inputs[0]
 	keys := rowKeys(&in)
 	deadline, _ := ctx.Deadline()
 	f.mu.Lock()
-	f.calls = append(f.calls, sentBatch{endpoint: endpoint, at: time.Now(), deadline: deadline, rows: int(in.Shape[0]), keys: keys, traceparent: traceparent})
+	f.calls = append(f.calls, sentBatch{endpoint: endpoint, at: time.Now(), deadline: deadline, rows: int(in.Shape[0]), keys: keys, span: trace.SpanContextFromContext(ctx)})
 	f.inFlight[endpoint]++
 	f.peak[endpoint] = max(f.peak[endpoint], f.inFlight[endpoint])
 	f.mu.Unlock()

@@ -10,6 +10,8 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/metric/noop"
+	"go.opentelemetry.io/otel/trace"
+	tracenoop "go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/batchmesh/batchmesh/internal/inference"
 )
@@ -45,13 +47,13 @@ func (p Priority) String() string {
 
 // Caller sends one batch to one endpoint. It is the next stage's interface,
 // implemented by the proxy over the upstream client. ctx carries the batch's
-// own deadline (the latest of its requests': one caller's short deadline
+// span (to propagate upstream as traceparent) and the batch's own deadline (the latest of its requests': one caller's short deadline
 // fails only its own request, never the batch). The returned tensors are owned
 // by the lane. Errors are *inference.Error: KindInvalid (the runtime refused
 // the input: the lane bisects), KindUnavailable or KindUpstream (the lane
 // retries elsewhere), anything else fails the batch.
 type Caller interface {
-	Call(ctx context.Context, endpoint string, req *inference.Request, traceparent string) ([]inference.Tensor, error)
+	Call(ctx context.Context, endpoint string, req *inference.Request) ([]inference.Tensor, error)
 }
 
 // Picker chooses the endpoint for a batch among the eligible ones; it
@@ -96,20 +98,21 @@ type Config struct {
 	Caller         Caller        // required
 	Meter          metric.Meter  // nil records nothing
 	Picker         Picker        // nil picks the least loaded endpoint
+	Tracer         trace.Tracer  // the batch spans; nil traces nothing
 }
 
 // Request is one caller's rows as the lane sees them. Inputs must be valid
 // and own their data (the lane reads them until Submit returns and from
 // batches it sends in the meantime); every input has Rows rows in dim 0.
 type Request struct {
-	Inputs      []inference.Tensor
-	Outputs     []inference.OutputSpec
-	Parameters  inference.Parameters // sent upstream with the batch (the group key must cover them)
-	Rows        int
-	Group       string // requests batch together only with the same Group
-	Priority    Priority
-	Deadline    time.Time
-	Traceparent string
+	Inputs     []inference.Tensor
+	Outputs    []inference.OutputSpec
+	Parameters inference.Parameters // sent upstream with the batch (the group key must cover them)
+	Rows       int
+	Group      string // requests batch together only with the same Group
+	Priority   Priority
+	Deadline   time.Time
+	Trace      trace.SpanContext // the caller's span, linked from the batch span; may be invalid
 }
 
 // Result is a request's answer: its rows of every output, in order.
@@ -195,6 +198,9 @@ func NewLane(cfg Config) (*Lane, error) {
 		l.eps = append(l.eps, &endpoint{Endpoint: e, healthy: true})
 	}
 	l.loads = make([]inference.EndpointLoad, len(l.eps))
+	if l.cfg.Tracer == nil {
+		l.cfg.Tracer = tracenoop.NewTracerProvider().Tracer("")
+	}
 	if l.cfg.Picker == nil {
 		l.cfg.Picker = leastLoaded{}
 	}

@@ -18,6 +18,8 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/metric/noop"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/batchmesh/batchmesh/internal/codec"
 	"github.com/batchmesh/batchmesh/internal/inference"
@@ -43,6 +45,10 @@ type Config struct {
 	Metrics http.Handler
 	// Logger logs lifecycle events; nil discards them.
 	Logger *slog.Logger
+	// Tracer, when set, records a server span per inference that continues
+	// the caller's trace (W3C traceparent, read by Propagator).
+	Tracer     trace.Tracer
+	Propagator propagation.TextMapPropagator
 }
 
 // Server is the reference model runtime: the Open Inference Protocol v2 over
@@ -96,6 +102,9 @@ func NewServer(cfg Config) (*Server, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Tracer != nil && cfg.Propagator == nil {
+		cfg.Propagator = propagation.TraceContext{}
 	}
 	s := &Server{cfg: cfg, slots: make(chan struct{}, cfg.Slots)}
 	s.attrs = make(map[string]metric.MeasurementOption, len(cfg.Models))
@@ -361,7 +370,17 @@ func (s *Server) infer(ctx *fasthttp.RequestCtx, name string, m Model) {
 		writeError(ctx, err)
 		return
 	}
+	var span trace.Span
+	if s.cfg.Tracer != nil {
+		parent := s.cfg.Propagator.Extract(context.Background(), headerCarrier{&ctx.Request.Header})
+		_, span = s.cfg.Tracer.Start(parent, "model infer "+name, trace.WithSpanKind(trace.SpanKindServer),
+			trace.WithAttributes(attribute.String("batchmesh.model", name), attribute.Int("batchmesh.rows", rows)))
+		defer span.End()
+	}
 	outs, err := s.run(ctx, m, &req, name, rows)
+	if err != nil && span != nil {
+		span.RecordError(err)
+	}
 	if err != nil {
 		writeError(ctx, err)
 		return
@@ -430,3 +449,16 @@ func (s *Server) run(ctx context.Context, m Model, req *inference.Request, name 
 }
 
 func (s *Server) queued() int64 { return s.load.waiting.Load() }
+
+// headerCarrier reads W3C trace context from a fasthttp request.
+type headerCarrier struct{ h *fasthttp.RequestHeader }
+
+func (c headerCarrier) Get(key string) string { return string(c.h.Peek(key)) }
+func (c headerCarrier) Set(key, value string) { c.h.Set(key, value) }
+func (c headerCarrier) Keys() []string {
+	var keys []string
+	for k := range c.h.All() {
+		keys = append(keys, string(k))
+	}
+	return keys
+}

@@ -125,12 +125,12 @@ func (p *Proxy) configDump() map[string]any {
 		cacheUsage = map[string]any{"enabled": true, "max_bytes": maxBytes, "max_entries": maxEntries, "bytes": bytes, "entries": entries}
 	}
 	return map[string]any{
-		"source":      p.cfg.Source,
-		"weights":     p.cfg.Models.Weights,
-		"cache":       cacheUsage,
-		"xds":         map[string]any{"mode": "static", "note": "no xDS client: configuration comes from -config"},
-		"draining":    p.draining.Load(),
-		"models":      models,
+		"source":   p.cfg.Source,
+		"weights":  p.cfg.Models.Weights,
+		"cache":    cacheUsage,
+		"xds":      map[string]any{"mode": "static", "note": "no xDS client: configuration comes from -config"},
+		"draining": p.draining.Load(),
+		"models":   models,
 	}
 }
 

@@ -52,6 +52,7 @@ type cachedResult struct {
 	status    string // the X-Batchmesh-Cache value
 	batchRows int    // 0 when nothing went upstream
 	endpoint  string
+	queueWait time.Duration
 	err       error // of the request's own batch
 }
 
@@ -208,7 +209,7 @@ func (p *Proxy) lead(m *model, v *version, br *batch.Request, units []unit, lead
 		res.err = err
 		return len(leaders)
 	}
-	res.batchRows, res.endpoint = out.BatchRows, out.Endpoint
+	res.batchRows, res.endpoint, res.queueWait = out.BatchRows, out.Endpoint, out.QueueWait
 	return len(leaders)
 }
 

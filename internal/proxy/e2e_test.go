@@ -87,11 +87,19 @@ func startSidecar(t *testing.T, yaml string) *sidecar {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return startSidecarConfig(t, Config{Models: cfg})
+}
+
+// startSidecarConfig serves a proxy built from pc (with metrics and a fast
+// probe interval added) on loopback ports.
+func startSidecarConfig(t *testing.T, pc Config) *sidecar {
+	t.Helper()
 	metrics, err := telemetry.NewMetrics()
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := New(Config{Models: cfg, Meter: metrics.Meter("sidecar"), Metrics: metrics.Handler(), ProbeInterval: 50 * time.Millisecond})
+	pc.Meter, pc.Metrics, pc.ProbeInterval = metrics.Meter("sidecar"), metrics.Handler(), 50*time.Millisecond
+	p, err := New(pc)
 	if err != nil {
 		t.Fatal(err)
 	}

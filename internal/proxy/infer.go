@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/valyala/fasthttp"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/batchmesh/batchmesh/internal/batch"
 	"github.com/batchmesh/batchmesh/internal/codec"
@@ -23,7 +25,6 @@ const (
 	HeaderCache     = "X-Batchmesh-Cache"
 	HeaderBatchSize = "X-Batchmesh-Batch-Size"
 	HeaderUpstream  = "X-Batchmesh-Upstream"
-	headerTrace     = "traceparent"
 )
 
 // Handler serves the application's inference listener.
@@ -98,10 +99,37 @@ func (p *Proxy) forward(ctx *fasthttp.RequestCtx, m *model, v *version, start ti
 // encodes the answer the way the application asked for it.
 func (p *Proxy) infer(ctx *fasthttp.RequestCtx, m *model, v *version, start time.Time) {
 	name := m.cfg.Name
+	_, span := p.startServerSpan(ctx, name)
+	res, rows, prio, err := p.serveInfer(ctx, m, v, start, span.SpanContext())
+	status := fasthttp.StatusOK
+	if err != nil {
+		if k := inference.KindOf(err); k == inference.KindOverloaded || k == inference.KindUnavailable {
+			ctx.Response.Header.Set("Retry-After", strconv.Itoa(int(v.lane.RetryAfter().Round(time.Second)/time.Second)))
+		}
+		p.reply(ctx, name, start, err)
+		status = inference.HTTPStatus(err)
+	} else {
+		p.m.request(name, status, res.status, time.Since(start))
+	}
+	if span.IsRecording() {
+		endServerSpan(span, status, err,
+			attribute.String("batchmesh.version", v.cfg.Version),
+			attribute.Int("batchmesh.rows", rows),
+			attribute.String("batchmesh.cache", res.status),
+			attribute.Float64("batchmesh.queue_wait_ms", float64(res.queueWait)/1e6),
+			attribute.String("batchmesh.priority", prio.String()),
+			attribute.Int("batchmesh.batch_rows", res.batchRows))
+	}
+}
+
+// serveInfer decodes a v2 request, runs it through the cache and its
+// version's lane and writes the answer the way the application asked for
+// it. On error it writes nothing.
+func (p *Proxy) serveInfer(ctx *fasthttp.RequestCtx, m *model, v *version, start time.Time, sc trace.SpanContext) (res cachedResult, rows int, prio batch.Priority, err error) {
+	prio = batch.PriorityNormal
 	hl, err := codec.ParseHeaderLen(ctx.Request.Header.Peek(codec.HeaderContentLength))
 	if err != nil {
-		p.reply(ctx, name, start, err)
-		return
+		return res, 0, prio, err
 	}
 	body := ctx.PostBody()
 	if hl != codec.NoHeader {
@@ -111,62 +139,50 @@ func (p *Proxy) infer(ctx *fasthttp.RequestCtx, m *model, v *version, start time
 	}
 	req, err := codec.DecodeRequest(body, hl)
 	if err != nil {
-		p.reply(ctx, name, start, err)
-		return
+		return res, 0, prio, err
 	}
-	rows, err := req.Rows()
-	if err != nil {
-		p.reply(ctx, name, start, err)
-		return
+	if rows, err = req.Rows(); err != nil {
+		return res, 0, prio, err
 	}
-	prio, err := batch.ParsePriority(string(ctx.Request.Header.Peek(HeaderPriority)))
-	if err != nil {
-		p.reply(ctx, name, start, err)
-		return
+	if prio, err = batch.ParsePriority(string(ctx.Request.Header.Peek(HeaderPriority))); err != nil {
+		return res, rows, batch.PriorityNormal, err
 	}
 	timeout := m.cfg.Batching.Timeout
 	if s := ctx.Request.Header.Peek(HeaderTimeoutMs); len(s) > 0 {
 		ms, err := strconv.ParseUint(string(s), 10, 31)
 		if err != nil || ms == 0 {
-			p.reply(ctx, name, start, inference.Errorf(inference.KindInvalid,
-				"proxy: %s must be a positive whole number of milliseconds, got %q", HeaderTimeoutMs, s))
-			return
+			return res, rows, prio, inference.Errorf(inference.KindInvalid,
+				"proxy: %s must be a positive whole number of milliseconds, got %q", HeaderTimeoutMs, s)
 		}
 		timeout = min(timeout, time.Duration(ms)*time.Millisecond)
 	}
 	upParams := upstreamParams(req.Parameters)
 	upOutputs := upstreamOutputs(req.Outputs)
 	br := &batch.Request{
-		Inputs:      req.Inputs,
-		Outputs:     upOutputs,
-		Parameters:  upParams,
-		Rows:        rows,
-		Group:       groupKey(&req, upParams, upOutputs),
-		Priority:    prio,
-		Deadline:    start.Add(timeout),
-		Traceparent: string(ctx.Request.Header.Peek(headerTrace)),
+		Inputs:     req.Inputs,
+		Outputs:    upOutputs,
+		Parameters: upParams,
+		Rows:       rows,
+		Group:      groupKey(&req, upParams, upOutputs),
+		Priority:   prio,
+		Deadline:   start.Add(timeout),
+		Trace:      sc,
 	}
-	var res cachedResult
 	noCache, noStore := cacheControl(ctx.Request.Header.Peek(fasthttp.HeaderCacheControl))
 	if m.cfg.Cache.Enabled && !(noCache && noStore) {
 		res, err = p.inferCached(m, v, br, string(ctx.Request.Header.Peek(HeaderTenant)), noCache, noStore)
 	} else {
 		var out batch.Result
 		out, err = v.lane.Submit(context.Background(), br)
-		res = cachedResult{outputs: out.Outputs, status: cacheBypass, batchRows: out.BatchRows, endpoint: out.Endpoint}
+		res = cachedResult{outputs: out.Outputs, status: cacheBypass, batchRows: out.BatchRows, endpoint: out.Endpoint, queueWait: out.QueueWait}
 	}
 	if err != nil {
-		if k := inference.KindOf(err); k == inference.KindOverloaded || k == inference.KindUnavailable {
-			ctx.Response.Header.Set("Retry-After", strconv.Itoa(int(v.lane.RetryAfter().Round(time.Second)/time.Second)))
-		}
-		p.reply(ctx, name, start, err)
-		return
+		return res, rows, prio, err
 	}
-	resp := inference.Response{ModelName: name, ModelVersion: v.cfg.Version, ID: req.ID, Outputs: res.outputs}
+	resp := inference.Response{ModelName: m.cfg.Name, ModelVersion: v.cfg.Version, ID: req.ID, Outputs: res.outputs}
 	out, headerLen, err := codec.EncodeResponse(ctx.Response.Body()[:0], &resp, req.BinaryOutput)
 	if err != nil {
-		p.reply(ctx, name, start, err)
-		return
+		return res, rows, prio, err
 	}
 	ctx.Response.SetBodyRaw(out)
 	if headerLen != codec.NoHeader {
@@ -180,7 +196,7 @@ func (p *Proxy) infer(ctx *fasthttp.RequestCtx, m *model, v *version, start time
 		ctx.Response.Header.Set(HeaderUpstream, res.endpoint)
 	}
 	ctx.Response.Header.Set(HeaderCache, res.status)
-	p.m.request(name, fasthttp.StatusOK, res.status, time.Since(start))
+	return res, rows, prio, nil
 }
 
 // upstreamParams drops the request parameters that only say how the

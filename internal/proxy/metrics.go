@@ -10,6 +10,8 @@ import (
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/batchmesh/batchmesh/internal/config"
 	"github.com/batchmesh/batchmesh/internal/inference"
@@ -118,12 +120,13 @@ type caller struct {
 	up    *upstream.Client
 	m     *metrics
 	model string
+	prop  propagation.TextMapPropagator // nil when tracing is off
 }
 
-func (c *caller) Call(ctx context.Context, endpoint string, req *inference.Request, traceparent string) ([]inference.Tensor, error) {
+func (c *caller) Call(ctx context.Context, endpoint string, req *inference.Request) ([]inference.Tensor, error) {
 	var headers []upstream.Header
-	if traceparent != "" {
-		headers = []upstream.Header{{Key: headerTrace, Value: traceparent}}
+	if c.prop != nil && trace.SpanContextFromContext(ctx).IsValid() {
+		c.prop.Inject(ctx, headersCarrier{&headers})
 	}
 	start := time.Now()
 	reply, err := c.up.Infer(ctx, endpoint, req, headers)

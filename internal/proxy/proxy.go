@@ -15,6 +15,8 @@ import (
 	"github.com/valyala/fasthttp"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/metric/noop"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/batchmesh/batchmesh/internal/balancer"
 	"github.com/batchmesh/batchmesh/internal/batch"
@@ -34,6 +36,10 @@ type Config struct {
 	Metrics       http.Handler   // served at the admin /metrics when set
 	Logger        *slog.Logger   // nil discards
 	Upstream      upstream.Config
+	// Tracer and Propagator trace requests and batches; a nil Tracer traces
+	// nothing and costs nothing.
+	Tracer     trace.Tracer
+	Propagator propagation.TextMapPropagator
 }
 
 // Proxy is the sidecar's data plane. Build it with New, call Probe once,
@@ -54,6 +60,7 @@ type Proxy struct {
 	rnd        *rand.Rand
 	admin      fasthttp.RequestHandler
 	cache      *cache.Cache // nil when no model caches
+	tracing    bool
 }
 
 // model is one configured model: its settings and a lane per version.
@@ -89,12 +96,16 @@ func New(cfg Config) (*Proxy, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	cfg.Upstream.Logger = cfg.Logger
+	if cfg.Tracer != nil && cfg.Propagator == nil {
+		cfg.Propagator = propagation.TraceContext{}
+	}
 	p := &Proxy{
 		cfg:        cfg,
 		up:         upstream.New(cfg.Upstream),
 		models:     make(map[string]*model),
 		probeFails: make(map[string]int),
 		rnd:        rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1)),
+		tracing:    cfg.Tracer != nil,
 	}
 	var err error
 	if p.m, err = newMetrics(cfg.Meter, cfg.Models); err != nil {
@@ -125,7 +136,8 @@ func New(cfg Config) (*Proxy, error) {
 					Model: mc.Name, Version: vc.Version,
 					MaxBatchSize: mc.Batching.MaxBatchSize, MaxQueueDelay: mc.Batching.MaxQueueDelay,
 					MaxQueueSize: mc.Batching.MaxQueueSize, Endpoints: eps,
-					Caller: &caller{up: p.up, m: p.m, model: mc.Name},
+					Caller: &caller{up: p.up, m: p.m, model: mc.Name, prop: cfg.Propagator},
+					Tracer: cfg.Tracer,
 					Meter:  cfg.Meter, Picker: balancer.NewPicker(rand.New(rand.NewPCG(uint64(i*1000+j+1), 0x9e3779b97f4a7c15))),
 				})
 				if err != nil {
