@@ -331,23 +331,34 @@ func (l *Lane) call(b *batch, ep *endpoint, attempt int) ([]inference.Tensor, er
 	ctx, cancel := context.WithDeadline(context.Background(), b.deadline)
 	defer cancel()
 	var links []trace.Link
+	var parent trace.SpanContext
 	for i, pc := range b.pieces {
 		if sc := pc.p.req.Trace; sc.IsValid() && (i == 0 || pc.p != b.pieces[i-1].p) {
 			links = append(links, trace.Link{SpanContext: sc})
+			if !parent.IsSampled() && sc.IsSampled() {
+				parent = sc
+			}
 		}
 	}
 	if links == nil {
 		return l.cfg.Caller.Call(ctx, ep.Address, req)
 	}
-	ctx, span := l.cfg.Tracer.Start(ctx, "batch "+l.cfg.Model, trace.WithSpanKind(trace.SpanKindClient),
-		trace.WithNewRoot(), trace.WithLinks(links...), trace.WithAttributes(
-			attribute.String("batchmesh.model", l.cfg.Model),
-			attribute.String("batchmesh.version", l.cfg.Version),
-			attribute.Int("batchmesh.batch_rows", b.rows),
-			attribute.Int("batchmesh.batch_requests", len(links)),
-			attribute.String("batchmesh.endpoint", ep.Address),
-			attribute.Int("batchmesh.attempt", attempt),
-		))
+	// The batch span is a child of the first sampled member (so a sampled
+	// request's trace shows its batch; with no member sampled it is not
+	// sampled either) and links every member.
+	opts := []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindClient), trace.WithLinks(links...), trace.WithAttributes(
+		attribute.String("batchmesh.model", l.cfg.Model),
+		attribute.String("batchmesh.version", l.cfg.Version),
+		attribute.Int("batchmesh.batch_rows", b.rows),
+		attribute.Int("batchmesh.batch_requests", len(links)),
+		attribute.String("batchmesh.endpoint", ep.Address),
+		attribute.Int("batchmesh.attempt", attempt),
+	)}
+	if !parent.IsValid() {
+		parent = links[0].SpanContext
+	}
+	ctx = trace.ContextWithSpanContext(ctx, parent)
+	ctx, span := l.cfg.Tracer.Start(ctx, "batch "+l.cfg.Model, opts...)
 	outs, err := l.cfg.Caller.Call(ctx, ep.Address, req)
 	if err != nil {
 		span.RecordError(err)
