@@ -7,7 +7,8 @@
 # Scenarios: bert (sim:h200/bert-base, 256 clients), linear (5ms+0.2ms/row,
 # 64 clients, and concurrency 1), mlp (the Go MLP on CPU, 64 clients),
 # passthrough (batching off, concurrency 1), cache (hit path, and a
-# 50%-repeated workload with the cache on vs off). DURATION (default 10s) sets each
+# 50%-repeated workload with the cache on vs off), tracing (off vs on at 1%
+# sampling). DURATION (default 10s) sets each
 # run's length. Everything listens on 127.0.0.1 and stops by itself.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -15,7 +16,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 DURATION=${DURATION:-10s}
 BIN=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$BIN"' EXIT
-go build -o "$BIN/" ./model ./sidecar ./examples/bench
+go build -o "$BIN/" ./model ./sidecar ./examples/bench ./examples/otlpsink
 RT=127.0.0.1:18800 SC=127.0.0.1:18801 ADMIN=127.0.0.1:18802
 
 wait_ready() { # URL
@@ -148,8 +149,47 @@ run_cache() {
 	stop
 }
 
+# Tracing overhead: the same sidecar binary with tracing off, and on with 1%
+# sampling exporting to otlpsink; a runtime with two slots so that the
+# sidecar's CPU, not the runtime, is what limits. BASELINE_SIDECAR=path adds
+# a third sidecar binary (e.g. built before tracing existed).
+run_tracing() {
+	"$BIN/model" -listen "$RT" -model m=sim:h200/bert-base -slots 2 >"$BIN/model.log" 2>&1 &
+	wait_ready "http://$RT/v2/health/ready"
+	"$BIN/otlpsink" -listen 127.0.0.1:18809 >"$BIN/sink.log" 2>&1 &
+	cat >"$BIN/sidecar.yaml" <<YAML
+models:
+  - name: m
+    batching: {max_batch_size: 64, max_queue_delay: 2ms, timeout: 10s}
+    versions: [{version: "1", endpoints: [{address: "$RT", slots: 2}]}]
+YAML
+	"$BIN/sidecar" -config "$BIN/sidecar.yaml" -listen 127.0.0.1:18811 -admin 127.0.0.1:18812 -log-level warn &
+	OTEL_TRACES_EXPORTER=otlp OTEL_EXPORTER_OTLP_PROTOCOL=grpc OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:18809 \
+		OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG=0.01 \
+		"$BIN/sidecar" -config "$BIN/sidecar.yaml" -listen 127.0.0.1:18813 -admin 127.0.0.1:18814 -log-level warn &
+	local targets=(127.0.0.1:18811 127.0.0.1:18813) names=(off on-1%) admins=(127.0.0.1:18812 127.0.0.1:18814)
+	if [ -n "${BASELINE_SIDECAR:-}" ]; then
+		"$BASELINE_SIDECAR" -config "$BIN/sidecar.yaml" -listen 127.0.0.1:18815 -admin 127.0.0.1:18816 -log-level warn &
+		targets+=(127.0.0.1:18815) names+=(baseline) admins+=(127.0.0.1:18816)
+	fi
+	for a in "${admins[@]}"; do wait_ready "http://$a/readyz"; done
+	echo "== tracing overhead: sim:h200/bert-base with 2 slots, 256 clients, rows/s of ${ROUNDS:-6} interleaved 4s rounds"
+	for _ in $(seq "${ROUNDS:-6}"); do
+		for t in "${targets[@]}"; do
+			"$BIN/bench" -target "http://$t/v2/models/m/infer" -clients 256 -duration 4s -json 2>/dev/null |
+				sed -n 's/.*"rows_per_sec": *\([0-9.]*\).*/\1/p' | head -1
+		done | paste -sd' '
+	done >"$BIN/rates"
+	for i in "${!targets[@]}"; do
+		echo "${names[$i]}: median $(cut -d' ' -f$((i + 1)) "$BIN/rates" | sort -n | awk '{v[NR]=$1} END {printf "%.0f", v[int((NR+1)/2)]}') rows/s (runs: $(cut -d' ' -f$((i + 1)) "$BIN/rates" | xargs printf '%.0f '))"
+	done
+	echo "spans received: $(tail -1 "$BIN/sink.log")"
+	echo
+	stop
+}
+
 scenarios=("$@")
-((${#scenarios[@]})) || scenarios=(bert linear mlp passthrough cache)
+((${#scenarios[@]})) || scenarios=(bert linear mlp passthrough cache tracing)
 for s in "${scenarios[@]}"; do
 	"run_$s"
 done

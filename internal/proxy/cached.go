@@ -57,8 +57,29 @@ type cachedResult struct {
 }
 
 // maxFollowRounds bounds how often a request re-looks-up rows whose leader
-// gave up (its own deadline passed or it went away).
+// gave up (see errLeaderGaveUp).
 const maxFollowRounds = 3
+
+// errLeaderGaveUp is what a leader's followers get when its failure says
+// nothing about the row they wait for: its own deadline passed, the lane
+// shed or refused its request, or the request held other rows that may be
+// the ones at fault. They look the row up again, and one of them leads it,
+// instead of failing with a request that was not theirs.
+var errLeaderGaveUp = errors.New("proxy: the leader of an identical row in flight gave up")
+
+// followersShare reports whether followers may take err, the failure of a
+// leader's request of leaders units, as their own answer: only when that
+// request computed their unit alone and failed on it, not on its own limits.
+func followersShare(err error, leaders int) bool {
+	if leaders != 1 {
+		return false
+	}
+	switch inference.KindOf(err) {
+	case inference.KindDeadline, inference.KindOverloaded, inference.KindTooLarge:
+		return false
+	}
+	return true
+}
 
 // inferCached answers br through the cache: rows found are not computed,
 // rows in flight for another request are waited for, and only the rest go
@@ -123,8 +144,8 @@ func (p *Proxy) inferCached(m *model, v *version, br *batch.Request, tenant stri
 			case err == nil:
 				units[i].value = val
 				coalesced++
-			case inference.KindOf(err) == inference.KindDeadline:
-				pending = append(pending, i) // its leader gave up; look again
+			case errors.Is(err, errLeaderGaveUp) || inference.KindOf(err) == inference.KindDeadline:
+				pending = append(pending, i) // its leader gave up or our wait ended; look again
 			default:
 				waitErr = err
 			}
@@ -190,6 +211,10 @@ func (p *Proxy) lead(m *model, v *version, br *batch.Request, units []unit, lead
 	for o := range out.Outputs {
 		offs[o] = out.Outputs[o].RowOffsets(nil)
 	}
+	callErr := err
+	if err != nil && !followersShare(err, len(leaders)) {
+		callErr = errLeaderGaveUp
+	}
 	row := 0
 	for _, i := range leaders {
 		n := units[i].hi - units[i].lo
@@ -202,7 +227,7 @@ func (p *Proxy) lead(m *model, v *version, br *batch.Request, units []unit, lead
 			val = cache.NewValue(mine)
 			units[i].value = val
 		}
-		p.cache.Complete(m.cfg.Name, units[i].key, calls[i], val, err, expires, !noStore)
+		p.cache.Complete(m.cfg.Name, units[i].key, calls[i], val, callErr, expires, !noStore)
 		row += n
 	}
 	if err != nil {
