@@ -212,7 +212,7 @@ func (p *Proxy) lead(m *model, v *version, br *batch.Request, units []unit, lead
 		offs[o] = out.Outputs[o].RowOffsets(nil)
 	}
 	callErr := err
-	if false && err != nil && !followersShare(err, len(leaders)) {
+	if err != nil && !followersShare(err, len(leaders)) {
 		callErr = errLeaderGaveUp
 	}
 	row := 0
