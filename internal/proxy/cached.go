@@ -133,6 +133,10 @@ func (p *Proxy) inferCached(m *model, v *version, br *batch.Request, tenant stri
 				calls[i] = call
 			}
 		}
+		own := make(map[*cache.Call]bool, len(leaders))
+		for _, i := range leaders {
+			own[calls[i]] = true
+		}
 		if len(leaders) > 0 {
 			computed += p.lead(m, v, br, units, leaders, calls, noStore, &res)
 		}
@@ -141,6 +145,9 @@ func (p *Proxy) inferCached(m *model, v *version, br *batch.Request, tenant stri
 		for _, i := range followers {
 			val, err := waitCall(calls[i], br.Deadline)
 			switch {
+			case err == nil && own[calls[i]]:
+				units[i].value = val // a duplicate of one of our own rows
+				computed++
 			case err == nil:
 				units[i].value = val
 				coalesced++

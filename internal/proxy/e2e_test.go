@@ -614,3 +614,15 @@ func TestNotSupportedYet(t *testing.T) {
 		})
 	}
 }
+
+// TestCacheNeedsBatching: a cache on a pass-through model would never be
+// used (pass-through does not decode), so the config is refused.
+func TestCacheNeedsBatching(t *testing.T) {
+	cfg, err := config.Parse("t.yaml", []byte("models:\n  - name: e\n    batching: {max_batch_size: 0}\n    cache: {enabled: true}\n    versions: [{version: \"1\", endpoints: [{address: 127.0.0.1:1}]}]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := New(Config{Models: cfg}); err == nil || !strings.Contains(err.Error(), "needs batching") {
+		t.Errorf("New: %v, want the cache-needs-batching error", err)
+	}
+}

@@ -108,6 +108,13 @@ func (p *Proxy) infer(ctx *fasthttp.RequestCtx, m *model, v *version, start time
 		}
 		p.reply(ctx, name, start, err)
 		status = inference.HTTPStatus(err)
+		if res.status == "" {
+			res.status = cacheBypass
+			if m.cfg.Cache.Enabled {
+				res.status = cacheMiss
+			}
+		}
+		ctx.Response.Header.Set(HeaderCache, res.status)
 	} else {
 		p.m.request(name, status, res.status, time.Since(start))
 	}

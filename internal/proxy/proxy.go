@@ -118,6 +118,9 @@ func New(cfg Config) (*Proxy, error) {
 		if mc.Protocol != config.ProtocolV2 {
 			return nil, fmt.Errorf("proxy: model %q: protocol %q is not supported yet; only v2 (the Open Inference Protocol) is", mc.Name, mc.Protocol)
 		}
+		if mc.Cache.Enabled && !mc.Batching.Enabled() {
+			return nil, fmt.Errorf("proxy: model %q: the cache needs batching (max_batch_size > 0): pass-through requests are not decoded", mc.Name)
+		}
 		if mc.Cache.Enabled && p.cache == nil {
 			if p.cache, err = cache.New(cache.Config{MaxBytes: cfg.Models.CacheBytes, Meter: cfg.Meter}); err != nil {
 				return nil, fmt.Errorf("proxy: %w", err)
