@@ -1,0 +1,43 @@
+package main
+
+import (
+	"encoding/json"
+	"net/http"
+
+	"github.com/batchmesh/batchmesh/internal/xdsserver"
+)
+
+// snapshotState is the JSON of /snapshot.
+type snapshotState struct {
+	Version string                 `json:"version"`
+	Groups  []xdsserver.GroupState `json:"groups"`
+	NACKs   map[string]uint64      `json:"nacks"`
+	Reload  struct {
+		Refused   int    `json:"refused"`
+		LastError string `json:"last_error,omitempty"`
+	} `json:"reload"`
+}
+
+func adminHandler(srv *xdsserver.Server, rl *reloader) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if srv.Version() == "" {
+			http.Error(w, "no config loaded", http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /snapshot", func(w http.ResponseWriter, _ *http.Request) {
+		var s snapshotState
+		s.Version, s.Groups, s.NACKs = srv.Version(), srv.Groups(), srv.NACKs()
+		s.Reload.Refused, s.Reload.LastError = rl.state()
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(s)
+	})
+	return mux
+}

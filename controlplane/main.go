@@ -1,0 +1,124 @@
+// Command controlplane serves batchmesh's xDS resources over ADS (SotW and
+// delta) from the YAML config of DESIGN.md §6, reloading it when the file
+// changes.
+//
+// Flags:
+//
+//	-listen ADDR   ADS gRPC address (default :18000)
+//	-admin ADDR    admin HTTP address (default :18001): /healthz, /readyz, /snapshot
+//	-config FILE   the config file (required); polled every second
+//
+// A bad edit of the file is refused with the reason in the log and on
+// /snapshot, and the last good snapshot keeps being served. SIGTERM or
+// SIGINT ends the streams and stops gracefully.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/batchmesh/batchmesh/internal/xdsserver"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stderr, nil); err != nil {
+		fmt.Fprintln(os.Stderr, "controlplane:", err)
+		os.Exit(1)
+	}
+}
+
+// run serves until ctx ends. If ready is not nil, it receives the bound ADS
+// and admin addresses once both listen.
+func run(ctx context.Context, args []string, stderr io.Writer, ready func(ads, admin net.Addr)) error {
+	fs := flag.NewFlagSet("controlplane", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	listen := fs.String("listen", ":18000", "ADS gRPC `address`")
+	adminAddr := fs.String("admin", ":18001", "admin HTTP `address`: /healthz, /readyz, /snapshot")
+	path := fs.String("config", "", "config `file` (required)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *path == "" {
+		return errors.New("-config is required")
+	}
+	log := slog.New(slog.NewTextHandler(stderr, nil))
+
+	srv := xdsserver.New(xdsserver.Config{Logger: log})
+	rl := &reloader{path: *path, srv: srv, log: log}
+	if err := rl.load(ctx); err != nil {
+		return err
+	}
+
+	adsLis, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return err
+	}
+	adminLis, err := net.Listen("tcp", *adminAddr)
+	if err != nil {
+		adsLis.Close()
+		return err
+	}
+
+	g := grpc.NewServer(
+		grpc.MaxConcurrentStreams(1_000_000),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 5 * time.Second}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 30 * time.Second, PermitWithoutStream: true}),
+	)
+	// The xDS streams end when ctx does, which lets GracefulStop finish.
+	srv.Register(ctx, g)
+	hs := &http.Server{Handler: adminHandler(srv, rl), ReadHeaderTimeout: 5 * time.Second}
+
+	errc := make(chan error, 2)
+	go func() { errc <- g.Serve(adsLis) }()
+	go func() { errc <- hs.Serve(adminLis) }()
+	reloadDone := make(chan struct{})
+	go func() {
+		defer close(reloadDone)
+		rl.run(ctx, time.Second, 100*time.Millisecond)
+	}()
+	log.Info("controlplane serving", "ads", adsLis.Addr().String(), "admin", adminLis.Addr().String(), "version", srv.Version())
+	if ready != nil {
+		ready(adsLis.Addr(), adminLis.Addr())
+	}
+
+	var serveErr error
+	select {
+	case <-ctx.Done():
+	case serveErr = <-errc:
+	}
+	log.Info("controlplane stopping")
+	stopped := make(chan struct{})
+	go func() {
+		g.GracefulStop()
+		close(stopped)
+	}()
+	select {
+	case <-stopped:
+	case <-time.After(5 * time.Second):
+		g.Stop()
+		<-stopped
+	}
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = hs.Shutdown(shutdownCtx)
+	<-reloadDone
+	if errors.Is(serveErr, http.ErrServerClosed) || errors.Is(serveErr, grpc.ErrServerStopped) {
+		serveErr = nil
+	}
+	return serveErr
+}
