@@ -36,9 +36,14 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	if err := run(ctx, os.Args[1:], os.Stderr, nil); err != nil {
+	err := run(ctx, os.Args[1:], os.Stderr, nil)
+	if errors.Is(err, flag.ErrHelp) {
+		return
+	}
+	if err != nil {
+		stop()
 		fmt.Fprintln(os.Stderr, "controlplane:", err)
-		os.Exit(1)
+		os.Exit(2)
 	}
 }
 
