@@ -84,9 +84,7 @@ func Resources(cfg *config.Config) (map[resource.Type][]types.Resource, error) {
 			return nil, fmt.Errorf("xdsserver: model %q: the name is taken by the outbound listener", m.Name)
 		}
 		wc := weightedClusters(m)
-		for _, r := range modelRoutes(m, wc) {
-			vhost.Routes = append(vhost.Routes, r)
-		}
+		vhost.Routes = append(vhost.Routes, modelRoutes(m, wc)...)
 		api, err := apiListener(m, wc)
 		if err != nil {
 			return nil, err
