@@ -18,8 +18,13 @@ type snapshotState struct {
 	} `json:"reload"`
 }
 
-func adminHandler(srv *xdsserver.Server, rl *reloader) http.Handler {
+// adminHandler serves /healthz, /readyz, /snapshot and, with metrics,
+// /metrics.
+func adminHandler(srv *xdsserver.Server, rl *reloader, metrics http.Handler) http.Handler {
 	mux := http.NewServeMux()
+	if metrics != nil {
+		mux.Handle("GET /metrics", metrics)
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Write([]byte("ok\n"))
 	})

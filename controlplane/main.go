@@ -5,12 +5,16 @@
 // Flags:
 //
 //	-listen ADDR   ADS gRPC address (default :18000)
-//	-admin ADDR    admin HTTP address (default :18001): /healthz, /readyz, /snapshot
+//	-admin ADDR    admin HTTP address (default :18001): /healthz, /readyz, /metrics, /snapshot
 //	-config FILE   the config file (required); polled every second
 //
 // A bad edit of the file is refused with the reason in the log and on
 // /snapshot, and the last good snapshot keeps being served. SIGTERM or
 // SIGINT ends the streams and stops gracefully.
+//
+// /metrics serves, in the Prometheus text format, the metrics of package
+// xdsserver: batchmesh_xds_updates_total, batchmesh_xds_nacks_total and
+// batchmesh_xds_push_ack_seconds, each by {type}.
 package main
 
 import (
@@ -30,6 +34,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
 
+	"github.com/batchmesh/batchmesh/internal/telemetry"
 	"github.com/batchmesh/batchmesh/internal/xdsserver"
 )
 
@@ -53,7 +58,7 @@ func run(ctx context.Context, args []string, stderr io.Writer, ready func(ads, a
 	fs := flag.NewFlagSet("controlplane", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	listen := fs.String("listen", ":18000", "ADS gRPC `address`")
-	adminAddr := fs.String("admin", ":18001", "admin HTTP `address`: /healthz, /readyz, /snapshot")
+	adminAddr := fs.String("admin", ":18001", "admin HTTP `address`: /healthz, /readyz, /metrics, /snapshot")
 	path := fs.String("config", "", "config `file` (required)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -63,7 +68,12 @@ func run(ctx context.Context, args []string, stderr io.Writer, ready func(ads, a
 	}
 	log := slog.New(slog.NewTextHandler(stderr, nil))
 
-	srv := xdsserver.New(xdsserver.Config{Logger: log})
+	metrics, err := telemetry.NewMetrics()
+	if err != nil {
+		return err
+	}
+	defer metrics.Close(context.Background())
+	srv := xdsserver.New(xdsserver.Config{Logger: log, Meter: metrics.Meter("batchmesh/controlplane")})
 	rl := &reloader{path: *path, srv: srv, log: log}
 	if err := rl.load(ctx); err != nil {
 		return err
@@ -86,7 +96,7 @@ func run(ctx context.Context, args []string, stderr io.Writer, ready func(ads, a
 	)
 	// The xDS streams end when ctx does, which lets GracefulStop finish.
 	srv.Register(ctx, g)
-	hs := &http.Server{Handler: adminHandler(srv, rl), ReadHeaderTimeout: 5 * time.Second}
+	hs := &http.Server{Handler: adminHandler(srv, rl, metrics.Handler()), ReadHeaderTimeout: 5 * time.Second}
 
 	errc := make(chan error, 2)
 	go func() { errc <- g.Serve(adsLis) }()

@@ -201,6 +201,21 @@ func TestRun(t *testing.T) {
 		t.Errorf("snapshot = %+v", snap)
 	}
 
+	// /metrics serves the xDS metrics once a response has been sent (below).
+	metricsBody := func() string {
+		t.Helper()
+		resp, err := http.Get("http://" + a.admin.String() + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("/metrics: %s %v", resp.Status, err)
+		}
+		return string(b)
+	}
+
 	// An ADS stream gets the clusters, and stays open until shutdown.
 	conn, err := grpc.NewClient(a.ads.String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -220,6 +235,10 @@ func TestRun(t *testing.T) {
 	}
 	if len(r.GetResources()) != 2 || r.GetVersionInfo() != snap.Version {
 		t.Errorf("clusters: %d at %q, want 2 at %q", len(r.GetResources()), r.GetVersionInfo(), snap.Version)
+	}
+
+	if body := metricsBody(); !strings.Contains(body, `batchmesh_xds_updates_total{type="clusters"} 1`) {
+		t.Errorf("/metrics lacks one clusters update:\n%s", body)
 	}
 
 	cancel() // as SIGTERM does

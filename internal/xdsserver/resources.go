@@ -14,6 +14,7 @@ import (
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	matcher "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/wellknown"
 	"google.golang.org/protobuf/proto"
@@ -337,4 +338,86 @@ func mustAny(m proto.Message) *anypb.Any {
 		panic(err) // only for messages of this package, which always marshal
 	}
 	return a
+}
+
+// ProxylessRouteName returns the name of the RouteConfiguration that the
+// api_listener of a model's proxyless group refers to over RDS:
+// batchmesh|{model}.
+func ProxylessRouteName(model string) string { return "batchmesh|" + model }
+
+// proxylessResources returns, per model of cfg, the resources of its
+// proxyless group: what a gRPC client dialing xds:///{model} subscribes to,
+// and nothing else, since an ADS snapshot cache answers a request that
+// names resources only if it names every resource of that type in the
+// snapshot. They are
+//
+//   - the Listener {model}, whose api_listener refers over RDS on ADS to
+//     ProxylessRouteName(model) (so that the client ACKs all four types);
+//     the same HttpConnectionManager sits in a filter chain, where
+//     go-control-plane's Consistent looks for RDS references, as grpc-go's
+//     own test resources do;
+//   - that RouteConfiguration: any domain, prefix "/", weighted_clusters
+//     over the model's versions;
+//   - the Cluster and ClusterLoadAssignment of each version in
+//     weighted_clusters, shared with rs (the result of Resources(cfg)).
+func proxylessResources(cfg *config.Config, rs map[resource.Type][]types.Resource) (map[string]map[resource.Type][]types.Resource, error) {
+	byName := map[resource.Type]map[string]types.Resource{}
+	for typ, list := range rs {
+		byName[typ] = map[string]types.Resource{}
+		for _, r := range list {
+			byName[typ][cache.GetResourceName(r)] = r
+		}
+	}
+	out := make(map[string]map[resource.Type][]types.Resource, len(cfg.Models))
+	for i := range cfg.Models {
+		m := &cfg.Models[i]
+		wc := weightedClusters(m)
+		rname := ProxylessRouteName(m.Name)
+		manager := &hcm.HttpConnectionManager{
+			StatPrefix: "batchmesh_grpc",
+			RouteSpecifier: &hcm.HttpConnectionManager_Rds{Rds: &hcm.Rds{
+				ConfigSource:    adsSource(),
+				RouteConfigName: rname,
+			}},
+			HttpFilters: []*hcm.HttpFilter{routerFilter()},
+		}
+		lis := &listener.Listener{
+			Name:        m.Name,
+			ApiListener: &listener.ApiListener{ApiListener: mustAny(manager)},
+			FilterChains: []*listener.FilterChain{{
+				Name: m.Name,
+				Filters: []*listener.Filter{{
+					Name:       wellknown.HTTPConnectionManager,
+					ConfigType: &listener.Filter_TypedConfig{TypedConfig: mustAny(manager)},
+				}},
+			}},
+		}
+		rc := &route.RouteConfiguration{
+			Name: rname,
+			VirtualHosts: []*route.VirtualHost{{
+				Name:    m.Name,
+				Domains: []string{"*"},
+				Routes: []*route.Route{{
+					Name:   m.Name + "|grpc",
+					Match:  &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/"}},
+					Action: routeTo(wc),
+				}},
+			}},
+		}
+		mr := map[resource.Type][]types.Resource{
+			resource.ListenerType: {lis},
+			resource.RouteType:    {rc},
+		}
+		for _, r := range mr {
+			if err := validate(r[0]); err != nil {
+				return nil, fmt.Errorf("xdsserver: model %q: %w", m.Name, err)
+			}
+		}
+		for _, c := range wc.GetClusters() {
+			mr[resource.ClusterType] = append(mr[resource.ClusterType], byName[resource.ClusterType][c.GetName()])
+			mr[resource.EndpointType] = append(mr[resource.EndpointType], byName[resource.EndpointType][c.GetName()])
+		}
+		out[m.Name] = mr
+	}
+	return out, nil
 }

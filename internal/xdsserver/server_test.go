@@ -15,6 +15,7 @@ import (
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/genproto/googleapis/rpc/status"
@@ -22,6 +23,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/structpb"
 )
 
 // startServer serves s over ADS on a loopback port and returns its address.
@@ -334,4 +336,65 @@ func versionAfter(a, b string) bool {
 	ia, _ := strconv.ParseUint(sa, 10, 64)
 	ib, _ := strconv.ParseUint(sb, 10, 64)
 	return na > nb || na == nb && ia > ib
+}
+
+// TestProxylessGroup: a node naming a model in its metadata is served a
+// snapshot of that model's resources only, so that the ADS cache answers
+// the names a gRPC client asks for; a model that leaves the config leaves
+// the group with an empty snapshot.
+func TestProxylessGroup(t *testing.T) {
+	s := New(Config{})
+	if _, err := s.Update(context.Background(), mustParse(t, threeModelsYAML)); err != nil {
+		t.Fatal(err)
+	}
+	md, err := structpb.NewStruct(map[string]any{ModelMetadataKey: "bert"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := dialADS(t, startServer(t, s), &core.Node{Id: "g1", Cluster: "apps", Metadata: md})
+	c.send(resource.ListenerType, []string{"bert"}, "", "", nil)
+	c.send(resource.RouteType, []string{ProxylessRouteName("bert")}, "", "", nil)
+	c.send(resource.ClusterType, []string{"batchmesh|bert|1"}, "", "", nil)
+	c.send(resource.EndpointType, []string{"batchmesh|bert|1"}, "", "", nil)
+	rs := c.nextN(4)
+	for _, typ := range allTypes {
+		if n := len(rs[typ].GetResources()); n != 1 || rs[typ].GetVersionInfo() != s.Version() {
+			t.Errorf("%s: %d resources at %q", typ, n, rs[typ].GetVersionInfo())
+		}
+	}
+	l := unpack[*listener.Listener](t, rs[resource.ListenerType].GetResources())["bert"]
+	var manager hcm.HttpConnectionManager
+	if err := l.GetApiListener().GetApiListener().UnmarshalTo(&manager); err != nil {
+		t.Fatal(err)
+	}
+	if got := manager.GetRds().GetRouteConfigName(); got != ProxylessRouteName("bert") {
+		t.Errorf("api_listener RDS name = %q", got)
+	}
+	rc := unpack[*route.RouteConfiguration](t, rs[resource.RouteType].GetResources())[ProxylessRouteName("bert")]
+	r := rc.GetVirtualHosts()[0].GetRoutes()[0]
+	if r.GetMatch().GetPrefix() != "/" || !slices.Equal(weights(r.GetRoute()), []string{"batchmesh|bert|1=1"}) {
+		t.Errorf("route = %v", r)
+	}
+	if !slices.ContainsFunc(s.Groups(), func(g GroupState) bool { return g.Group == ProxylessGroupPrefix+"bert" }) {
+		t.Errorf("groups = %+v", s.Groups())
+	}
+
+	// bert leaves the config: its group gets empty responses of a newer
+	// version (gRPC then reports the listener removed).
+	for _, typ := range allTypes {
+		c.send(typ, map[string][]string{
+			resource.ListenerType: {"bert"}, resource.RouteType: {ProxylessRouteName("bert")},
+			resource.ClusterType: {"batchmesh|bert|1"}, resource.EndpointType: {"batchmesh|bert|1"},
+		}[typ], rs[typ].GetVersionInfo(), rs[typ].GetNonce(), nil)
+	}
+	cfg := mustParse(t, threeModelsYAML)
+	cfg.Models = cfg.Models[1:]
+	if _, err := s.Update(context.Background(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	for typ, r := range c.nextN(4) {
+		if len(r.GetResources()) != 0 || r.GetVersionInfo() != s.Version() {
+			t.Errorf("after removal: %s with %d resources at %q", typ, len(r.GetResources()), r.GetVersionInfo())
+		}
+	}
 }

@@ -1,0 +1,256 @@
+package xdsclient
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/batchmesh/batchmesh/internal/config"
+)
+
+// Defaults of Config.
+const (
+	DefaultBackoffMin = 100 * time.Millisecond
+	DefaultBackoffMax = 10 * time.Second
+)
+
+// Config configures a Client.
+type Config struct {
+	// Server is the host:port of the control plane's ADS service. Required.
+	// The connection is plain text (insecure credentials): the control
+	// plane is expected on loopback or behind the pod's network policy.
+	Server string
+
+	// NodeID, NodeCluster and Zone describe this sidecar in every request:
+	// node.id, node.cluster (the control plane's node group) and
+	// node.locality.zone. NodeID is required.
+	NodeID, NodeCluster, Zone string
+
+	// Logger receives NACKs, stream failures and applied versions. Nil
+	// discards them.
+	Logger *slog.Logger
+
+	// BackoffMin and BackoffMax bound the wait before reconnecting after
+	// the stream fails: it doubles from BackoffMin up to BackoffMax, with
+	// jitter, and starts again from BackoffMin once a stream has received
+	// a response. Zero means DefaultBackoffMin (100ms) and
+	// DefaultBackoffMax (10s).
+	BackoffMin, BackoffMax time.Duration
+}
+
+// TypeVersion is the state of one resource type, for /config_dump.
+type TypeVersion struct {
+	// Version and Nonce are those of the last response accepted (ACKed).
+	Version string `json:"version"`
+	Nonce   string `json:"nonce"`
+	// Rejected is the version of the last response NACKed since then, and
+	// Error the reason sent with it; both "" if none.
+	Rejected string `json:"rejected,omitempty"`
+	Error    string `json:"error,omitempty"`
+}
+
+// Versions is the state of each resource type the client subscribes to.
+type Versions struct {
+	Listeners TypeVersion `json:"listeners"`
+	Routes    TypeVersion `json:"routes"`
+	Clusters  TypeVersion `json:"clusters"`
+	Endpoints TypeVersion `json:"endpoints"`
+}
+
+// ApplyFunc receives each new consistent config with the versions it is
+// made of. The config is the callee's to keep; it is never modified after.
+// A non-nil error means the config is unusable: the client NACKs it with
+// the error as the reason and keeps the last good one.
+type ApplyFunc func(*config.Config, Versions) error
+
+// Client is the sidecar's ADS client (DESIGN.md §7). Create it with New and
+// run it with Run; Versions is safe to call concurrently with Run.
+type Client struct {
+	cfg  Config
+	log  *slog.Logger
+	node *core.Node
+
+	mu       sync.Mutex
+	versions Versions
+}
+
+// New checks cfg and returns a Client. It starts nothing.
+func New(cfg Config) (*Client, error) {
+	if cfg.Server == "" {
+		return nil, errors.New("xdsclient: no server address")
+	}
+	if cfg.NodeID == "" {
+		return nil, errors.New("xdsclient: no node id")
+	}
+	if cfg.BackoffMin <= 0 {
+		cfg.BackoffMin = DefaultBackoffMin
+	}
+	if cfg.BackoffMax <= 0 {
+		cfg.BackoffMax = DefaultBackoffMax
+	}
+	if cfg.BackoffMax < cfg.BackoffMin {
+		return nil, fmt.Errorf("xdsclient: backoff max %v is below min %v", cfg.BackoffMax, cfg.BackoffMin)
+	}
+	lg := cfg.Logger
+	if lg == nil {
+		lg = slog.New(slog.DiscardHandler)
+	}
+	node := &core.Node{
+		Id:            cfg.NodeID,
+		Cluster:       cfg.NodeCluster,
+		UserAgentName: "batchmesh-sidecar",
+	}
+	if cfg.Zone != "" {
+		node.Locality = &core.Locality{Zone: cfg.Zone}
+	}
+	return &Client{cfg: cfg, log: lg, node: node}, nil
+}
+
+// Versions returns the version and nonce of the last accepted response of
+// each type, and the last rejection since.
+func (c *Client) Versions() Versions {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.versions
+}
+
+func (c *Client) setVersions(v Versions) {
+	c.mu.Lock()
+	c.versions = v
+	c.mu.Unlock()
+}
+
+// Run subscribes to the control plane and calls apply with every new
+// consistent config until ctx ends, from one goroutine at a time. When the
+// stream fails it reconnects with backoff; the last good config stays
+// applied meanwhile. It returns nil once ctx ends. Call Run once.
+func (c *Client) Run(ctx context.Context, apply ApplyFunc) error {
+	s := newState(c, apply)
+	r := retrier{min: c.cfg.BackoffMin, max: c.cfg.BackoffMax, rand: rand.Float64}
+	r.run(ctx, func(ctx context.Context) bool {
+		progress, err := c.stream(ctx, s)
+		if ctx.Err() == nil {
+			c.log.Warn("xds stream failed", "server", c.cfg.Server, "err", err)
+		}
+		return progress
+	})
+	return nil
+}
+
+// stream runs one ADS stream until it fails or ctx ends. progress reports
+// whether it received a response.
+func (c *Client) stream(ctx context.Context, s *state) (progress bool, err error) {
+	conn, err := grpc.NewClient(c.cfg.Server, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return false, fmt.Errorf("xdsclient: %w", err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	st, err := discovery.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+	if err != nil {
+		return false, fmt.Errorf("xdsclient: %w", err)
+	}
+
+	responses := make(chan *discovery.DiscoveryResponse)
+	recvErr := make(chan error, 1)
+	var wg sync.WaitGroup
+	defer wg.Wait() // after cancel: Recv fails once the stream's context ends
+	wg.Go(func() {
+		for {
+			resp, err := st.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			select {
+			case responses <- resp:
+			case <-ctx.Done():
+				return
+			}
+		}
+	})
+
+	s.begin(st.Send)
+	if err := s.start(); err != nil {
+		return false, err
+	}
+	for {
+		var batch []*discovery.DiscoveryResponse
+		select {
+		case <-ctx.Done():
+			return progress, ctx.Err()
+		case err := <-recvErr:
+			return progress, fmt.Errorf("xdsclient: %w", err)
+		case resp := <-responses:
+			batch = append(batch, resp)
+		}
+		// Take what else has arrived, so that the responses of one update
+		// are applied together.
+	drain:
+		for {
+			select {
+			case resp := <-responses:
+				batch = append(batch, resp)
+			default:
+				break drain
+			}
+		}
+		progress = true
+		for _, resp := range batch {
+			s.receive(resp)
+		}
+		if err := s.sync(); err != nil {
+			return progress, err
+		}
+	}
+}
+
+// retrier calls a function again after it returns, waiting a backoff
+// between the calls that grows while they make no progress.
+type retrier struct {
+	min, max time.Duration
+	rand     func() float64 // in [0, 1)
+}
+
+// run calls try until ctx ends. try reports whether it made progress, which
+// resets the backoff.
+func (r retrier) run(ctx context.Context, try func(context.Context) bool) {
+	attempt := 0
+	for ctx.Err() == nil {
+		if try(ctx) {
+			attempt = 0
+		}
+		d := backoff(attempt, r.min, r.max, r.rand())
+		attempt++
+		t := time.NewTimer(d)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// backoff returns the wait before reconnection attempt n (from 0): min·2ⁿ
+// capped at max, less up to half of it by jitter j in [0, 1): the result
+// lies in [d/2, d].
+func backoff(n int, lo, hi time.Duration, j float64) time.Duration {
+	d := lo
+	for i := 0; i < n && d < hi && d <= math.MaxInt64/2; i++ {
+		d *= 2
+	}
+	d = min(d, hi)
+	return d - time.Duration(float64(d/2)*j)
+}
