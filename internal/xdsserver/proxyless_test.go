@@ -77,6 +77,11 @@ func split(t *testing.T, hc healthpb.HealthClient, n int) map[string]float64 {
 	return out
 }
 
+// TestProxylessGRPC is the proof that the resources are real xDS: a
+// grpc-go client dials xds:///bert through its own xDS resolver, bootstrapped
+// at the control plane on loopback, ACKs every resource type, splits its
+// calls over two gRPC health servers by the pushed version weights (90/10,
+// within ±3% over 2,000 calls) and follows a change to 10/90.
 func TestProxylessGRPC(t *testing.T) {
 	v1, v2 := startBackend(t, "v1"), startBackend(t, "v2")
 	yaml := func(w1, w2 int) string {
