@@ -156,7 +156,11 @@ func (c *Client) stream(ctx context.Context, s *state) (progress bool, err error
 	}
 	defer conn.Close()
 	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	var wg sync.WaitGroup
+	defer func() {
+		cancel() // Recv fails once the stream's context ends
+		wg.Wait()
+	}()
 	st, err := discovery.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
 	if err != nil {
 		return false, fmt.Errorf("xdsclient: %w", err)
@@ -164,8 +168,6 @@ func (c *Client) stream(ctx context.Context, s *state) (progress bool, err error
 
 	responses := make(chan *discovery.DiscoveryResponse)
 	recvErr := make(chan error, 1)
-	var wg sync.WaitGroup
-	defer wg.Wait() // after cancel: Recv fails once the stream's context ends
 	wg.Go(func() {
 		for {
 			resp, err := st.Recv()

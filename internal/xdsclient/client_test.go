@@ -143,6 +143,8 @@ func (h logEvents) Handle(_ context.Context, r slog.Record) error {
 	return nil
 }
 
+func (logEvents) Enabled(_ context.Context, l slog.Level) bool { return l >= slog.LevelInfo }
+
 func (h logEvents) WithAttrs([]slog.Attr) slog.Handler { return h }
 
 // waitLog waits for a log record of the given message.
@@ -352,24 +354,4 @@ func TestApplyErrorNACKs(t *testing.T) {
 	if v := c.Versions(); v.Routes.Rejected != "" || v.Routes.Error != "" {
 		t.Errorf("rejection %q %q still shown after a good config", v.Routes.Rejected, v.Routes.Error)
 	}
-}
-
-// A config that does not validate is NACKed without calling apply.
-func TestInvalidConfigNACKed(t *testing.T) {
-	cp := startControlPlane(t, "127.0.0.1:0", 1)
-	first := testConfig(90, 10, 3)
-	v1 := cp.update(t, first)
-	rec := newRecorder()
-	c, _ := runClient(t, cp.addr, rec.apply)
-	rec.until(t, first)
-	waitFor(t, "Versions at v1", func() bool { return allAt(c.Versions(), v1) })
-
-	// A cache TTL the server carries but config.Validate refuses cannot be
-	// built here: xdsserver validates too. So check the client side of
-	// Validate directly: a model whose versions all have weight 0 leaves
-	// no route, and such a model is left out rather than refused.
-	if err := testConfig(0, 0, 3).Validate(); err == nil {
-		t.Fatal("want an invalid config")
-	}
-	rec.none(t)
 }

@@ -114,13 +114,16 @@ func (s *state) start() error {
 	return s.sendErr
 }
 
-// names returns the resource names to request for t: the listener and the
-// route by name, every cluster (wildcard), and the load assignments of the
-// clusters in view.
+// names returns the resource names to request for t: the route by name,
+// every listener and cluster (wildcard), and the load assignments of the
+// EDS clusters in view.
+//
+// Listeners are asked for by wildcard although only OutboundListener is
+// used: go-control-plane's snapshot cache in ADS mode answers a request by
+// name only if it names every resource of the type in the snapshot, and the
+// snapshot also holds an api_listener per model for gRPC clients.
 func (s *state) names(t *typeState) []string {
 	switch t.url {
-	case typeListener:
-		return []string{OutboundListener}
 	case typeRoute:
 		return []string{RouteName}
 	case typeEndpoint:

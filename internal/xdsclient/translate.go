@@ -61,11 +61,13 @@ func incomplete(what string, types ...string) error {
 }
 
 // loadNames returns the sorted names of the ClusterLoadAssignments of the
-// batchmesh clusters of clusters: the EDS subscription.
+// EDS clusters of clusters: the EDS subscription. It lists those of other
+// clusters than batchmesh ones too, since go-control-plane answers an ADS
+// request only if it names every resource of the type in the snapshot.
 func loadNames(clusters map[string]*cluster.Cluster) []string {
 	var names []string
-	for name, c := range clusters {
-		if strings.HasPrefix(name, clusterPrefix) {
+	for _, c := range clusters {
+		if c.GetType() == cluster.Cluster_EDS {
 			names = append(names, loadName(c))
 		}
 	}
@@ -100,9 +102,9 @@ func translate(v *view) (*config.Config, error) {
 	}
 	type versionKey struct{ model, version string }
 	var (
-		order   []string                 // models in order of first route
-		routed  = map[versionKey]int{}   // weight
-		byModel = map[string][]string{}  // model → routed versions, in order
+		order   []string                  // models in order of first route
+		routed  = map[versionKey]int{}    // weight
+		byModel = map[string][]string{}   // model → routed versions, in order
 		models  = map[string]*clusterMD{} // cluster name → its metadata
 	)
 	for name, c := range v.clusters {
