@@ -25,6 +25,7 @@ import (
 	"github.com/batchmesh/batchmesh/internal/config"
 	"github.com/batchmesh/batchmesh/internal/proxy"
 	"github.com/batchmesh/batchmesh/internal/telemetry"
+	"github.com/batchmesh/batchmesh/internal/xdsclient"
 )
 
 func main() {
@@ -39,11 +40,22 @@ func main() {
 }
 
 func run(args []string, stderr io.Writer) error {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	return runCtx(ctx, args, stderr)
+}
+
+// runCtx runs the sidecar until ctx ends (SIGTERM in main), then drains.
+func runCtx(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("sidecar", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	listen := fs.String("listen", "127.0.0.1:15001", "inference listener the application calls")
 	admin := fs.String("admin", "127.0.0.1:15000", "admin listener: /healthz /readyz /metrics /config_dump /clusters POST /drain")
-	cfgPath := fs.String("config", "", "YAML file of models, versions, endpoints, batching and cache (required)")
+	cfgPath := fs.String("config", "", "YAML file of models, versions, endpoints, batching and cache (required unless -xds)")
+	xdsAddr := fs.String("xds", "", "control plane ADS address host:port; its configuration replaces -config's when it arrives")
+	nodeID := fs.String("node-id", "", "xDS node id (default: the host name)")
+	nodeCluster := fs.String("node-cluster", "batchmesh-sidecars", "xDS node cluster: sidecars of one cluster share the control plane's snapshot")
+	zone := fs.String("zone", "", "this sidecar's zone, sent to the control plane")
 	maxBody := fs.String("max-body", "64MiB", "largest application request body; more is a 413")
 	probe := fs.Duration("probe-interval", time.Second, "how often every endpoint's readiness is probed")
 	drain := fs.Duration("drain-timeout", 30*time.Second, "on SIGTERM, how long to wait for queued and in-flight requests")
@@ -54,8 +66,8 @@ func run(args []string, stderr io.Writer) error {
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
-	if *cfgPath == "" {
-		return errors.New("-config FILE is required (the YAML schema is in the README)")
+	if *cfgPath == "" && *xdsAddr == "" {
+		return errors.New("-config FILE or -xds ADDR is required (the YAML schema is in the README)")
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
@@ -66,9 +78,22 @@ func run(args []string, stderr io.Writer) error {
 		return fmt.Errorf("-max-body %q: want a positive size below 2GiB, like 64MiB", *maxBody)
 	}
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
-	cfg, err := config.Load(*cfgPath)
-	if err != nil {
-		return err
+	var cfg *config.Config
+	if *cfgPath != "" {
+		if cfg, err = config.Load(*cfgPath); err != nil {
+			return err
+		}
+	}
+	var xc *xdsclient.Client
+	if *xdsAddr != "" {
+		id := *nodeID
+		if id == "" {
+			id, _ = os.Hostname()
+		}
+		xc, err = xdsclient.New(xdsclient.Config{Server: *xdsAddr, NodeID: id, NodeCluster: *nodeCluster, Zone: *zone, Logger: logger})
+		if err != nil {
+			return err
+		}
 	}
 	metrics, err := telemetry.NewMetrics()
 	if err != nil {
@@ -83,6 +108,10 @@ func run(args []string, stderr io.Writer) error {
 	pcfg := proxy.Config{
 		Models: cfg, Source: *cfgPath, MaxBodyBytes: int(bodyLimit), ProbeInterval: *probe,
 		Meter: metrics.Meter("batchmesh/sidecar"), Metrics: metrics.Handler(), Logger: logger,
+	}
+	if xc != nil {
+		pcfg.Source = "xds " + *xdsAddr
+		pcfg.XDS = func() any { return xc.Versions() }
 	}
 	if tracing.Exporter != "none" {
 		pcfg.Tracer, pcfg.Propagator = tracing.Provider.Tracer("batchmesh/sidecar"), tracing.Propagator
@@ -103,8 +132,6 @@ func run(args []string, stderr io.Writer) error {
 		ln.Close()
 		return err
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
 	p.Probe(ctx)
 
 	srv, adminSrv := p.NewServer(), p.NewAdminServer()
@@ -114,12 +141,31 @@ func run(args []string, stderr io.Writer) error {
 	probeCtx, stopProbe := context.WithCancel(context.Background())
 	probed := make(chan struct{})
 	go func() { defer close(probed); _ = p.Run(probeCtx) }()
-	logger.Info("sidecar serving", "listen", ln.Addr().String(), "admin", aln.Addr().String(), "models", len(cfg.Models))
+	xdsDone := make(chan struct{})
+	if xc != nil {
+		go func() {
+			defer close(xdsDone)
+			err := xc.Run(probeCtx, func(c *config.Config, _ xdsclient.Versions) error {
+				if err := p.Apply(c); err != nil {
+					return err
+				}
+				p.Probe(probeCtx)
+				return nil
+			})
+			if err != nil {
+				logger.Error("xds client stopped", "err", err)
+			}
+		}()
+	} else {
+		close(xdsDone)
+	}
+	logger.Info("sidecar serving", "listen", ln.Addr().String(), "admin", aln.Addr().String(), "config", pcfg.Source)
 
 	select {
 	case err := <-errc:
 		stopProbe()
 		<-probed
+		<-xdsDone
 		return err
 	case <-ctx.Done():
 	}
@@ -131,8 +177,9 @@ func run(args []string, stderr io.Writer) error {
 	defer cancel()
 	var errs []error
 	errs = append(errs, srv.ShutdownWithContext(dctx))
+	stopProbe() // no configuration change while draining
+	<-xdsDone
 	errs = append(errs, p.Drain(dctx))
-	stopProbe()
 	<-probed
 	errs = append(errs, adminSrv.ShutdownWithContext(dctx))
 	if err := errors.Join(errs...); err != nil {

@@ -95,9 +95,10 @@ type dumpModel struct {
 }
 
 func (p *Proxy) configDump() map[string]any {
-	models := make([]dumpModel, 0, len(p.names))
-	for _, name := range p.names {
-		m := p.models[name]
+	st := p.st.Load()
+	models := make([]dumpModel, 0, len(st.names))
+	for _, name := range st.names {
+		m := st.models[name]
 		b, c := m.cfg.Batching, m.cfg.Cache
 		dm := dumpModel{
 			Name: name, Protocol: m.cfg.Protocol,
@@ -118,17 +119,26 @@ func (p *Proxy) configDump() map[string]any {
 		}
 		models = append(models, dm)
 	}
-	cacheUsage := map[string]any{"enabled": p.cache != nil, "max_bytes": p.cfg.Models.CacheBytes}
-	if p.cache != nil {
-		entries, bytes := p.cache.Usage()
-		maxBytes, maxEntries := p.cache.Limits()
-		cacheUsage = map[string]any{"enabled": true, "max_bytes": maxBytes, "max_entries": maxEntries, "bytes": bytes, "entries": entries}
+	entries, bytes := p.cache.Usage()
+	maxBytes, maxEntries := p.cache.Limits()
+	enabled := false
+	for _, m := range st.models {
+		enabled = enabled || m.cfg.Cache.Enabled
+	}
+	cacheUsage := map[string]any{"enabled": enabled, "max_bytes": maxBytes, "max_entries": maxEntries, "bytes": bytes, "entries": entries}
+	weights := ""
+	if st.cfg != nil {
+		weights = st.cfg.Weights
+	}
+	xds := map[string]any{"mode": "static", "note": "configuration from -config"}
+	if p.cfg.XDS != nil {
+		xds = map[string]any{"mode": "xds", "versions": p.cfg.XDS()}
 	}
 	return map[string]any{
 		"source":   p.cfg.Source,
-		"weights":  p.cfg.Models.Weights,
+		"weights":  weights,
 		"cache":    cacheUsage,
-		"xds":      map[string]any{"mode": "static", "note": "no xDS client: configuration comes from -config"},
+		"xds":      xds,
 		"draining": p.draining.Load(),
 		"models":   models,
 	}
@@ -143,8 +153,9 @@ type clusterStatus struct {
 
 func (p *Proxy) clusters() []clusterStatus {
 	var out []clusterStatus
-	for _, name := range p.names {
-		for _, v := range p.models[name].versions {
+	st := p.st.Load()
+	for _, name := range st.names {
+		for _, v := range st.models[name].versions {
 			cs := clusterStatus{Cluster: fmt.Sprintf("batchmesh|%s|%s", name, v.cfg.Version), Batching: v.lane != nil}
 			if v.lane != nil {
 				cs.Endpoints, cs.Queued = v.lane.Status()

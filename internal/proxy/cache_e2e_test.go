@@ -247,7 +247,7 @@ func TestCacheLeaderDeadlineSparesFollowers(t *testing.T) {
 		r, _, _ := send(url, req, false, map[string]string{HeaderTimeoutMs: "300"})
 		leader <- r
 	}()
-	lane := sc.p.models["m"].versions[0].lane
+	lane := sc.p.st.Load().models["m"].versions[0].lane
 	waitFor(t, func() bool { eps, _ := lane.Status(); return eps[0].InFlight == 1 })
 
 	const followers = 6
@@ -295,7 +295,7 @@ func TestCacheShedLeaderSparesFollowers(t *testing.T) {
 	rt := startRuntime(t, modelrt.Config{}, "m=sim:linear/400ms+0s")
 	sc := startSidecar(t, cacheYAML(rt.addr, "", "max_batch_size: 1, max_queue_size: 3, max_queue_delay: 1ms, timeout: 10s", "enabled: true"))
 	url := sc.url + "/v2/models/m/infer"
-	lane := sc.p.models["m"].versions[0].lane
+	lane := sc.p.st.Load().models["m"].versions[0].lane
 	var wg sync.WaitGroup
 	// Occupy the runtime: one batch running, one in transit.
 	for c := range 2 {
@@ -339,7 +339,7 @@ func TestCacheLeadersOtherRowsSpareFollowers(t *testing.T) {
 	rt := startRuntime(t, modelrt.Config{MaxBatch: 2}, "m=sim:linear/300ms+0s")
 	sc := startSidecar(t, cacheYAML(rt.addr, "", "", "enabled: true"))
 	url := sc.url + "/v2/models/m/infer"
-	lane := sc.p.models["m"].versions[0].lane
+	lane := sc.p.st.Load().models["m"].versions[0].lane
 	var wg sync.WaitGroup
 	for c := range 2 { // one batch running, one in transit
 		wg.Go(func() { send(url, rowsRequest(1, 16, 200+c, 0), false, nil) })

@@ -363,7 +363,7 @@ func TestDeadlineQueueFullAndErrors(t *testing.T) {
 	for c := range 2 {
 		wg.Go(func() { send(url, rowsRequest(4, 2, 100+c, 0), false, nil) })
 	}
-	waitFor(t, func() bool { eps, _ := sc.p.models["slow"].versions[0].lane.Status(); return eps[0].InFlight == 2 })
+	waitFor(t, func() bool { eps, _ := sc.p.st.Load().models["slow"].versions[0].lane.Status(); return eps[0].InFlight == 2 })
 
 	t.Run("deadline gives 504", func(t *testing.T) {
 		r, _, _ := send(url, rowsRequest(1, 2, 1, 0), false, map[string]string{HeaderTimeoutMs: "20"})
@@ -380,7 +380,7 @@ func TestDeadlineQueueFullAndErrors(t *testing.T) {
 		for c := range 2 {
 			fill.Go(func() { send(url, rowsRequest(4, 2, 200+c, 0), false, nil) })
 		}
-		waitFor(t, func() bool { _, q := sc.p.models["slow"].versions[0].lane.Status(); return q == 8 })
+		waitFor(t, func() bool { _, q := sc.p.st.Load().models["slow"].versions[0].lane.Status(); return q == 8 })
 		r, _, _ := send(url, rowsRequest(1, 2, 3, 0), false, nil)
 		if r.status != http.StatusTooManyRequests {
 			t.Fatalf("status %d, want 429: %s", r.status, r.body)

@@ -47,10 +47,11 @@ func (p *Proxy) Handler(ctx *fasthttp.RequestCtx) {
 		}
 		writeJSON(ctx, codec.Ready{Ready: why == "" || why == "draining"})
 	default:
-		m := p.models[route.Model]
+		st := p.st.Load()
+		m := st.models[route.Model]
 		if m == nil {
 			p.reply(ctx, "", start, inference.Errorf(inference.KindNotFound,
-				"proxy: unknown model %q; configured models: %v", route.Model, p.names))
+				"proxy: unknown model %q; configured models: %v", route.Model, st.names))
 			return
 		}
 		v, err := p.pickVersion(m, route.Version)

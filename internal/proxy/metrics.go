@@ -13,7 +13,6 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/batchmesh/batchmesh/internal/config"
 	"github.com/batchmesh/batchmesh/internal/inference"
 	"github.com/batchmesh/batchmesh/internal/upstream"
 )
@@ -30,7 +29,13 @@ type metrics struct {
 
 var latencyBuckets = []float64{.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
 
-func newMetrics(m metric.Meter, cfg *config.Config) (*metrics, error) {
+// endpointWeight is one sample of batchmesh_endpoint_weight.
+type endpointWeight struct {
+	model, version, endpoint string
+	weight                   int64
+}
+
+func newMetrics(m metric.Meter, weights func() []endpointWeight) (*metrics, error) {
 	pm := &metrics{}
 	var errs [5]error
 	pm.requests, errs[0] = m.Int64Counter("batchmesh_requests",
@@ -48,24 +53,12 @@ func newMetrics(m metric.Meter, cfg *config.Config) (*metrics, error) {
 	if err := errors.Join(errs[:]...); err != nil {
 		return nil, fmt.Errorf("proxy: metrics: %w", err)
 	}
-	type weight struct {
-		attrs metric.ObserveOption
-		w     int64
-	}
-	var weights []weight
-	for _, mc := range cfg.Models {
-		for _, v := range mc.Versions {
-			for _, e := range v.Endpoints {
-				weights = append(weights, weight{metric.WithAttributeSet(attribute.NewSet(
-					attribute.String("model", mc.Name), attribute.String("version", v.Version),
-					attribute.String("endpoint", e.Address))), int64(e.Weight)})
-			}
-		}
-	}
 	var err error
 	pm.registration, err = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
-		for _, w := range weights {
-			o.ObserveInt64(pm.weightGauge, w.w, w.attrs)
+		for _, w := range weights() {
+			o.ObserveInt64(pm.weightGauge, w.weight, metric.WithAttributeSet(attribute.NewSet(
+				attribute.String("model", w.model), attribute.String("version", w.version),
+				attribute.String("endpoint", w.endpoint))))
 		}
 		return nil
 	}, pm.weightGauge)

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
+	"reflect"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -40,6 +41,9 @@ type Config struct {
 	// nothing and costs nothing.
 	Tracer     trace.Tracer
 	Propagator propagation.TextMapPropagator
+	// XDS, when set, reports the xDS versions and nonces per type for
+	// /config_dump.
+	XDS func() any
 }
 
 // Proxy is the sidecar's data plane. Build it with New, call Probe once,
@@ -48,8 +52,9 @@ type Config struct {
 type Proxy struct {
 	cfg        Config
 	up         *upstream.Client
-	models     map[string]*model
-	names      []string
+	st         atomic.Pointer[state]
+	applyMu    sync.Mutex     // serialises Apply and Drain
+	retiring   sync.WaitGroup // lanes draining after a configuration change
 	m          *metrics
 	draining   atomic.Bool
 	probed     atomic.Bool
@@ -59,7 +64,7 @@ type Proxy struct {
 	rndMu      sync.Mutex
 	rnd        *rand.Rand
 	admin      fasthttp.RequestHandler
-	cache      *cache.Cache // nil when no model caches
+	cache      *cache.Cache
 	tracing    bool
 }
 
@@ -75,14 +80,18 @@ type version struct {
 	lane *batch.Lane // nil when batching is off
 }
 
-// New builds the proxy from a validated config. It starts nothing.
+// state is one applied configuration: its models, their versions and
+// lanes. It is immutable once built and swapped atomically, so a request
+// sees one configuration from start to end and goes to exactly one version.
+type state struct {
+	cfg    *config.Config
+	models map[string]*model
+	names  []string
+}
+
+// New builds the proxy from a validated config. It starts nothing. With
+// Models nil the proxy serves no model (and is not ready) until Apply.
 func New(cfg Config) (*Proxy, error) {
-	if cfg.Models == nil {
-		return nil, errors.New("proxy: no model config")
-	}
-	if err := cfg.Models.Validate(); err != nil {
-		return nil, fmt.Errorf("proxy: %w", err)
-	}
 	if cfg.MaxBodyBytes == 0 {
 		cfg.MaxBodyBytes = 64 << 20
 	}
@@ -102,59 +111,168 @@ func New(cfg Config) (*Proxy, error) {
 	p := &Proxy{
 		cfg:        cfg,
 		up:         upstream.New(cfg.Upstream),
-		models:     make(map[string]*model),
 		probeFails: make(map[string]int),
 		rnd:        rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1)),
 		tracing:    cfg.Tracer != nil,
 	}
 	var err error
-	if p.m, err = newMetrics(cfg.Meter, cfg.Models); err != nil {
+	if p.m, err = newMetrics(cfg.Meter, p.currentWeights); err != nil {
 		return nil, err
 	}
-	if cfg.Models.Weights == config.WeightsAdaptive {
-		return nil, errors.New("proxy: weights: adaptive needs the control plane, which is not built yet; use weights: static")
+	cacheBytes := int64(config.DefaultCacheBytes)
+	if cfg.Models != nil {
+		cacheBytes = cfg.Models.CacheBytes
 	}
-	for i, mc := range cfg.Models.Models {
+	if p.cache, err = cache.New(cache.Config{MaxBytes: cacheBytes, Meter: cfg.Meter}); err != nil {
+		return nil, fmt.Errorf("proxy: %w", err)
+	}
+	st := &state{models: map[string]*model{}}
+	if cfg.Models != nil {
+		if st, err = p.buildState(cfg.Models, nil); err != nil {
+			return nil, err
+		}
+	}
+	p.st.Store(st)
+	p.admin = p.newAdmin()
+	return p, nil
+}
+
+// Apply swaps in a new configuration (from xDS). Versions whose settings
+// and endpoints did not change keep their lane, queue and in-flight
+// batches; the others get new lanes, and the old ones drain in the
+// background (Drain waits for them). A config the proxy cannot serve is
+// refused with the reason, and the current one stays.
+func (p *Proxy) Apply(cfg *config.Config) error {
+	p.applyMu.Lock()
+	defer p.applyMu.Unlock()
+	old := p.st.Load()
+	st, err := p.buildState(cfg, old)
+	if err != nil {
+		return err
+	}
+	p.st.Store(st)
+	for _, name := range old.names {
+		for _, v := range old.models[name].versions {
+			if v.lane == nil || st.hasLane(v.lane) {
+				continue
+			}
+			p.retiring.Add(1)
+			go func(l *batch.Lane) {
+				defer p.retiring.Done()
+				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+				defer cancel()
+				if err := l.Close(ctx); err != nil {
+					p.cfg.Logger.Warn("retired lane did not drain", "err", err)
+				}
+			}(v.lane)
+		}
+	}
+	p.cfg.Logger.Info("configuration applied", "models", len(st.names))
+	return nil
+}
+
+func (st *state) hasLane(l *batch.Lane) bool {
+	for _, m := range st.models {
+		for _, v := range m.versions {
+			if v.lane == l {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// buildState turns cfg into a state, reusing old's versions that did not
+// change.
+func (p *Proxy) buildState(cfg *config.Config, old *state) (*state, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("proxy: %w", err)
+	}
+	if cfg.Weights == config.WeightsAdaptive {
+		return nil, errors.New("proxy: weights: adaptive needs the control plane's load reports, which are not built yet; use weights: static")
+	}
+	st := &state{cfg: cfg, models: make(map[string]*model)}
+	for i, mc := range cfg.Models {
 		if mc.Protocol != config.ProtocolV2 {
 			return nil, fmt.Errorf("proxy: model %q: protocol %q is not supported yet; only v2 (the Open Inference Protocol) is", mc.Name, mc.Protocol)
 		}
 		if mc.Cache.Enabled && !mc.Batching.Enabled() {
 			return nil, fmt.Errorf("proxy: model %q: the cache needs batching (max_batch_size > 0): pass-through requests are not decoded", mc.Name)
 		}
-		if mc.Cache.Enabled && p.cache == nil {
-			if p.cache, err = cache.New(cache.Config{MaxBytes: cfg.Models.CacheBytes, Meter: cfg.Meter}); err != nil {
-				return nil, fmt.Errorf("proxy: %w", err)
-			}
-		}
 		m := &model{cfg: mc}
 		for j, vc := range mc.Versions {
-			v := &version{cfg: vc}
 			m.totalWeight += vc.Weight
+			if v := old.reusable(mc, vc); v != nil {
+				m.versions = append(m.versions, &version{cfg: vc, lane: v.lane})
+				continue
+			}
+			v := &version{cfg: vc}
 			if mc.Batching.Enabled() {
 				eps := make([]batch.Endpoint, len(vc.Endpoints))
 				for k, e := range vc.Endpoints {
 					eps[k] = batch.Endpoint{Address: e.Address, Weight: e.Weight, Slots: e.Slots}
 				}
+				var err error
 				v.lane, err = batch.NewLane(batch.Config{
 					Model: mc.Name, Version: vc.Version,
 					MaxBatchSize: mc.Batching.MaxBatchSize, MaxQueueDelay: mc.Batching.MaxQueueDelay,
 					MaxQueueSize: mc.Batching.MaxQueueSize, Endpoints: eps,
-					Caller: &caller{up: p.up, m: p.m, model: mc.Name, prop: cfg.Propagator},
-					Tracer: cfg.Tracer,
-					Meter:  cfg.Meter, Picker: balancer.NewPicker(rand.New(rand.NewPCG(uint64(i*1000+j+1), 0x9e3779b97f4a7c15))),
+					Caller: &caller{up: p.up, m: p.m, model: mc.Name, prop: p.cfg.Propagator},
+					Tracer: p.cfg.Tracer,
+					Meter:  p.cfg.Meter, Picker: balancer.NewPicker(rand.New(rand.NewPCG(uint64(i*1000+j+1), 0x9e3779b97f4a7c15))),
 				})
 				if err != nil {
 					return nil, fmt.Errorf("proxy: %w", err)
 				}
+				for _, e := range vc.Endpoints {
+					if !p.isHealthy(e.Address) {
+						v.lane.SetHealthy(e.Address, false)
+					}
+				}
 			}
 			m.versions = append(m.versions, v)
 		}
-		p.models[mc.Name] = m
-		p.names = append(p.names, mc.Name)
+		st.models[mc.Name] = m
+		st.names = append(st.names, mc.Name)
 	}
-	sort.Strings(p.names)
-	p.admin = p.newAdmin()
-	return p, nil
+	sort.Strings(st.names)
+	return st, nil
+}
+
+// reusable returns old's version of mc with the same settings and
+// endpoints as vc, whose lane can carry on; nil if there is none.
+func (old *state) reusable(mc config.Model, vc config.Version) *version {
+	if old == nil {
+		return nil
+	}
+	om := old.models[mc.Name]
+	if om == nil || om.cfg.Batching != mc.Batching || om.cfg.Cache != mc.Cache || om.cfg.Protocol != mc.Protocol {
+		return nil
+	}
+	for _, v := range om.versions {
+		if v.cfg.Version == vc.Version && reflect.DeepEqual(v.cfg.Endpoints, vc.Endpoints) {
+			return v
+		}
+	}
+	return nil
+}
+
+// currentWeights lists the endpoint weights of the applied configuration,
+// for the batchmesh_endpoint_weight gauge.
+func (p *Proxy) currentWeights() []endpointWeight {
+	st := p.st.Load()
+	if st == nil {
+		return nil
+	}
+	var out []endpointWeight
+	for _, name := range st.names {
+		for _, v := range st.models[name].versions {
+			for _, e := range v.cfg.Endpoints {
+				out = append(out, endpointWeight{model: name, version: v.cfg.Version, endpoint: e.Address, weight: int64(e.Weight)})
+			}
+		}
+	}
+	return out
 }
 
 // Probe checks every endpoint once and records its health. Call it before
@@ -164,8 +282,9 @@ func New(cfg Config) (*Proxy, error) {
 // once.
 func (p *Proxy) Probe(ctx context.Context) {
 	seen := map[string]bool{}
-	for _, name := range p.names {
-		for _, v := range p.models[name].versions {
+	st := p.st.Load()
+	for _, name := range st.names {
+		for _, v := range st.models[name].versions {
 			for _, e := range v.cfg.Endpoints {
 				ok, done := seen[e.Address]
 				if !done {
@@ -234,13 +353,23 @@ func (p *Proxy) StartDrain() {
 // has stopped accepting requests.
 func (p *Proxy) Drain(ctx context.Context) error {
 	p.StartDrain()
+	p.applyMu.Lock() // no configuration change from now on
+	defer p.applyMu.Unlock()
 	var errs []error
-	for _, name := range p.names {
-		for _, v := range p.models[name].versions {
+	st := p.st.Load()
+	for _, name := range st.names {
+		for _, v := range st.models[name].versions {
 			if v.lane != nil {
 				errs = append(errs, v.lane.Close(ctx))
 			}
 		}
+	}
+	retired := make(chan struct{})
+	go func() { p.retiring.Wait(); close(retired) }()
+	select {
+	case <-retired:
+	case <-ctx.Done():
+		errs = append(errs, fmt.Errorf("proxy: retired lanes: %w", ctx.Err()))
 	}
 	return errors.Join(errs...)
 }
@@ -256,8 +385,12 @@ func (p *Proxy) ready() string {
 	case !p.probed.Load():
 		return "endpoints not probed yet"
 	}
-	for _, name := range p.names {
-		m := p.models[name]
+	st := p.st.Load()
+	if st.cfg == nil {
+		return "no configuration yet (waiting for the control plane)"
+	}
+	for _, name := range st.names {
+		m := st.models[name]
 		if !p.modelHealthy(m) {
 			return fmt.Sprintf("model %q has no healthy endpoint", name)
 		}

@@ -99,7 +99,7 @@ func TestTracesThroughOTLP(t *testing.T) {
 	}
 	sc := startSidecarConfig(t, Config{Models: cfg, Tracer: sideTr.Provider.Tracer("sidecar"), Propagator: sideTr.Propagator})
 	url := sc.url + "/v2/models/m/infer"
-	lane := sc.p.models["m"].versions[0].lane
+	lane := sc.p.st.Load().models["m"].versions[0].lane
 
 	// One batch running and one in transit, then 16 requests that queue
 	// behind them and leave together as one full batch.
