@@ -363,7 +363,10 @@ func TestDeadlineQueueFullAndErrors(t *testing.T) {
 	for c := range 2 {
 		wg.Go(func() { send(url, rowsRequest(4, 2, 100+c, 0), false, nil) })
 	}
-	waitFor(t, func() bool { eps, _ := sc.p.st.Load().models["slow"].versions[0].lane.Status(); return eps[0].InFlight == 2 })
+	waitFor(t, func() bool {
+		eps, _ := sc.p.st.Load().models["slow"].versions[0].lane.Status()
+		return eps[0].InFlight == 2
+	})
 
 	t.Run("deadline gives 504", func(t *testing.T) {
 		r, _, _ := send(url, rowsRequest(1, 2, 1, 0), false, map[string]string{HeaderTimeoutMs: "20"})
