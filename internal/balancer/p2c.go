@@ -1,5 +1,13 @@
 // Package balancer chooses the endpoint a batch goes to.
 //
+// Every policy has the method Pick(loads []inference.EndpointLoad) int,
+// returning an index into loads or -1 when none is eligible, so the batch
+// lane can use any of them: Picker (P2C, the default), EDF (weighted round
+// robin), RingHash (consistent hashing with bounded loads, keyed by tenant
+// through PickKey) and Zoned (prefer the local zone, wrapping another
+// policy). Each is safe for concurrent use, never blocks beyond a short
+// mutex and allocates nothing per pick.
+//
 // P2C is the power of two choices on in-flight rows, weighted by endpoint
 // weight: draw two eligible endpoints at random and keep the one with the
 // lower (in-flight rows + 1) / weight. It never blocks and allocates

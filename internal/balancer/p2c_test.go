@@ -61,3 +61,20 @@ func BenchmarkP2C(b *testing.B) {
 		P2C(r, loads)
 	}
 }
+
+func TestPickerPickAllocs(t *testing.T) {
+	p := NewPicker(rand.New(rand.NewPCG(1, 2)))
+	loads := benchLoads()
+	if a := testing.AllocsPerRun(1000, func() { p.Pick(loads) }); a != 0 {
+		t.Errorf("Pick allocates %v times per call, want 0", a)
+	}
+}
+
+func BenchmarkPicker(b *testing.B) {
+	p := NewPicker(rand.New(rand.NewPCG(1, 2)))
+	loads := benchLoads()
+	b.ReportAllocs()
+	for b.Loop() {
+		p.Pick(loads)
+	}
+}
