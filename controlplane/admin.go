@@ -12,7 +12,9 @@ type snapshotState struct {
 	Version string                 `json:"version"`
 	Groups  []xdsserver.GroupState `json:"groups"`
 	NACKs   map[string]uint64      `json:"nacks"`
-	Reload  struct {
+	// Adaptive has the capacity estimate and pushed weight per endpoint.
+	Adaptive []xdsserver.EndpointWeight `json:"adaptive,omitempty"`
+	Reload   struct {
 		Refused   int    `json:"refused"`
 		LastError string `json:"last_error,omitempty"`
 	} `json:"reload"`
@@ -20,7 +22,7 @@ type snapshotState struct {
 
 // adminHandler serves /healthz, /readyz, /snapshot and, with metrics,
 // /metrics.
-func adminHandler(srv *xdsserver.Server, rl *reloader, metrics http.Handler) http.Handler {
+func adminHandler(srv *xdsserver.Server, rl *reloader, lrs *xdsserver.LRS, metrics http.Handler) http.Handler {
 	mux := http.NewServeMux()
 	if metrics != nil {
 		mux.Handle("GET /metrics", metrics)
@@ -39,6 +41,9 @@ func adminHandler(srv *xdsserver.Server, rl *reloader, metrics http.Handler) htt
 		var s snapshotState
 		s.Version, s.Groups, s.NACKs = srv.Version(), srv.Groups(), srv.NACKs()
 		s.Reload.Refused, s.Reload.LastError = rl.state()
+		if lrs != nil {
+			s.Adaptive = lrs.Weights()
+		}
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")

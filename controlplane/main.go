@@ -15,6 +15,11 @@
 // /metrics serves, in the Prometheus text format, the metrics of package
 // xdsserver: batchmesh_xds_updates_total, batchmesh_xds_nacks_total and
 // batchmesh_xds_push_ack_seconds, each by {type}.
+//
+// The same gRPC address serves envoy.service.load_stats.v3 (LRS): sidecars
+// report per-endpoint load there, and with weights: adaptive in the file
+// the control plane sets the endpoint weights from it (xdsserver.LRS);
+// /snapshot shows the estimates and weights under "adaptive".
 package main
 
 import (
@@ -74,7 +79,8 @@ func run(ctx context.Context, args []string, stderr io.Writer, ready func(ads, a
 	}
 	defer metrics.Close(context.Background())
 	srv := xdsserver.New(xdsserver.Config{Logger: log, Meter: metrics.Meter("batchmesh/controlplane")})
-	rl := &reloader{path: *path, srv: srv, log: log}
+	lrs := xdsserver.NewLRS(srv, xdsserver.LRSConfig{Logger: log})
+	rl := &reloader{path: *path, srv: srv, log: log, update: lrs.Update}
 	if err := rl.load(ctx); err != nil {
 		return err
 	}
@@ -96,7 +102,8 @@ func run(ctx context.Context, args []string, stderr io.Writer, ready func(ads, a
 	)
 	// The xDS streams end when ctx does, which lets GracefulStop finish.
 	srv.Register(ctx, g)
-	hs := &http.Server{Handler: adminHandler(srv, rl, metrics.Handler()), ReadHeaderTimeout: 5 * time.Second}
+	lrs.Register(g)
+	hs := &http.Server{Handler: adminHandler(srv, rl, lrs, metrics.Handler()), ReadHeaderTimeout: 5 * time.Second}
 
 	errc := make(chan error, 2)
 	go func() { errc <- g.Serve(adsLis) }()
@@ -105,6 +112,11 @@ func run(ctx context.Context, args []string, stderr io.Writer, ready func(ads, a
 	go func() {
 		defer close(reloadDone)
 		rl.run(ctx, time.Second, 100*time.Millisecond)
+	}()
+	weightsDone := make(chan struct{})
+	go func() {
+		defer close(weightsDone)
+		lrs.Run(ctx)
 	}()
 	log.Info("controlplane serving", "ads", adsLis.Addr().String(), "admin", adminLis.Addr().String(), "version", srv.Version())
 	if ready != nil {
@@ -132,6 +144,7 @@ func run(ctx context.Context, args []string, stderr io.Writer, ready func(ads, a
 	defer cancel()
 	_ = hs.Shutdown(shutdownCtx)
 	<-reloadDone
+	<-weightsDone
 	if errors.Is(serveErr, http.ErrServerClosed) || errors.Is(serveErr, grpc.ErrServerStopped) {
 		serveErr = nil
 	}

@@ -19,6 +19,7 @@ import (
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	lrsv3 "github.com/envoyproxy/go-control-plane/envoy/service/load_stats/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -240,6 +241,21 @@ func TestRun(t *testing.T) {
 	if body := metricsBody(); !strings.Contains(body, `batchmesh_xds_updates_total{type="clusters"} 1`) {
 		t.Errorf("/metrics lacks one clusters update:\n%s", body)
 	}
+
+	// The same address serves LRS: a stream gets every cluster.
+	lctx, lcancel := context.WithCancel(context.Background())
+	defer lcancel()
+	ls, err := lrsv3.NewLoadReportingServiceClient(conn).StreamLoadStats(lctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ls.Send(&lrsv3.LoadStatsRequest{Node: &core.Node{Id: "n1"}}); err != nil {
+		t.Fatal(err)
+	}
+	if lr, err := ls.Recv(); err != nil || !lr.GetSendAllClusters() || len(lr.GetClusters()) != 2 || lr.GetLoadReportingInterval().AsDuration() != xdsserver.DefaultReportInterval {
+		t.Errorf("LRS response %v, %v", lr, err)
+	}
+	lcancel()
 
 	cancel() // as SIGTERM does
 	select {

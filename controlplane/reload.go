@@ -32,6 +32,10 @@ type reloader struct {
 	path string
 	srv  *xdsserver.Server
 	log  *slog.Logger
+	// update applies a loaded config; nil means srv.Update. The control
+	// plane passes its LRS's Update, which keeps the file's config as the
+	// base of the adaptive weights.
+	update func(context.Context, *config.Config) (string, error)
 
 	last stamp // owned by the goroutine running run, after load
 
@@ -49,7 +53,11 @@ func (r *reloader) load(ctx context.Context) error {
 	r.last = st
 	cfg, err := config.Load(r.path)
 	if err == nil {
-		_, err = r.srv.Update(ctx, cfg)
+		update := r.update
+		if update == nil {
+			update = r.srv.Update
+		}
+		_, err = update(ctx, cfg)
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/batchmesh/batchmesh/internal/config"
+	"github.com/batchmesh/batchmesh/internal/loadreport"
 	"github.com/batchmesh/batchmesh/internal/proxy"
 	"github.com/batchmesh/batchmesh/internal/telemetry"
 	"github.com/batchmesh/batchmesh/internal/xdsclient"
@@ -109,9 +110,14 @@ func runCtx(ctx context.Context, args []string, stderr io.Writer) error {
 		Models: cfg, Source: *cfgPath, MaxBodyBytes: int(bodyLimit), ProbeInterval: *probe,
 		Meter: metrics.Meter("batchmesh/sidecar"), Metrics: metrics.Handler(), Logger: logger,
 	}
+	var load *loadreport.Aggregator
 	if xc != nil {
 		pcfg.Source = "xds " + *xdsAddr
 		pcfg.XDS = func() any { return xc.Versions() }
+		// The control plane sets the weights from the load this sidecar
+		// reports over LRS, so weights: adaptive is allowed.
+		load = loadreport.New()
+		pcfg.Load, pcfg.AllowAdaptive = load, true
 	}
 	if tracing.Exporter != "none" {
 		pcfg.Tracer, pcfg.Propagator = tracing.Provider.Tracer("batchmesh/sidecar"), tracing.Propagator
@@ -141,8 +147,12 @@ func runCtx(ctx context.Context, args []string, stderr io.Writer) error {
 	probeCtx, stopProbe := context.WithCancel(context.Background())
 	probed := make(chan struct{})
 	go func() { defer close(probed); _ = p.Run(probeCtx) }()
-	xdsDone := make(chan struct{})
+	xdsDone, lrsDone := make(chan struct{}), make(chan struct{})
 	if xc != nil {
+		go func() {
+			defer close(lrsDone)
+			_ = xc.RunLRS(probeCtx, load)
+		}()
 		go func() {
 			defer close(xdsDone)
 			err := xc.Run(probeCtx, func(c *config.Config, _ xdsclient.Versions) error {
@@ -158,6 +168,7 @@ func runCtx(ctx context.Context, args []string, stderr io.Writer) error {
 		}()
 	} else {
 		close(xdsDone)
+		close(lrsDone)
 	}
 	logger.Info("sidecar serving", "listen", ln.Addr().String(), "admin", aln.Addr().String(), "config", pcfg.Source)
 
@@ -166,6 +177,7 @@ func runCtx(ctx context.Context, args []string, stderr io.Writer) error {
 		stopProbe()
 		<-probed
 		<-xdsDone
+		<-lrsDone
 		return err
 	case <-ctx.Done():
 	}
@@ -179,6 +191,7 @@ func runCtx(ctx context.Context, args []string, stderr io.Writer) error {
 	errs = append(errs, srv.ShutdownWithContext(dctx))
 	stopProbe() // no configuration change while draining
 	<-xdsDone
+	<-lrsDone
 	errs = append(errs, p.Drain(dctx))
 	<-probed
 	errs = append(errs, adminSrv.ShutdownWithContext(dctx))

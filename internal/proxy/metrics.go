@@ -14,6 +14,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/batchmesh/batchmesh/internal/inference"
+	"github.com/batchmesh/batchmesh/internal/loadreport"
 	"github.com/batchmesh/batchmesh/internal/upstream"
 )
 
@@ -114,7 +115,15 @@ type caller struct {
 	m     *metrics
 	model string
 	prop  propagation.TextMapPropagator // nil when tracing is off
+	// load, when not nil, receives every call for the LRS reports, keyed
+	// by cluster.
+	load    *loadreport.Aggregator
+	cluster string
 }
+
+// clusterName is the xDS cluster of a model version, as the control plane
+// names it (xdsserver.ClusterName, which the sidecar does not link).
+func clusterName(model, version string) string { return "batchmesh|" + model + "|" + version }
 
 func (c *caller) Call(ctx context.Context, endpoint string, req *inference.Request) ([]inference.Tensor, error) {
 	var headers []upstream.Header
@@ -127,7 +136,12 @@ func (c *caller) Call(ctx context.Context, endpoint string, req *inference.Reque
 	if err != nil && code == 0 {
 		code = inference.HTTPStatus(err)
 	}
-	c.m.upstream(c.model, endpoint, code, time.Since(start))
+	elapsed := time.Since(start)
+	c.m.upstream(c.model, endpoint, code, elapsed)
+	if c.load != nil {
+		rows, _ := req.Rows()
+		c.load.Record(c.cluster, endpoint, rows, elapsed, err != nil, reply.LoadReport)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -24,6 +24,7 @@ import (
 	"github.com/batchmesh/batchmesh/internal/cache"
 	"github.com/batchmesh/batchmesh/internal/config"
 	"github.com/batchmesh/batchmesh/internal/inference"
+	"github.com/batchmesh/batchmesh/internal/loadreport"
 	"github.com/batchmesh/batchmesh/internal/upstream"
 )
 
@@ -44,6 +45,13 @@ type Config struct {
 	// XDS, when set, reports the xDS versions and nonces per type for
 	// /config_dump.
 	XDS func() any
+	// AllowAdaptive accepts configs with weights: adaptive: set it when the
+	// configuration comes from the control plane, which sets the endpoint
+	// weights from load reports. Without it such a config is refused.
+	AllowAdaptive bool
+	// Load, when set, receives every upstream batch call (rows, latency,
+	// failure and the runtime's ORCA report) for the LRS client.
+	Load *loadreport.Aggregator
 }
 
 // Proxy is the sidecar's data plane. Build it with New, call Probe once,
@@ -188,8 +196,8 @@ func (p *Proxy) buildState(cfg *config.Config, old *state) (*state, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("proxy: %w", err)
 	}
-	if cfg.Weights == config.WeightsAdaptive {
-		return nil, errors.New("proxy: weights: adaptive needs the control plane's load reports, which are not built yet; use weights: static")
+	if cfg.Weights == config.WeightsAdaptive && !p.cfg.AllowAdaptive {
+		return nil, errors.New("proxy: weights: adaptive needs the control plane's load reports: run the sidecar with -xds, or use weights: static")
 	}
 	st := &state{cfg: cfg, models: make(map[string]*model)}
 	for i, mc := range cfg.Models {
@@ -217,7 +225,8 @@ func (p *Proxy) buildState(cfg *config.Config, old *state) (*state, error) {
 					Model: mc.Name, Version: vc.Version,
 					MaxBatchSize: mc.Batching.MaxBatchSize, MaxQueueDelay: mc.Batching.MaxQueueDelay,
 					MaxQueueSize: mc.Batching.MaxQueueSize, Endpoints: eps,
-					Caller: &caller{up: p.up, m: p.m, model: mc.Name, prop: p.cfg.Propagator},
+					Caller: &caller{up: p.up, m: p.m, model: mc.Name, prop: p.cfg.Propagator,
+						load: p.cfg.Load, cluster: clusterName(mc.Name, vc.Version)},
 					Tracer: p.cfg.Tracer,
 					Meter:  p.cfg.Meter, Picker: balancer.NewPicker(rand.New(rand.NewPCG(uint64(i*1000+j+1), 0x9e3779b97f4a7c15))),
 				})
