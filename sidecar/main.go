@@ -56,7 +56,8 @@ func runCtx(ctx context.Context, args []string, stderr io.Writer) error {
 	xdsAddr := fs.String("xds", "", "control plane ADS address host:port; its configuration replaces -config's when it arrives")
 	nodeID := fs.String("node-id", "", "xDS node id (default: the host name)")
 	nodeCluster := fs.String("node-cluster", "batchmesh-sidecars", "xDS node cluster: sidecars of one cluster share the control plane's snapshot")
-	zone := fs.String("zone", "", "this sidecar's zone, sent to the control plane")
+	zone := fs.String("zone", "", "this sidecar's zone: sent to the control plane, and endpoints of this zone are preferred while they have capacity")
+	balancerPolicy := fs.String("balancer", "p2c", "endpoint policy: p2c (weighted least-request), wrr (weighted round robin) or ring_hash (affinity on X-Batchmesh-Tenant, bounded load)")
 	maxBody := fs.String("max-body", "64MiB", "largest application request body; more is a 413")
 	probe := fs.Duration("probe-interval", time.Second, "how often every endpoint's readiness is probed")
 	drain := fs.Duration("drain-timeout", 30*time.Second, "on SIGTERM, how long to wait for queued and in-flight requests")
@@ -109,6 +110,7 @@ func runCtx(ctx context.Context, args []string, stderr io.Writer) error {
 	pcfg := proxy.Config{
 		Models: cfg, Source: *cfgPath, MaxBodyBytes: int(bodyLimit), ProbeInterval: *probe,
 		Meter: metrics.Meter("batchmesh/sidecar"), Metrics: metrics.Handler(), Logger: logger,
+		Balancer: *balancerPolicy, Zone: *zone,
 	}
 	var load *loadreport.Aggregator
 	if xc != nil {

@@ -29,7 +29,7 @@ func (l *Lane) scheduleLocked(now time.Time) {
 		if g == nil {
 			return
 		}
-		ep, idle := l.pickLocked()
+		ep, idle := l.pickLocked(g.affinity())
 		if ep == nil {
 			return // every endpoint is full; the next batch to end reschedules
 		}
@@ -79,11 +79,11 @@ func (l *Lane) nextGroupLocked() *group {
 
 // pickLocked chooses an endpoint for the next batch: one with a free slot
 // if any (idle), else one that may take a batch in transit.
-func (l *Lane) pickLocked() (ep *endpoint, idle bool) {
+func (l *Lane) pickLocked(key string) (ep *endpoint, idle bool) {
 	for i, e := range l.eps {
 		l.loads[i] = inference.EndpointLoad{InFlightRows: e.rows, Weight: e.Weight, Eligible: e.healthy && e.busy < e.Slots}
 	}
-	if i := l.cfg.Picker.Pick(l.loads); i >= 0 {
+	if i := l.pick(key); i >= 0 {
 		return l.eps[i], true
 	}
 	// Every slot is busy: the endpoint that frees first takes the batch in
@@ -99,6 +99,25 @@ func (l *Lane) pickLocked() (ep *endpoint, idle bool) {
 		}
 	}
 	return best, false
+}
+
+// pick asks the picker for an endpoint among l.loads, with the affinity
+// key when the picker hashes keys.
+func (l *Lane) pick(key string) int {
+	if kp, ok := l.cfg.Picker.(KeyPicker); ok {
+		return kp.PickKey(key, l.loads)
+	}
+	return l.cfg.Picker.Pick(l.loads)
+}
+
+// affinity is the key of the group's first live request ("" if none).
+func (g *group) affinity() string {
+	for pr := range numPriorities {
+		if len(g.q[pr]) > 0 {
+			return g.q[pr][0].p.req.Affinity
+		}
+	}
+	return ""
 }
 
 // freeAt predicts when e's earliest running batch ends; zero when unknown.
@@ -272,7 +291,7 @@ func (l *Lane) retryTarget(failed *endpoint, b *batch) (*endpoint, time.Time) {
 	for i, e := range l.eps {
 		l.loads[i] = inference.EndpointLoad{InFlightRows: e.rows, Weight: e.Weight, Eligible: e.healthy && e != failed}
 	}
-	i := l.cfg.Picker.Pick(l.loads)
+	i := l.pick(b.pieces[0].p.req.Affinity)
 	if i < 0 {
 		return nil, now
 	}

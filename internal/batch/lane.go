@@ -63,6 +63,12 @@ type Picker interface {
 	Pick(loads []inference.EndpointLoad) int
 }
 
+// KeyPicker is a Picker that hashes an affinity key (the lane uses
+// PickKey when its Picker has it), e.g. a ring hash keyed on the tenant.
+type KeyPicker interface {
+	PickKey(key string, loads []inference.EndpointLoad) int
+}
+
 // leastLoaded is the default Picker: the eligible endpoint with the fewest
 // in-flight rows per unit of weight, the first on ties.
 type leastLoaded struct{}
@@ -113,6 +119,7 @@ type Request struct {
 	Priority   Priority
 	Deadline   time.Time
 	Trace      trace.SpanContext // the caller's span, linked from the batch span; may be invalid
+	Affinity   string            // key for a KeyPicker (the group key must cover it: a batch has one key)
 }
 
 // Result is a request's answer: its rows of every output, in order.

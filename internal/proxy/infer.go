@@ -176,6 +176,12 @@ func (p *Proxy) serveInfer(ctx *fasthttp.RequestCtx, m *model, v *version, start
 		Deadline:   start.Add(timeout),
 		Trace:      sc,
 	}
+	if p.cfg.Balancer == BalancerRingHash {
+		// A batch goes to one endpoint: batch per tenant so that each
+		// tenant keeps its endpoint.
+		br.Affinity = string(ctx.Request.Header.Peek(HeaderTenant))
+		br.Group += "\x00tenant=" + br.Affinity
+	}
 	noCache, noStore := cacheControl(ctx.Request.Header.Peek(fasthttp.HeaderCacheControl))
 	if m.cfg.Cache.Enabled && !(noCache && noStore) {
 		res, err = p.inferCached(m, v, br, string(ctx.Request.Header.Peek(HeaderTenant)), noCache, noStore)

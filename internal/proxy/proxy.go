@@ -42,6 +42,10 @@ type Config struct {
 	// nothing and costs nothing.
 	Tracer     trace.Tracer
 	Propagator propagation.TextMapPropagator
+	// Balancer is the endpoint policy: BalancerP2C (default), BalancerWRR or
+	// BalancerRingHash. Zone, when set, prefers endpoints of that zone.
+	Balancer string
+	Zone     string
 	// XDS, when set, reports the xDS versions and nonces per type for
 	// /config_dump.
 	XDS func() any
@@ -115,6 +119,13 @@ func New(cfg Config) (*Proxy, error) {
 	cfg.Upstream.Logger = cfg.Logger
 	if cfg.Tracer != nil && cfg.Propagator == nil {
 		cfg.Propagator = propagation.TraceContext{}
+	}
+	switch cfg.Balancer {
+	case "":
+		cfg.Balancer = BalancerP2C
+	case BalancerP2C, BalancerWRR, BalancerRingHash:
+	default:
+		return nil, fmt.Errorf("proxy: balancer %q: want %s, %s or %s", cfg.Balancer, BalancerP2C, BalancerWRR, BalancerRingHash)
 	}
 	p := &Proxy{
 		cfg:        cfg,
@@ -228,7 +239,7 @@ func (p *Proxy) buildState(cfg *config.Config, old *state) (*state, error) {
 					Caller: &caller{up: p.up, m: p.m, model: mc.Name, prop: p.cfg.Propagator,
 						load: p.cfg.Load, cluster: clusterName(mc.Name, vc.Version)},
 					Tracer: p.cfg.Tracer,
-					Meter:  p.cfg.Meter, Picker: balancer.NewPicker(rand.New(rand.NewPCG(uint64(i*1000+j+1), 0x9e3779b97f4a7c15))),
+					Meter:  p.cfg.Meter, Picker: p.newPicker(vc, uint64(i*1000+j+1)),
 				})
 				if err != nil {
 					return nil, fmt.Errorf("proxy: %w", err)
@@ -246,6 +257,64 @@ func (p *Proxy) buildState(cfg *config.Config, old *state) (*state, error) {
 	}
 	sort.Strings(st.names)
 	return st, nil
+}
+
+// Balancer policies (proxy.Config.Balancer).
+const (
+	BalancerP2C      = "p2c"       // weighted least-request, power of two choices (default)
+	BalancerWRR      = "wrr"       // earliest-deadline-first weighted round robin
+	BalancerRingHash = "ring_hash" // consistent hashing on X-Batchmesh-Tenant, bounded load
+)
+
+// newPicker builds the configured policy for one version's endpoints, with
+// zone preference when the sidecar knows its zone and the endpoints have
+// zones.
+func (p *Proxy) newPicker(vc config.Version, seed uint64) batch.Picker {
+	var inner balancer.Policy
+	switch p.cfg.Balancer {
+	case BalancerWRR:
+		inner = &balancer.EDF{}
+	case BalancerRingHash:
+		addrs := make([]string, len(vc.Endpoints))
+		weights := make([]int, len(vc.Endpoints))
+		for i, e := range vc.Endpoints {
+			addrs[i], weights[i] = e.Address, e.Weight
+		}
+		inner = balancer.NewRingHash(addrs, weights, 0)
+	default:
+		inner = balancer.NewPicker(rand.New(rand.NewPCG(seed, 0x9e3779b97f4a7c15)))
+	}
+	if p.cfg.Zone == "" {
+		return inner
+	}
+	zones := make([]string, len(vc.Endpoints))
+	local := false
+	for i, e := range vc.Endpoints {
+		zones[i] = e.Zone
+		local = local || e.Zone == p.cfg.Zone
+	}
+	if !local {
+		return inner
+	}
+	z := &balancer.Zoned{Local: p.cfg.Zone, Zones: zones, Inner: inner}
+	if kp, ok := inner.(batch.KeyPicker); ok {
+		return zonedKey{z, kp}
+	}
+	return z
+}
+
+// zonedKey keeps a ring hash's key when zone preference wraps it: a local
+// endpoint is chosen by zone first, else the ring decides.
+type zonedKey struct {
+	*balancer.Zoned
+	ring batch.KeyPicker
+}
+
+func (z zonedKey) PickKey(key string, loads []inference.EndpointLoad) int {
+	if i := z.Zoned.Pick(loads); i >= 0 && z.Zones[i] == z.Local {
+		return i
+	}
+	return z.ring.PickKey(key, loads)
 }
 
 // reusable returns old's version of mc with the same settings and
