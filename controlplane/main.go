@@ -36,6 +36,8 @@ import (
 	"syscall"
 	"time"
 
+	"go.opentelemetry.io/otel/metric"
+
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
 
@@ -80,7 +82,12 @@ func run(ctx context.Context, args []string, stderr io.Writer, ready func(ads, a
 	defer metrics.Close(context.Background())
 	srv := xdsserver.New(xdsserver.Config{Logger: log, Meter: metrics.Meter("batchmesh/controlplane")})
 	lrs := xdsserver.NewLRS(srv, xdsserver.LRSConfig{Logger: log})
-	rl := &reloader{path: *path, srv: srv, log: log, update: lrs.Update}
+	refusals, err := metrics.Meter("batchmesh/controlplane").Int64Counter("batchmesh_xds_config_refused",
+		metric.WithDescription("Edits of the -config file refused (the last good config kept serving)."))
+	if err != nil {
+		return err
+	}
+	rl := &reloader{path: *path, srv: srv, log: log, update: lrs.Update, refusals: refusals}
 	if err := rl.load(ctx); err != nil {
 		return err
 	}

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -24,6 +25,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/batchmesh/batchmesh/internal/telemetry"
 	"github.com/batchmesh/batchmesh/internal/xdsserver"
 )
 
@@ -279,5 +281,31 @@ func TestRunNeedsConfig(t *testing.T) {
 	writeFile(t, bad, "models: []\n", time.Now())
 	if err := run(context.Background(), []string{"-config", bad, "-listen", "127.0.0.1:0", "-admin", "127.0.0.1:0"}, io.Discard, nil); err == nil {
 		t.Error("run with a bad config: no error")
+	}
+}
+
+// TestRefusedEditCounted: a config edit that does not load is counted in
+// batchmesh_xds_config_refused_total (and the error returned).
+func TestRefusedEditCounted(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "cp.yaml")
+	if err := os.WriteFile(path, []byte("models: [\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	m, err := telemetry.NewMetrics()
+	if err != nil {
+		t.Fatal(err)
+	}
+	counter, err := m.Meter("t").Int64Counter("batchmesh_xds_config_refused")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rl := &reloader{path: path, srv: xdsserver.New(xdsserver.Config{}), log: slog.New(slog.DiscardHandler), refusals: counter}
+	if err := rl.load(context.Background()); err == nil {
+		t.Fatal("a broken file loaded")
+	}
+	rec := httptest.NewRecorder()
+	m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	if !strings.Contains(rec.Body.String(), "batchmesh_xds_config_refused_total 1") {
+		t.Errorf("metrics lack the refusal:\n%s", rec.Body.String())
 	}
 }

@@ -7,6 +7,8 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/metric"
+
 	"github.com/batchmesh/batchmesh/internal/config"
 	"github.com/batchmesh/batchmesh/internal/xdsserver"
 )
@@ -39,6 +41,9 @@ type reloader struct {
 
 	last stamp // owned by the goroutine running run, after load
 
+	// refusals counts batchmesh_xds_config_refused_total; nil counts nothing.
+	refusals metric.Int64Counter
+
 	mu      sync.Mutex
 	refused int    // bad edits refused so far
 	lastErr string // why the last edit was refused; "" after a good one
@@ -64,6 +69,9 @@ func (r *reloader) load(ctx context.Context) error {
 	if err != nil {
 		r.refused++
 		r.lastErr = err.Error()
+		if r.refusals != nil {
+			r.refusals.Add(context.Background(), 1)
+		}
 		return err
 	}
 	r.lastErr = ""
