@@ -45,9 +45,9 @@ func TestPrometheusConfig(t *testing.T) {
 		jobs       map[string]string // job → its static target, or "" for service discovery
 	}{
 		{name: "prometheus.yml", text: string(raw), jobs: map[string]string{
-			"batchmesh-sidecar": "127.0.0.1:15000", "batchmesh-runtime": "127.0.0.1:8000"}},
+			"batchmesh-sidecar": "127.0.0.1:15000", "batchmesh-runtime": "127.0.0.1:8000", "batchmesh-controlplane": "127.0.0.1:18001"}},
 		{name: "prometheus.yml with the Kubernetes job uncommented", text: k8s.String(), jobs: map[string]string{
-			"batchmesh-sidecar": "127.0.0.1:15000", "batchmesh-runtime": "127.0.0.1:8000", "kubernetes-pods": ""}},
+			"batchmesh-sidecar": "127.0.0.1:15000", "batchmesh-runtime": "127.0.0.1:8000", "batchmesh-controlplane": "127.0.0.1:18001", "kubernetes-pods": ""}},
 	}
 	promtool, promtoolErr := exec.LookPath("promtool")
 	if promtoolErr != nil {
