@@ -249,12 +249,6 @@ func (l *Lane) run(b *batch, ep *endpoint, start time.Time) {
 		ep.healthy = false // the health checker turns it back on
 	}
 	l.mu.Unlock()
-	defer func() {
-		l.mu.Lock()
-		l.failIfNoEndpointLocked()
-		l.mu.Unlock()
-	}()
-
 	if err != nil && (errors.Is(err, inference.ErrUnavailable) || errors.Is(err, inference.ErrUpstream)) {
 		if alt, at := l.retryTarget(ep, b); alt != nil {
 			outs, err = l.call(b, alt, 2)
@@ -274,6 +268,7 @@ func (l *Lane) run(b *batch, ep *endpoint, start time.Time) {
 	}
 	l.mu.Lock()
 	l.running--
+	l.failIfNoEndpointLocked()
 	l.scheduleLocked(time.Now())
 	l.noteIdleLocked()
 	l.mu.Unlock()

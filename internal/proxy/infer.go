@@ -104,11 +104,11 @@ func (p *Proxy) infer(ctx *fasthttp.RequestCtx, m *model, v *version, start time
 	res, rows, prio, err := p.serveInfer(ctx, m, v, start, span.SpanContext())
 	status := fasthttp.StatusOK
 	if err != nil {
+		p.reply(ctx, name, start, err)
+		status = inference.HTTPStatus(err)
 		if k := inference.KindOf(err); k == inference.KindOverloaded || k == inference.KindUnavailable {
 			ctx.Response.Header.Set("Retry-After", strconv.Itoa(int(v.lane.RetryAfter().Round(time.Second)/time.Second)))
 		}
-		p.reply(ctx, name, start, err)
-		status = inference.HTTPStatus(err)
 		if res.status == "" {
 			res.status = cacheBypass
 			if m.cfg.Cache.Enabled {
@@ -321,12 +321,9 @@ func writeParams(b *strings.Builder, ps inference.Parameters) {
 // reply writes err in the v2 error shape with its status and counts it.
 func (p *Proxy) reply(ctx *fasthttp.RequestCtx, model string, start time.Time, err error) {
 	code := inference.HTTPStatus(err)
-	retry := ctx.Response.Header.Peek("Retry-After")
 	ctx.Response.Reset()
-	if len(retry) > 0 {
-		ctx.Response.Header.SetBytesV("Retry-After", retry)
-	} else if code == fasthttp.StatusTooManyRequests || code == fasthttp.StatusServiceUnavailable {
-		ctx.Response.Header.Set("Retry-After", "1")
+	if code == fasthttp.StatusTooManyRequests || code == fasthttp.StatusServiceUnavailable {
+		ctx.Response.Header.Set("Retry-After", "1") // callers that know better set it after
 	}
 	ctx.SetStatusCode(code)
 	ctx.SetContentType("application/json")
