@@ -27,16 +27,10 @@ func TestDashboardReferencesExistingMetrics(t *testing.T) {
 	}
 	st := startStack(t)
 	st.exercise(t)
-	exist := scrape(t, st.adminURL+"/metrics").seriesNames()
-	for name := range scrape(t, st.runtimeURL+"/metrics").seriesNames() {
-		exist[name] = true
-	}
-	later := map[string]bool{}
-	for _, m := range designMetrics {
-		if m.notYet {
-			for _, n := range seriesNamesOf(m) {
-				later[n] = true
-			}
+	exist := map[string]bool{}
+	for _, fams := range st.scrapeAll(t) {
+		for name := range fams.seriesNames() {
+			exist[name] = true
 		}
 	}
 
@@ -52,8 +46,8 @@ func TestDashboardReferencesExistingMetrics(t *testing.T) {
 		}
 		for _, n := range names {
 			used[n] = true
-			if !exist[n] && !later[n] {
-				t.Errorf("%s: %s is not exported by the sidecar or the runtime (query %q)", e.where, n, e.expr)
+			if !exist[n] {
+				t.Errorf("%s: %s is not exported by the sidecar, the runtime or the control plane (query %q)", e.where, n, e.expr)
 			}
 		}
 	}
@@ -69,14 +63,6 @@ func TestDashboardReferencesExistingMetrics(t *testing.T) {
 			t.Errorf("no panel queries %s", n)
 		}
 	}
-}
-
-// seriesNamesOf returns the names PromQL selects for m.
-func seriesNamesOf(m metricSpec) []string {
-	if m.typ == histogram {
-		return []string{m.name + "_bucket", m.name + "_sum", m.name + "_count"}
-	}
-	return []string{m.name}
 }
 
 // dashboard is the part of a Grafana dashboard model the test reads.

@@ -1,8 +1,9 @@
 // Package observability_test checks the examples in this directory against a
-// live runtime and sidecar on loopback: every metric of DESIGN.md §8 is
-// exported with its labels (TestMetricNames), the Grafana dashboard queries
-// only metrics that exist (TestDashboardReferencesExistingMetrics), and a
-// real Prometheus server scrapes both (TestPrometheusScrapes).
+// live runtime, sidecar and control plane on loopback: every metric of
+// DESIGN.md §8 is exported, by the component that should, with its labels
+// (TestMetricNames), the Grafana dashboard queries only metrics that exist
+// (TestDashboardReferencesExistingMetrics), and a real Prometheus server
+// scrapes all three (TestPrometheusScrapes).
 package observability_test
 
 import (
@@ -27,10 +28,12 @@ import (
 	"github.com/batchmesh/batchmesh/internal/telemetry"
 )
 
-// Where a metric is exported.
+// Where a metric is exported: the sidecar's admin /metrics, the runtime's
+// /metrics, the control plane's admin /metrics.
 const (
-	sidecar = "sidecar"
-	runtime = "runtime"
+	sidecar      = "sidecar"
+	runtime      = "runtime"
+	controlPlane = "control plane"
 )
 
 // metricSpec is one metric of DESIGN.md §8 as it is scraped: counters with
@@ -39,10 +42,7 @@ type metricSpec struct {
 	name   string
 	typ    dto.MetricType
 	labels []string // every series has exactly these (histograms: besides le)
-	from   string   // sidecar or runtime
-	// notYet marks a metric whose issue has not landed: it must be absent
-	// today, so that this table is updated when it arrives.
-	notYet bool
+	from   string   // sidecar, runtime or controlPlane
 }
 
 var (
@@ -68,8 +68,10 @@ var designMetrics = []metricSpec{
 	{name: "batchmesh_upstream_requests_total", typ: counter, labels: []string{"model", "endpoint", "code"}, from: sidecar},
 	{name: "batchmesh_upstream_duration_seconds", typ: histogram, labels: []string{"model", "endpoint"}, from: sidecar},
 	{name: "batchmesh_endpoint_weight", typ: gauge, labels: []string{"model", "version", "endpoint"}, from: sidecar},
-	{name: "batchmesh_xds_updates_total", typ: counter, labels: []string{"type"}, from: sidecar, notYet: true},
-	{name: "batchmesh_xds_nacks_total", typ: counter, labels: []string{"type"}, from: sidecar, notYet: true},
+	{name: "batchmesh_xds_updates_total", typ: counter, labels: []string{"type"}, from: controlPlane},
+	{name: "batchmesh_xds_nacks_total", typ: counter, labels: []string{"type"}, from: controlPlane},
+	{name: "batchmesh_xds_push_ack_seconds", typ: histogram, labels: []string{"type"}, from: controlPlane},
+	{name: "batchmesh_xds_config_refused_total", typ: counter, from: controlPlane},
 	{name: "model_queue_depth", typ: gauge, labels: []string{"model"}, from: runtime},
 	{name: "model_batch_rows", typ: histogram, labels: []string{"model"}, from: runtime},
 	{name: "model_inference_duration_seconds", typ: histogram, labels: []string{"model"}, from: runtime},
@@ -79,18 +81,20 @@ var designMetrics = []metricSpec{
 func TestMetricNames(t *testing.T) {
 	st := startStack(t)
 	st.exercise(t)
-	scraped := map[string]families{sidecar: scrape(t, st.adminURL+"/metrics"), runtime: scrape(t, st.runtimeURL+"/metrics")}
+	scraped := st.scrapeAll(t)
 
-	known := map[string]bool{}
+	listed := map[string]string{} // name → where designMetrics says it is exported
 	for _, m := range designMetrics {
-		known[m.name] = true
-		fam, ok := scraped[m.from][m.name]
-		if m.notYet {
-			if ok {
-				t.Errorf("%s is exported now: clear its notYet flag in designMetrics and check its labels", m.name)
-			}
+		if prev, dup := listed[m.name]; dup {
+			t.Errorf("designMetrics lists %s twice (from the %s and the %s)", m.name, prev, m.from)
+		}
+		listed[m.name] = m.from
+		fams, ok := scraped[m.from]
+		if !ok {
+			t.Errorf("%s: from %q, which is not one of the components scraped", m.name, m.from)
 			continue
 		}
+		fam, ok := fams[m.name]
 		if !ok {
 			t.Errorf("%s: not exported by the %s", m.name, m.from)
 			continue
@@ -108,8 +112,14 @@ func TestMetricNames(t *testing.T) {
 	}
 	for from, fams := range scraped {
 		for name := range fams {
-			if (strings.HasPrefix(name, "batchmesh_") || strings.HasPrefix(name, "model_")) && !known[name] {
+			if !strings.HasPrefix(name, "batchmesh_") && !strings.HasPrefix(name, "model_") {
+				continue
+			}
+			switch where, ok := listed[name]; {
+			case !ok:
 				t.Errorf("the %s exports %s, which DESIGN.md §8 (and designMetrics) does not list", from, name)
+			case where != from:
+				t.Errorf("the %s exports %s, which designMetrics lists as the %s's", from, name, where)
 			}
 		}
 	}
@@ -183,13 +193,28 @@ func scrape(t *testing.T, url string) families {
 	return fams
 }
 
-// stack is a reference runtime and a sidecar in front of it, on loopback.
+// stack is a reference runtime and a sidecar in front of it, and a control
+// plane, on loopback.
 //
 // The sidecar serves two models: cached (row cache on, in a cache of 4 KiB
 // so that rows are evicted) and tiny (a queue of 4 rows in front of a slow
-// model, so that requests are shed).
+// model, so that requests are shed). The control plane serves a config of
+// the cached model; the sidecar reads its own file, and the test's ADS
+// client is the control plane's only one.
 type stack struct {
 	runtimeURL, sidecarURL, adminURL string
+	cp                               *cpProcess
+}
+
+// scrapeAll scrapes the /metrics of each component, by where (sidecar,
+// runtime, controlPlane).
+func (st *stack) scrapeAll(t *testing.T) map[string]families {
+	t.Helper()
+	return map[string]families{
+		sidecar:      scrape(t, st.adminURL+"/metrics"),
+		runtime:      scrape(t, st.runtimeURL+"/metrics"),
+		controlPlane: scrape(t, st.cp.adminURL+"/metrics"),
+	}
 }
 
 const (
@@ -202,6 +227,7 @@ func startStack(t *testing.T) *stack {
 	st := &stack{}
 	st.runtimeURL = "http://" + startRuntime(t, cachedModel+"=sim:linear/1ms+0s", tinyModel+"=sim:linear/20ms+0s")
 	rt := strings.TrimPrefix(st.runtimeURL, "http://")
+	st.cp = startControlPlane(t, rt)
 	cfg, err := config.Parse("observability.yaml", fmt.Appendf(nil, `cache_bytes: 4KiB
 models:
   - name: %[2]s
@@ -301,7 +327,8 @@ func (st *stack) load(t *testing.T, model string, cfg loadgen.Config) loadgen.Re
 
 // exercise drives the load that makes every sidecar metric appear: cache
 // hits, misses and evictions, coalesced rows and a shed request. The last
-// two depend on timing, so each is retried a bounded number of times.
+// two depend on timing, so each is retried a bounded number of times. Then
+// the control plane's: see cpProcess.exercise.
 func (st *stack) exercise(t *testing.T) {
 	t.Helper()
 	// Half the requests repeat one of 8 hot bodies: hits; the other half
@@ -333,4 +360,5 @@ func (st *stack) exercise(t *testing.T) {
 		}
 		st.load(t, tinyModel, loadgen.Config{Clients: 16, Requests: 64, Rows: 2})
 	}
+	st.cp.exercise(t)
 }

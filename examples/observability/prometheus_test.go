@@ -20,8 +20,9 @@ import (
 )
 
 // TestPrometheusScrapes runs a real Prometheus server (Debian's prometheus
-// package; .ci/run installs it) against the sidecar's admin /metrics and
-// the runtime's /metrics, and queries its HTTP API after load.
+// package; .ci/run installs it) against the sidecar's admin /metrics, the
+// runtime's /metrics and the control plane's admin /metrics, and queries
+// its HTTP API after load and an ADS exchange.
 func TestPrometheusScrapes(t *testing.T) {
 	bin, err := exec.LookPath("prometheus")
 	if err != nil {
@@ -31,7 +32,8 @@ func TestPrometheusScrapes(t *testing.T) {
 		t.Skip("prometheus is not installed: apt-get install prometheus (Debian/Ubuntu), or put a prometheus binary on PATH")
 	}
 	st := startStack(t)
-	prom := startPrometheus(t, bin, strings.TrimPrefix(st.adminURL, "http://"), strings.TrimPrefix(st.runtimeURL, "http://"))
+	prom := startPrometheus(t, bin, strings.TrimPrefix(st.adminURL, "http://"), strings.TrimPrefix(st.runtimeURL, "http://"),
+		strings.TrimPrefix(st.cp.adminURL, "http://"))
 
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
@@ -40,6 +42,7 @@ func TestPrometheusScrapes(t *testing.T) {
 	if res.ByStatus[http.StatusOK] == 0 {
 		t.Fatalf("no request succeeded: %v (first error %q)", res.ByStatus, res.FirstError)
 	}
+	st.cp.subscribe(t)
 
 	checks := []struct {
 		query string
@@ -49,6 +52,8 @@ func TestPrometheusScrapes(t *testing.T) {
 		{query: "batchmesh_queue_depth", ok: func(float64) bool { return true }, want: "present"},
 		{query: "sum(batchmesh_batch_rows_bucket)", ok: func(v float64) bool { return v > 0 }, want: "> 0"},
 		{query: "sum(model_rows_total)", ok: func(v float64) bool { return v > 0 }, want: "> 0"},
+		{query: "sum(batchmesh_xds_updates_total)", ok: func(v float64) bool { return v > 0 }, want: "> 0"},
+		{query: "sum(up)", ok: func(v float64) bool { return v == 3 }, want: "3 (every target up)"},
 	}
 	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
@@ -62,7 +67,7 @@ func TestPrometheusScrapes(t *testing.T) {
 			select {
 			case <-ctx.Done():
 				up, _, upErr := prom.query(context.Background(), "sum(up)")
-				t.Fatalf("after 30s, %s: want %s; last answer %g (found %v, error %v); sum(up) = %g (%v) of 2 targets",
+				t.Fatalf("after 30s, %s: want %s; last answer %g (found %v, error %v); sum(up) = %g (%v) of 3 targets",
 					c.query, c.want, v, found, err, up, upErr)
 			case <-tick.C:
 			}
@@ -77,10 +82,10 @@ type prometheus struct {
 	out    *syncBuffer
 }
 
-// startPrometheus starts bin scraping the two targets every second, with
+// startPrometheus starts bin scraping the three targets every second, with
 // its storage in a temporary directory, and kills it at cleanup. Its
 // output is logged if the test fails.
-func startPrometheus(t *testing.T, bin string, sidecarAdmin, runtime string) *prometheus {
+func startPrometheus(t *testing.T, bin string, sidecarAdmin, runtime, controlPlaneAdmin string) *prometheus {
 	t.Helper()
 	dir := t.TempDir()
 	cfg := fmt.Sprintf(`global:
@@ -92,7 +97,9 @@ scrape_configs:
     static_configs: [{targets: [%q]}]
   - job_name: batchmesh-runtime
     static_configs: [{targets: [%q]}]
-`, sidecarAdmin, runtime)
+  - job_name: batchmesh-controlplane
+    static_configs: [{targets: [%q]}]
+`, sidecarAdmin, runtime, controlPlaneAdmin)
 	cfgPath := filepath.Join(dir, "prometheus.yml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)

@@ -81,7 +81,7 @@ func (l *Lane) nextGroupLocked() *group {
 // if any (idle), else one that may take a batch in transit.
 func (l *Lane) pickLocked(key string) (ep *endpoint, idle bool) {
 	for i, e := range l.eps {
-		l.loads[i] = inference.EndpointLoad{InFlightRows: e.rows, Weight: e.Weight, Eligible: e.healthy && e.busy < e.Slots}
+		l.loads[i] = inference.EndpointLoad{InFlightRows: e.rows, Weight: e.Weight, Eligible: e.healthy && e.busy < e.limit}
 	}
 	if i := l.pick(key); i >= 0 {
 		return l.eps[i], true
@@ -91,7 +91,7 @@ func (l *Lane) pickLocked(key string) (ep *endpoint, idle bool) {
 	var best *endpoint
 	var bestAt time.Time
 	for _, e := range l.eps {
-		if !e.healthy || e.busy >= e.Slots+1 {
+		if !e.healthy || e.busy >= e.limit+1 {
 			continue
 		}
 		if at := e.freeAt(); best == nil || at.Before(bestAt) {

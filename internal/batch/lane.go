@@ -105,6 +105,10 @@ type Config struct {
 	Meter          metric.Meter  // nil records nothing
 	Picker         Picker        // nil picks the least loaded endpoint
 	Tracer         trace.Tracer  // the batch spans; nil traces nothing
+	// AdaptiveSlots lets Observe move each endpoint's concurrency limit
+	// between 1 and its Slots from the runtime's reported queue (weights:
+	// adaptive); without it the declared Slots are the limit.
+	AdaptiveSlots bool
 }
 
 // Request is one caller's rows as the lane sees them. Inputs must be valid
@@ -151,6 +155,8 @@ type Lane struct {
 type endpoint struct {
 	Endpoint
 	healthy  bool
+	limit    int         // batches it may run at once: Slots, or less under AdaptiveSlots
+	limitAt  time.Time   // of the last change of limit
 	busy     int         // batches in flight
 	rows     int         // rows in flight
 	starts   []time.Time // start of each batch in flight
@@ -202,7 +208,7 @@ func NewLane(cfg Config) (*Lane, error) {
 		if e.Slots <= 0 {
 			e.Slots = 1
 		}
-		l.eps = append(l.eps, &endpoint{Endpoint: e, healthy: true})
+		l.eps = append(l.eps, &endpoint{Endpoint: e, healthy: true, limit: e.Slots})
 	}
 	l.loads = make([]inference.EndpointLoad, len(l.eps))
 	if l.cfg.Tracer == nil {
@@ -300,6 +306,59 @@ func (l *Lane) failIfNoEndpointLocked() {
 	}
 }
 
+// SetWeights replaces the endpoints' weights (in the order of
+// Config.Endpoints; a weight <= 0 means 1) and, when picker is not nil, the
+// picker (a ring hash is built from the weights). Queues, in-flight batches
+// and what the lane learned of each endpoint are kept. A wrong count of
+// weights is ignored.
+func (l *Lane) SetWeights(weights []int, picker Picker) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(weights) != len(l.eps) {
+		return
+	}
+	for i, w := range weights {
+		l.eps[i].Weight = max(w, 1)
+	}
+	if picker != nil {
+		l.cfg.Picker = picker
+	}
+	l.scheduleLocked(time.Now())
+}
+
+// Observe takes the queue an endpoint's runtime reported with an answer:
+// the batches waiting there for a slot, the ones other sidecars sent
+// included (ORCA named_metrics.queue_depth). Under AdaptiveSlots the lane
+// lowers the endpoint's concurrency limit by one while the runtime has a
+// queue, and raises it by one, up to Slots, when the runtime has none and
+// the lane uses its whole limit — at most one step per batch latency, so
+// that each step is seen before the next. Many sidecars sharing a runtime
+// thus each send fewer, fuller batches instead of queueing small ones
+// there. Without AdaptiveSlots, or for an unknown address, it does
+// nothing.
+func (l *Lane) Observe(address string, runtimeQueue int) {
+	if !l.cfg.AdaptiveSlots {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := time.Now()
+	for _, e := range l.eps {
+		if e.Address != address || now.Sub(e.limitAt) < e.latency {
+			continue
+		}
+		switch {
+		case runtimeQueue > 0 && e.limit > 1:
+			e.limit--
+			e.limitAt = now
+		case runtimeQueue == 0 && e.limit < e.Slots && e.busy >= e.limit:
+			e.limit++
+			e.limitAt = now
+			l.scheduleLocked(now)
+		}
+	}
+}
+
 // Healthy reports whether some endpoint is healthy.
 func (l *Lane) Healthy() bool {
 	l.mu.Lock()
@@ -321,6 +380,7 @@ type EndpointStatus struct {
 	Address      string  `json:"address"`
 	Weight       int     `json:"weight"`
 	Slots        int     `json:"slots"`
+	Limit        int     `json:"concurrency_limit"`
 	Healthy      bool    `json:"healthy"`
 	InFlight     int     `json:"in_flight_batches"`
 	InFlightRows int     `json:"in_flight_rows"`
@@ -335,7 +395,7 @@ func (l *Lane) Status() (eps []EndpointStatus, queued int) {
 	defer l.mu.Unlock()
 	for _, e := range l.eps {
 		eps = append(eps, EndpointStatus{
-			Address: e.Address, Weight: e.Weight, Slots: e.Slots, Healthy: e.healthy,
+			Address: e.Address, Weight: e.Weight, Slots: e.Slots, Limit: e.limit, Healthy: e.healthy,
 			InFlight: e.busy, InFlightRows: e.rows, LatencyMs: float64(e.latency) / 1e6,
 			Batches: e.batches, Failures: e.failures,
 		})

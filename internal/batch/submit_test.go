@@ -359,7 +359,7 @@ func TestNewLaneValidates(t *testing.T) {
 		t.Fatalf("NewLane: %v", err)
 	}
 	eps, queued := l.Status()
-	want := []EndpointStatus{{Address: "a", Weight: 1, Slots: 1, Healthy: true}}
+	want := []EndpointStatus{{Address: "a", Weight: 1, Slots: 1, Limit: 1, Healthy: true}}
 	if !slices.Equal(eps, want) || queued != 0 {
 		t.Errorf("Status() = %+v, %d; want %+v, 0 (defaults)", eps, queued, want)
 	}

@@ -50,13 +50,22 @@ func (a *Aggregator) Record(cluster, endpoint string, rows int, latency time.Dur
 	if a == nil {
 		return
 	}
-	var rep Report
-	var haveRep bool
+	var rep *Report
 	if orca != "" {
-		var err error
-		rep, err = Parse(orca)
-		haveRep = err == nil
+		if r, err := Parse(orca); err == nil {
+			rep = &r
+		}
 	}
+	a.RecordReport(cluster, endpoint, rows, latency, failed, rep)
+}
+
+// RecordReport is Record with the ORCA report already parsed (nil if
+// none).
+func (a *Aggregator) RecordReport(cluster, endpoint string, rows int, latency time.Duration, failed bool, rep *Report) {
+	if a == nil {
+		return
+	}
+	haveRep := rep != nil
 	k := Key{cluster, endpoint}
 	a.mu.Lock()
 	defer a.mu.Unlock()

@@ -14,6 +14,24 @@ type Report struct {
 	Named       map[string]float64 // named_metrics.NAME, nil if none
 }
 
+// NamedQueueDepth is the named metric in which a runtime reports the
+// batches waiting for a slot beyond its free ones (batchmesh's model
+// runtime sends it; the sidecar's adaptive concurrency reads it).
+const NamedQueueDepth = "queue_depth"
+
+// Queue returns the runtime's reported queue depth, if the report has one.
+// A nil report has none.
+func (r *Report) Queue() (int, bool) {
+	if r == nil {
+		return 0, false
+	}
+	q, ok := r.Named[NamedQueueDepth]
+	if !ok {
+		return 0, false
+	}
+	return int(min(q, 1<<30)), true
+}
+
 // ErrNotText is returned for a header that is not in ORCA's TEXT form.
 var ErrNotText = errors.New("loadreport: not an ORCA TEXT report")
 

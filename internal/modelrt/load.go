@@ -15,7 +15,8 @@ const loadWindow = time.Second
 // the rows per second, over the last complete window. Safe for concurrent
 // use.
 type loadTracker struct {
-	waiting atomic.Int64 // batches waiting for a slot
+	waiting  atomic.Int64 // batches waiting for a slot
+	admitted atomic.Int64 // batches waiting or running
 
 	mu    sync.Mutex
 	start time.Time // start of the current window
@@ -34,7 +35,8 @@ func (l *loadTracker) finish(d time.Duration, n int) {
 }
 
 // orca returns the header value in ORCA's TEXT form. slots is the slot
-// count, inUse the slots busy now and queued the batches waiting.
+// count, inUse the slots busy now and queued the batches waiting beyond
+// the free slots.
 func (l *loadTracker) orca(slots, inUse int, queued int64) string {
 	l.mu.Lock()
 	defer l.mu.Unlock()

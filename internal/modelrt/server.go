@@ -403,7 +403,7 @@ func (s *Server) infer(ctx *fasthttp.RequestCtx, name string, m Model) {
 	} else {
 		ctx.SetContentType("application/json")
 	}
-	ctx.Response.Header.Set("endpoint-load-metrics", s.load.orca(s.cfg.Slots, len(s.slots), s.queued()))
+	ctx.Response.Header.Set("endpoint-load-metrics", s.load.orca(s.cfg.Slots, len(s.slots), s.backlog()))
 }
 
 func checkOutputs(req *inference.Request, m Model) error {
@@ -431,6 +431,7 @@ func (s *Server) run(ctx context.Context, m Model, req *inference.Request, name 
 	attrs := s.attrs[name]
 	s.m.queueDepth.Add(ctx, 1, attrs)
 	s.load.waiting.Add(1)
+	s.load.admitted.Add(1)
 	s.slots <- struct{}{}
 	s.load.waiting.Add(-1)
 	s.m.queueDepth.Add(ctx, -1, attrs)
@@ -438,6 +439,7 @@ func (s *Server) run(ctx context.Context, m Model, req *inference.Request, name 
 	outs, err := m.Infer(ctx, req)
 	elapsed := time.Since(start)
 	<-s.slots
+	s.load.admitted.Add(-1)
 	s.load.finish(elapsed, rows)
 	if err != nil {
 		return nil, err
@@ -449,6 +451,14 @@ func (s *Server) run(ctx context.Context, m Model, req *inference.Request, name 
 }
 
 func (s *Server) queued() int64 { return s.load.waiting.Load() }
+
+// backlog is the batches that will still wait once every free slot is
+// taken: the queue the ORCA report shows. It is counted from one counter
+// (batches running or waiting), so a batch just handed the slot an answer
+// released is never counted as waiting.
+func (s *Server) backlog() int64 {
+	return max(0, s.load.admitted.Load()-int64(s.cfg.Slots))
+}
 
 // headerCarrier reads W3C trace context from a fasthttp request.
 type headerCarrier struct{ h *fasthttp.RequestHeader }

@@ -363,8 +363,9 @@ func TestSlotsBoundConcurrency(t *testing.T) {
 	url := base + "/v2/models/b/infer"
 	var wg sync.WaitGroup
 	replies := make([]reply, 5)
+	done := make(chan int, len(replies))
 	for i := range replies {
-		wg.Go(func() { replies[i] = sendLabelled(t, url, fmt.Sprint("r", i)) })
+		wg.Go(func() { replies[i] = sendLabelled(t, url, fmt.Sprint("r", i)); done <- i })
 	}
 	<-m.entered
 	<-m.entered
@@ -378,7 +379,15 @@ func TestSlotsBoundConcurrency(t *testing.T) {
 		t.Fatal("a third batch entered the model while both slots were busy")
 	default:
 	}
-	for range replies {
+	// The first answer's ORCA report counts the batches that still wait
+	// once the slot it freed is taken: 2 of the 3, whether or not the next
+	// one has taken it yet.
+	m.release <- struct{}{}
+	first := <-done
+	if orca := replies[first].header.Get("endpoint-load-metrics"); !strings.Contains(orca, "named_metrics.queue_depth=2") {
+		t.Errorf("first answer's endpoint-load-metrics %q; want queue_depth=2", orca)
+	}
+	for range len(replies) - 1 {
 		m.release <- struct{}{}
 	}
 	wg.Wait()

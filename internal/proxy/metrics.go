@@ -13,6 +13,7 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/batchmesh/batchmesh/internal/batch"
 	"github.com/batchmesh/batchmesh/internal/inference"
 	"github.com/batchmesh/batchmesh/internal/loadreport"
 	"github.com/batchmesh/batchmesh/internal/upstream"
@@ -119,6 +120,9 @@ type caller struct {
 	// by cluster.
 	load    *loadreport.Aggregator
 	cluster string
+	// lane, when not nil, is told each answer's runtime queue (weights:
+	// adaptive). Set once, before the lane takes requests.
+	lane *batch.Lane
 }
 
 // clusterName is the xDS cluster of a model version, as the control plane
@@ -138,9 +142,18 @@ func (c *caller) Call(ctx context.Context, endpoint string, req *inference.Reque
 	}
 	elapsed := time.Since(start)
 	c.m.upstream(c.model, endpoint, code, elapsed)
-	if c.load != nil {
+	if c.load != nil || c.lane != nil {
+		var rep *loadreport.Report
+		if reply.LoadReport != "" {
+			if r, perr := loadreport.Parse(reply.LoadReport); perr == nil {
+				rep = &r
+			}
+		}
 		rows, _ := req.Rows()
-		c.load.Record(c.cluster, endpoint, rows, elapsed, err != nil, reply.LoadReport)
+		c.load.RecordReport(c.cluster, endpoint, rows, elapsed, err != nil, rep)
+		if q, ok := rep.Queue(); ok && c.lane != nil && err == nil {
+			c.lane.Observe(endpoint, q)
+		}
 	}
 	if err != nil {
 		return nil, err

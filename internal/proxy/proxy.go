@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"reflect"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -99,6 +100,9 @@ type state struct {
 	cfg    *config.Config
 	models map[string]*model
 	names  []string
+	// reweigh holds the weight changes of reused lanes, applied by Apply
+	// once the state is swapped in (a refused config changes nothing).
+	reweigh []func()
 }
 
 // New builds the proxy from a validated config. It starts nothing. With
@@ -170,6 +174,10 @@ func (p *Proxy) Apply(cfg *config.Config) error {
 		return err
 	}
 	p.st.Store(st)
+	for _, f := range st.reweigh {
+		f()
+	}
+	st.reweigh = nil
 	for _, name := range old.names {
 		for _, v := range old.models[name].versions {
 			if v.lane == nil || st.hasLane(v.lane) {
@@ -221,8 +229,16 @@ func (p *Proxy) buildState(cfg *config.Config, old *state) (*state, error) {
 		m := &model{cfg: mc}
 		for j, vc := range mc.Versions {
 			m.totalWeight += vc.Weight
-			if v := old.reusable(mc, vc); v != nil {
+			if v := old.reusable(cfg, mc, vc); v != nil {
 				m.versions = append(m.versions, &version{cfg: vc, lane: v.lane})
+				if !sameWeights(v.cfg.Endpoints, vc.Endpoints) {
+					weights := make([]int, len(vc.Endpoints))
+					for k, e := range vc.Endpoints {
+						weights[k] = e.Weight
+					}
+					lane, picker := v.lane, p.newPicker(vc, uint64(i*1000+j+1))
+					st.reweigh = append(st.reweigh, func() { lane.SetWeights(weights, picker) })
+				}
 				continue
 			}
 			v := &version{cfg: vc}
@@ -231,18 +247,22 @@ func (p *Proxy) buildState(cfg *config.Config, old *state) (*state, error) {
 				for k, e := range vc.Endpoints {
 					eps[k] = batch.Endpoint{Address: e.Address, Weight: e.Weight, Slots: e.Slots}
 				}
+				c := &caller{up: p.up, m: p.m, model: mc.Name, prop: p.cfg.Propagator,
+					load: p.cfg.Load, cluster: clusterName(mc.Name, vc.Version)}
+				adaptive := cfg.Weights == config.WeightsAdaptive
 				var err error
 				v.lane, err = batch.NewLane(batch.Config{
 					Model: mc.Name, Version: vc.Version,
 					MaxBatchSize: mc.Batching.MaxBatchSize, MaxQueueDelay: mc.Batching.MaxQueueDelay,
 					MaxQueueSize: mc.Batching.MaxQueueSize, Endpoints: eps,
-					Caller: &caller{up: p.up, m: p.m, model: mc.Name, prop: p.cfg.Propagator,
-						load: p.cfg.Load, cluster: clusterName(mc.Name, vc.Version)},
-					Tracer: p.cfg.Tracer,
-					Meter:  p.cfg.Meter, Picker: p.newPicker(vc, uint64(i*1000+j+1)),
+					Caller: c, Tracer: p.cfg.Tracer, AdaptiveSlots: adaptive,
+					Meter: p.cfg.Meter, Picker: p.newPicker(vc, uint64(i*1000+j+1)),
 				})
 				if err != nil {
 					return nil, fmt.Errorf("proxy: %w", err)
+				}
+				if adaptive {
+					c.lane = v.lane
 				}
 				for _, e := range vc.Endpoints {
 					if !p.isHealthy(e.Address) {
@@ -318,9 +338,11 @@ func (z zonedKey) PickKey(key string, loads []inference.EndpointLoad) int {
 }
 
 // reusable returns old's version of mc with the same settings and
-// endpoints as vc, whose lane can carry on; nil if there is none.
-func (old *state) reusable(mc config.Model, vc config.Version) *version {
-	if old == nil {
+// endpoints, weights aside (a weight change, as adaptive weights push every
+// few seconds, keeps the lane and what it learned: Apply hands it the new
+// weights), or nil.
+func (old *state) reusable(cfg *config.Config, mc config.Model, vc config.Version) *version {
+	if old == nil || old.cfg == nil || old.cfg.Weights != cfg.Weights {
 		return nil
 	}
 	om := old.models[mc.Name]
@@ -328,11 +350,26 @@ func (old *state) reusable(mc config.Model, vc config.Version) *version {
 		return nil
 	}
 	for _, v := range om.versions {
-		if v.cfg.Version == vc.Version && reflect.DeepEqual(v.cfg.Endpoints, vc.Endpoints) {
+		if v.cfg.Version == vc.Version && sameEndpoints(v.cfg.Endpoints, vc.Endpoints) {
 			return v
 		}
 	}
 	return nil
+}
+
+// sameEndpoints reports whether a and b list the same endpoints in the same
+// order, with the same settings but maybe different weights.
+func sameEndpoints(a, b []config.Endpoint) bool {
+	return slices.EqualFunc(a, b, func(x, y config.Endpoint) bool {
+		x.Weight, y.Weight = 0, 0
+		return reflect.DeepEqual(x, y)
+	})
+}
+
+// sameWeights reports whether a and b, the same endpoints, have the same
+// weights.
+func sameWeights(a, b []config.Endpoint) bool {
+	return slices.EqualFunc(a, b, func(x, y config.Endpoint) bool { return x.Weight == y.Weight })
 }
 
 // currentWeights lists the endpoint weights of the applied configuration,

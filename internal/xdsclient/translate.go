@@ -90,8 +90,8 @@ func loadName(c *cluster.Cluster) string {
 // whose clusters arrive before its routes (or whose routes leave before its
 // clusters) is not a half-built model. Versions of a routed model that no
 // route names get weight 0. The settings xDS does not carry take their
-// defaults: CacheBytes is config.DefaultCacheBytes and Weights is
-// config.WeightsStatic.
+// defaults: CacheBytes is config.DefaultCacheBytes; Weights is the
+// clusters' "weights" metadata (static when absent).
 func translate(v *view) (*config.Config, error) {
 	if err := checkListener(v.listeners); err != nil {
 		return nil, err
@@ -161,11 +161,17 @@ func translate(v *view) (*config.Config, error) {
 	}
 
 	cfg := &config.Config{CacheBytes: config.DefaultCacheBytes, Weights: config.WeightsStatic}
+	var weightsFrom string // the cluster that set cfg.Weights
 	for _, model := range order {
 		var m config.Model
 		for i, version := range append(byModel[model], unrouted[model]...) {
 			k := versionKey{model, version}
 			md := byVersion[k]
+			if weightsFrom == "" {
+				cfg.Weights, weightsFrom = md.weights, md.name
+			} else if md.weights != cfg.Weights {
+				return nil, fmt.Errorf("xdsclient: cluster %q has weights %q but cluster %q has %q: one control plane sets one mode", md.name, md.weights, weightsFrom, cfg.Weights)
+			}
 			if i == 0 {
 				m = config.Model{Name: model, Protocol: md.protocol, Batching: md.batching, Cache: md.cache}
 			} else if md.protocol != m.Protocol || md.batching != m.Batching || md.cache != m.Cache {
@@ -245,6 +251,7 @@ type clusterMD struct {
 	name, load     string
 	model, version string
 	protocol       string
+	weights        string
 	batching       config.Batching
 	cache          config.Cache
 }
@@ -277,6 +284,11 @@ func clusterMetadata(c *cluster.Cluster) (*clusterMD, error) {
 		r.fail("version", fmt.Errorf("%q disagrees with the cluster name", v))
 	}
 	md.protocol = r.str(f, "protocol", md.protocol)
+	switch md.weights = r.str(f, "weights", config.WeightsStatic); md.weights {
+	case config.WeightsStatic, config.WeightsAdaptive:
+	default:
+		r.fail("weights", fmt.Errorf("%q is not one of %s, %s", md.weights, config.WeightsStatic, config.WeightsAdaptive))
+	}
 	if b := r.sub(f, "batching"); b != nil {
 		md.batching.MaxBatchSize = r.int(b, "max_batch_size", md.batching.MaxBatchSize)
 		md.batching.MaxQueueSize = r.int(b, "max_queue_size", md.batching.MaxQueueSize)

@@ -150,6 +150,11 @@ func TestTranslateRoundTrip(t *testing.T) {
 	if got.CacheBytes != config.DefaultCacheBytes || got.Weights != config.WeightsStatic {
 		t.Errorf("CacheBytes %d, Weights %q: want the defaults", got.CacheBytes, got.Weights)
 	}
+	adaptive := testConfig(90, 10, 3)
+	adaptive.Weights = config.WeightsAdaptive
+	if got, err := translate(served(t, adaptive)); err != nil || got.Weights != config.WeightsAdaptive {
+		t.Errorf("weights: adaptive came back as %v, %v", got, err)
+	}
 	if names := loadNames(served(t, want).clusters); len(names) != 4 {
 		t.Errorf("load names %q, want the 4 clusters", names)
 	}
@@ -208,6 +213,24 @@ func TestTranslateErrors(t *testing.T) {
 				v.clusters[c.GetName()] = c
 			},
 			contains: "disagrees",
+		},
+		{
+			name: "unknown weights mode",
+			edit: func(v *view) {
+				c := proto.Clone(v.clusters["batchmesh|bert|1"]).(*cluster.Cluster)
+				c.GetMetadata().GetFilterMetadata()[MetadataKey].GetFields()["weights"] = structpb.NewStringValue("measured")
+				v.clusters[c.GetName()] = c
+			},
+			contains: `weights: "measured" is not one of static, adaptive`,
+		},
+		{
+			name: "weights modes disagree",
+			edit: func(v *view) {
+				c := proto.Clone(v.clusters["batchmesh|emb|v1"]).(*cluster.Cluster)
+				c.GetMetadata().GetFilterMetadata()[MetadataKey].GetFields()["weights"] = structpb.NewStringValue("adaptive")
+				v.clusters[c.GetName()] = c
+			},
+			contains: "one control plane sets one mode",
 		},
 		{
 			name: "model name mismatch",

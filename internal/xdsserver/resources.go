@@ -93,7 +93,7 @@ func Resources(cfg *config.Config) (map[resource.Type][]types.Resource, error) {
 		listeners = append(listeners, api)
 		for j := range m.Versions {
 			v := &m.Versions[j]
-			c, err := modelCluster(m, v)
+			c, err := modelCluster(cfg, m, v)
 			if err != nil {
 				return nil, err
 			}
@@ -254,12 +254,16 @@ func modelRoutes(m *config.Model, wc *route.WeightedCluster) []*route.Route {
 	return rs
 }
 
-func modelCluster(m *config.Model, v *config.Version) (*cluster.Cluster, error) {
+func modelCluster(cfg *config.Config, m *config.Model, v *config.Version) (*cluster.Cluster, error) {
 	name := ClusterName(m.Name, v.Version)
 	md, err := structpb.NewStruct(map[string]any{
 		"model":    m.Name,
 		"version":  v.Version,
 		"protocol": m.Protocol,
+		// weights tells the sidecar whether the endpoint weights are
+		// measured (adaptive: it also adapts its concurrency per endpoint
+		// to the runtime's reported queue) or the file's.
+		"weights": cfg.Weights,
 		"batching": map[string]any{
 			"max_batch_size":  m.Batching.MaxBatchSize,
 			"max_queue_size":  m.Batching.MaxQueueSize,
