@@ -581,6 +581,17 @@ func TestCacheMetrics(t *testing.T) {
 	if r, _, err := send(url, dup, false, nil); err != nil || r.status != http.StatusOK {
 		t.Fatalf("%v %d %s", err, r.status, r.body)
 	}
+	// A request that fails is counted under the cache result its
+	// X-Batchmesh-Cache header shows.
+	bad, err := http.Post(url, "application/json", strings.NewReader(`{"inputs":[`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad.Body.Close()
+	badCache := bad.Header.Get("X-Batchmesh-Cache")
+	if bad.StatusCode != http.StatusBadRequest || badCache == "" {
+		t.Fatalf("malformed request: status %d, X-Batchmesh-Cache %q; want 400 and a cache result", bad.StatusCode, badCache)
+	}
 	d := dumpCache(t, sc)
 	m := sc.adminU + "/metrics"
 	text := string(get(t, m).body)
@@ -605,6 +616,7 @@ func TestCacheMetrics(t *testing.T) {
 		{"batchmesh_cache_bytes", float64(d.Cache.Bytes)},
 		{`batchmesh_requests_total{cache="hit",code="200",model="m"`, 1},
 		{`batchmesh_requests_total{cache="miss",code="200",model="m"`, 3}, // the duplicate-row request computed all it needed: a miss
+		{`batchmesh_requests_total{cache="` + badCache + `",code="400",model="m"`, 1},
 	} {
 		if got := sampleSum(t, m, c.name); got != c.want {
 			t.Errorf("%s = %v, want %v", c.name, got, c.want)

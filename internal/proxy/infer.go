@@ -104,16 +104,16 @@ func (p *Proxy) infer(ctx *fasthttp.RequestCtx, m *model, v *version, start time
 	res, rows, prio, err := p.serveInfer(ctx, m, v, start, span.SpanContext())
 	status := fasthttp.StatusOK
 	if err != nil {
-		p.reply(ctx, name, start, err)
-		status = inference.HTTPStatus(err)
-		if k := inference.KindOf(err); k == inference.KindOverloaded || k == inference.KindUnavailable {
-			ctx.Response.Header.Set("Retry-After", strconv.Itoa(int(v.lane.RetryAfter().Round(time.Second)/time.Second)))
-		}
 		if res.status == "" {
 			res.status = cacheBypass
 			if m.cfg.Cache.Enabled {
 				res.status = cacheMiss
 			}
+		}
+		p.replyCache(ctx, name, res.status, start, err)
+		status = inference.HTTPStatus(err)
+		if k := inference.KindOf(err); k == inference.KindOverloaded || k == inference.KindUnavailable {
+			ctx.Response.Header.Set("Retry-After", strconv.Itoa(int(v.lane.RetryAfter().Round(time.Second)/time.Second)))
 		}
 		ctx.Response.Header.Set(HeaderCache, res.status)
 	} else {
@@ -320,6 +320,12 @@ func writeParams(b *strings.Builder, ps inference.Parameters) {
 
 // reply writes err in the v2 error shape with its status and counts it.
 func (p *Proxy) reply(ctx *fasthttp.RequestCtx, model string, start time.Time, err error) {
+	p.replyCache(ctx, model, cacheBypass, start, err)
+}
+
+// replyCache is reply for a request whose cache result (the cache label of
+// batchmesh_requests_total, as its X-Batchmesh-Cache header) is known.
+func (p *Proxy) replyCache(ctx *fasthttp.RequestCtx, model, cacheResult string, start time.Time, err error) {
 	code := inference.HTTPStatus(err)
 	ctx.Response.Reset()
 	if code == fasthttp.StatusTooManyRequests || code == fasthttp.StatusServiceUnavailable {
@@ -329,7 +335,7 @@ func (p *Proxy) reply(ctx *fasthttp.RequestCtx, model string, start time.Time, e
 	ctx.SetContentType("application/json")
 	ctx.SetBody(codec.AppendError(nil, err.Error()))
 	if model != "" {
-		p.m.request(model, code, "bypass", time.Since(start))
+		p.m.request(model, code, cacheResult, time.Since(start))
 	}
 	if code >= 500 && !errors.Is(err, inference.ErrDeadline) {
 		p.cfg.Logger.Debug("request failed", "model", model, "status", code, "err", err)
