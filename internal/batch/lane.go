@@ -380,7 +380,7 @@ type EndpointStatus struct {
 	Address      string  `json:"address"`
 	Weight       int     `json:"weight"`
 	Slots        int     `json:"slots"`
-	Limit        int     `json:"concurrency_limit"`
+	Limit        int     `json:"concurrency_limit,omitempty"` // batches it sends at once (absent for pass-through)
 	Healthy      bool    `json:"healthy"`
 	InFlight     int     `json:"in_flight_batches"`
 	InFlightRows int     `json:"in_flight_rows"`
