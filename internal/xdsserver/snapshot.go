@@ -91,6 +91,10 @@ type Server struct {
 	nacks     map[string]uint64                  // by type URL
 	sent      map[int64]map[string]*sentResponse // SotW stream → type URL → last response
 	deltaSent map[int64]map[string]*sentResponse // delta stream → type URL → last response
+	// deltaNodes is each delta stream's node: a delta client (Envoy) sets
+	// it on the first request only, and go-control-plane fills it into
+	// later requests only after the callbacks ran.
+	deltaNodes map[int64]*core.Node
 }
 
 // New returns a Server with no config; nodes that connect before the first
@@ -115,13 +119,14 @@ func New(cfg Config) *Server {
 		in, _ = newInstruments(noop.NewMeterProvider().Meter(""))
 	}
 	s := &Server{
-		log:       lg,
-		epoch:     epoch,
-		in:        in,
-		groups:    map[string]bool{DefaultGroup: true},
-		nacks:     map[string]uint64{},
-		sent:      map[int64]map[string]*sentResponse{},
-		deltaSent: map[int64]map[string]*sentResponse{},
+		log:        lg,
+		epoch:      epoch,
+		in:         in,
+		groups:     map[string]bool{DefaultGroup: true},
+		nacks:      map[string]uint64{},
+		sent:       map[int64]map[string]*sentResponse{},
+		deltaSent:  map[int64]map[string]*sentResponse{},
+		deltaNodes: map[int64]*core.Node{},
 	}
 	s.cache = cache.NewSnapshotCache(true, groupHash{}, cacheLogger(lg))
 	return s
@@ -283,7 +288,12 @@ func (s *Server) callbacks() server.CallbackFuncs {
 		StreamClosedFunc:        func(id int64, _ *core.Node) { s.forget(s.sent, id) },
 		StreamDeltaRequestFunc:  s.onDeltaRequest,
 		StreamDeltaResponseFunc: s.onDeltaResponse,
-		DeltaStreamClosedFunc:   func(id int64, _ *core.Node) { s.forget(s.deltaSent, id) },
+		DeltaStreamClosedFunc: func(id int64, _ *core.Node) {
+			s.forget(s.deltaSent, id)
+			s.streamMu.Lock()
+			delete(s.deltaNodes, id)
+			s.streamMu.Unlock()
+		},
 	}
 }
 
@@ -383,7 +393,15 @@ func (s *Server) record(sent map[int64]map[string]*sentResponse, id int64, typ s
 // resource versions it sent, not the ones the client accepted, so it does
 // not re-send a rejected resource until it changes.
 func (s *Server) onDeltaRequest(id int64, req *discovery.DeltaDiscoveryRequest) error {
-	s.join(req.GetNode())
+	s.streamMu.Lock()
+	node := req.GetNode()
+	if node != nil {
+		s.deltaNodes[id] = node
+	} else {
+		node = s.deltaNodes[id]
+	}
+	s.streamMu.Unlock()
+	s.join(node)
 	typ := req.GetTypeUrl()
 	now := time.Now()
 	s.streamMu.Lock()
@@ -406,7 +424,7 @@ func (s *Server) onDeltaRequest(id int64, req *discovery.DeltaDiscoveryRequest) 
 	s.streamMu.Unlock()
 	s.in.nacks.Add(context.Background(), 1, s.in.attrs(typ))
 	s.log.Warn("xds delta NACK",
-		"node", req.GetNode().GetId(), "group", group(req.GetNode()), "type", req.GetTypeUrl(),
+		"node", node.GetId(), "group", group(node), "type", req.GetTypeUrl(),
 		"nonce", req.GetResponseNonce(), "reason", req.GetErrorDetail().GetMessage())
 	return nil
 }
