@@ -45,20 +45,7 @@ func startSlotsRuntime(t testing.TB, slots int) (string, *countingModel) {
 		t.Fatal(err)
 	}
 	cm := &countingModel{Model: m}
-	srv, err := modelrt.NewServer(modelrt.Config{Models: map[string]modelrt.Model{name: cm}, Version: "1", Slots: slots})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() { _ = srv.Shutdown(context.Background()) })
-	if err := srv.Warm(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	return ln.Addr().String(), cm
+	return serveRuntime(t, modelrt.Config{Models: map[string]modelrt.Model{name: cm}, Version: "1", Slots: slots}), cm
 }
 
 // adaptiveRun is what one run of TestAdaptiveWeights measured over its

@@ -27,7 +27,14 @@ func startRuntime(t *testing.T, version string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := modelrt.NewServer(modelrt.Config{Models: map[string]modelrt.Model{name: m}, Version: version})
+	return serveRuntime(t, modelrt.Config{Models: map[string]modelrt.Model{name: m}, Version: version})
+}
+
+// serveRuntime serves a model runtime built from cfg on loopback, warmed
+// up, until the test ends; it returns its address.
+func serveRuntime(t testing.TB, cfg modelrt.Config) string {
+	t.Helper()
+	srv, err := modelrt.NewServer(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -100,9 +100,6 @@ type state struct {
 	cfg    *config.Config
 	models map[string]*model
 	names  []string
-	// reweigh holds the weight changes of reused lanes, applied by Apply
-	// once the state is swapped in (a refused config changes nothing).
-	reweigh []func()
 }
 
 // New builds the proxy from a validated config. It starts nothing. With
@@ -151,7 +148,7 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	st := &state{models: map[string]*model{}}
 	if cfg.Models != nil {
-		if st, err = p.buildState(cfg.Models, nil); err != nil {
+		if st, _, err = p.buildState(cfg.Models, nil); err != nil {
 			return nil, err
 		}
 	}
@@ -169,15 +166,14 @@ func (p *Proxy) Apply(cfg *config.Config) error {
 	p.applyMu.Lock()
 	defer p.applyMu.Unlock()
 	old := p.st.Load()
-	st, err := p.buildState(cfg, old)
+	st, reweigh, err := p.buildState(cfg, old)
 	if err != nil {
 		return err
 	}
 	p.st.Store(st)
-	for _, f := range st.reweigh {
+	for _, f := range reweigh {
 		f()
 	}
-	st.reweigh = nil
 	for _, name := range old.names {
 		for _, v := range old.models[name].versions {
 			if v.lane == nil || st.hasLane(v.lane) {
@@ -210,21 +206,24 @@ func (st *state) hasLane(l *batch.Lane) bool {
 }
 
 // buildState turns cfg into a state, reusing old's versions that did not
-// change.
-func (p *Proxy) buildState(cfg *config.Config, old *state) (*state, error) {
+// change. The funcs it also returns hand reused lanes their new endpoint
+// weights: Apply runs them once the state is swapped in, so a refused
+// config changes nothing.
+func (p *Proxy) buildState(cfg *config.Config, old *state) (*state, []func(), error) {
 	if err := cfg.Validate(); err != nil {
-		return nil, fmt.Errorf("proxy: %w", err)
+		return nil, nil, fmt.Errorf("proxy: %w", err)
 	}
 	if cfg.Weights == config.WeightsAdaptive && !p.cfg.AllowAdaptive {
-		return nil, errors.New("proxy: weights: adaptive needs the control plane's load reports: run the sidecar with -xds, or use weights: static")
+		return nil, nil, errors.New("proxy: weights: adaptive needs the control plane's load reports: run the sidecar with -xds, or use weights: static")
 	}
 	st := &state{cfg: cfg, models: make(map[string]*model)}
+	var reweigh []func()
 	for i, mc := range cfg.Models {
 		if mc.Protocol != config.ProtocolV2 {
-			return nil, fmt.Errorf("proxy: model %q: protocol %q is not supported yet; only v2 (the Open Inference Protocol) is", mc.Name, mc.Protocol)
+			return nil, nil, fmt.Errorf("proxy: model %q: protocol %q is not supported yet; only v2 (the Open Inference Protocol) is", mc.Name, mc.Protocol)
 		}
 		if mc.Cache.Enabled && !mc.Batching.Enabled() {
-			return nil, fmt.Errorf("proxy: model %q: the cache needs batching (max_batch_size > 0): pass-through requests are not decoded", mc.Name)
+			return nil, nil, fmt.Errorf("proxy: model %q: the cache needs batching (max_batch_size > 0): pass-through requests are not decoded", mc.Name)
 		}
 		m := &model{cfg: mc}
 		for j, vc := range mc.Versions {
@@ -237,7 +236,7 @@ func (p *Proxy) buildState(cfg *config.Config, old *state) (*state, error) {
 						weights[k] = e.Weight
 					}
 					lane, picker := v.lane, p.newPicker(vc, uint64(i*1000+j+1))
-					st.reweigh = append(st.reweigh, func() { lane.SetWeights(weights, picker) })
+					reweigh = append(reweigh, func() { lane.SetWeights(weights, picker) })
 				}
 				continue
 			}
@@ -259,7 +258,7 @@ func (p *Proxy) buildState(cfg *config.Config, old *state) (*state, error) {
 					Meter: p.cfg.Meter, Picker: p.newPicker(vc, uint64(i*1000+j+1)),
 				})
 				if err != nil {
-					return nil, fmt.Errorf("proxy: %w", err)
+					return nil, nil, fmt.Errorf("proxy: %w", err)
 				}
 				if adaptive {
 					c.lane = v.lane
@@ -276,7 +275,7 @@ func (p *Proxy) buildState(cfg *config.Config, old *state) (*state, error) {
 		st.names = append(st.names, mc.Name)
 	}
 	sort.Strings(st.names)
-	return st, nil
+	return st, reweigh, nil
 }
 
 // Balancer policies (proxy.Config.Balancer).
