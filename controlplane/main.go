@@ -1,5 +1,5 @@
 // Command controlplane serves batchmesh's xDS resources over ADS (SotW and
-// delta) from the YAML config of DESIGN.md §6, reloading it when the file
+// delta) from the YAML config of docs/config.md, reloading it when the file
 // changes.
 //
 // Flags:

@@ -2,7 +2,7 @@
 // closed-loop load (package internal/loadgen) and reports rows per second,
 // latency percentiles and errors. With -compare it runs the same load
 // against a second endpoint right after the first and prints both side by
-// side with their ratio, the way DESIGN.md §10 states its targets.
+// side with their ratio, as every batchmesh target is stated.
 //
 // Usage:
 //

@@ -1,6 +1,6 @@
 // Package observability_test checks the examples in this directory against a
 // live runtime, sidecar and control plane on loopback: every metric of
-// DESIGN.md §8 is exported, by the component that should, with its labels
+// docs/http.md is exported, by the component that should, with its labels
 // (TestMetricNames), the Grafana dashboard queries only metrics that exist
 // (TestDashboardReferencesExistingMetrics), and a real Prometheus server
 // scrapes all three (TestPrometheusScrapes).
@@ -36,7 +36,7 @@ const (
 	controlPlane = "control plane"
 )
 
-// metricSpec is one metric of DESIGN.md §8 as it is scraped: counters with
+// metricSpec is one metric of docs/http.md as it is scraped: counters with
 // their _total suffix, histograms by their base name.
 type metricSpec struct {
 	name   string
@@ -51,7 +51,7 @@ var (
 	histogram = dto.MetricType_HISTOGRAM
 )
 
-// designMetrics is DESIGN.md §8's table. Keep them in step.
+// designMetrics is the metrics table of docs/http.md. Keep them in step.
 var designMetrics = []metricSpec{
 	{name: "batchmesh_requests_total", typ: counter, labels: []string{"model", "code", "cache"}, from: sidecar},
 	{name: "batchmesh_request_duration_seconds", typ: histogram, labels: []string{"model"}, from: sidecar},
@@ -117,7 +117,7 @@ func TestMetricNames(t *testing.T) {
 			}
 			switch where, ok := listed[name]; {
 			case !ok:
-				t.Errorf("the %s exports %s, which DESIGN.md §8 (and designMetrics) does not list", from, name)
+				t.Errorf("the %s exports %s, which docs/http.md (and designMetrics) does not list", from, name)
 			case where != from:
 				t.Errorf("the %s exports %s, which designMetrics lists as the %s's", from, name, where)
 			}

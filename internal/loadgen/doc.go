@@ -22,7 +22,7 @@
 // latency percentiles of the successful ones, and batchmesh's
 // X-Batchmesh-Batch-Size and X-Batchmesh-Cache response headers where
 // present. FormatComparison sets two Results side by side, as the benchmarks
-// of DESIGN.md §10 report them: ratios measured back to back on one machine.
+// report them: ratios measured back to back on one machine.
 //
 // loadgen is a client at the edge, like upstream: it uses fasthttp directly.
 // It exports no metrics; examples/bench is its command-line front end.

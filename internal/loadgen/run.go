@@ -21,7 +21,7 @@ import (
 // TCP connection at the target's address.
 var ErrUnreachable = errors.New("loadgen: target unreachable")
 
-// Response headers the sidecar adds (DESIGN.md §5).
+// Response headers the sidecar adds.
 var (
 	headerBatchSize = []byte("X-Batchmesh-Batch-Size")
 	headerCache     = []byte("X-Batchmesh-Cache")

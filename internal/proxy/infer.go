@@ -17,7 +17,7 @@ import (
 	"github.com/batchmesh/batchmesh/internal/inference"
 )
 
-// Request and response headers of the HTTP surface (DESIGN.md §5).
+// Request and response headers of the HTTP surface.
 const (
 	HeaderPriority  = "X-Batchmesh-Priority"
 	HeaderTimeoutMs = "X-Batchmesh-Timeout-Ms"

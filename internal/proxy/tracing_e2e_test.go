@@ -66,7 +66,7 @@ func startReceiver(t *testing.T) *otlpReceiver {
 
 // TestTracesThroughOTLP exports the sidecar's and the runtime's spans,
 // configured only by OTEL_* variables, to a real OTLP/gRPC receiver and
-// checks the shape DESIGN.md §8 promises: a server span per request, one
+// checks the shape docs/http.md promises: a server span per request, one
 // batch span linking all 16 requests that rode in it, the runtime's span a
 // child of the batch span, and no batch span for a cache hit.
 func TestTracesThroughOTLP(t *testing.T) {

@@ -6,7 +6,7 @@
 // Metrics are exported in the Prometheus text format through the
 // OpenTelemetry Prometheus exporter, on a private registry (no global
 // state), without the otel_scope_* labels and target_info, so that the
-// names and labels are exactly those of DESIGN.md §8.
+// names and labels are exactly those of docs/http.md.
 //
 // This package defines no metrics of its own.
 package telemetry

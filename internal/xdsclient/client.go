@@ -73,7 +73,7 @@ type Versions struct {
 // the error as the reason and keeps the last good one.
 type ApplyFunc func(*config.Config, Versions) error
 
-// Client is the sidecar's ADS client (DESIGN.md §7). Create it with New and
+// Client is the sidecar's ADS client. Create it with New and
 // run it with Run; Versions is safe to call concurrently with Run.
 type Client struct {
 	cfg  Config

@@ -1,4 +1,4 @@
-// Package xdsclient is the sidecar's ADS client (DESIGN.md §7): it
+// Package xdsclient is the sidecar's ADS client: it
 // subscribes to the control plane over one SotW ADS stream, turns the
 // resources into a config.Config and hands each new consistent config to
 // the caller.

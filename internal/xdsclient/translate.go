@@ -22,7 +22,7 @@ import (
 	"github.com/batchmesh/batchmesh/internal/config"
 )
 
-// Names the control plane uses (DESIGN.md §7). They match the constants of
+// Names the control plane uses. They match the constants of
 // internal/xdsserver, which a test checks; the sidecar does not link the
 // server.
 const (

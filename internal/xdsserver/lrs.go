@@ -77,7 +77,7 @@ type LRSConfig struct {
 
 // LRS serves envoy.service.load_stats.v3.LoadReportingService and, when the
 // config has weights: adaptive, sets the endpoint weights of the configs it
-// gives its Server from the reports (DESIGN.md §7).
+// gives its Server from the reports.
 //
 // Each endpoint's capacity is estimated every WeightInterval as the rows
 // per second reported by every sidecar together over the mean reported

@@ -25,7 +25,7 @@ import (
 	"github.com/batchmesh/batchmesh/internal/config"
 )
 
-// Names of the resources that do not depend on a model (DESIGN.md §7).
+// Names of the resources that do not depend on a model.
 const (
 	// OutboundListener is the address-bound Listener the sidecar (or Envoy)
 	// serves applications on.
@@ -39,7 +39,7 @@ const (
 	MetadataKey = "batchmesh"
 	// ModelHeader routes the body-routed protocols (OpenAI embeddings): the
 	// sidecar sets it from the body's "model" before routing. It is a
-	// proposal of this package, not yet in DESIGN.md §5.
+	// proposal of this package, not yet in docs/http.md.
 	ModelHeader = "x-batchmesh-model"
 )
 
@@ -51,7 +51,7 @@ func ClusterName(model, version string) string {
 }
 
 // Resources translates a validated config into xDS resources, keyed by type
-// URL, per DESIGN.md §7:
+// URL:
 //
 //   - per model version, an EDS Cluster ClusterName(model, version) with
 //     LEAST_REQUEST and the batching and cache settings in
