@@ -62,16 +62,9 @@ func main() {
 // run serves until ctx ends. If ready is not nil, it receives the bound ADS
 // and admin addresses once both listen.
 func run(ctx context.Context, args []string, stderr io.Writer, ready func(ads, admin net.Addr)) error {
-	fs := flag.NewFlagSet("controlplane", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	listen := fs.String("listen", ":18000", "ADS gRPC `address`")
-	adminAddr := fs.String("admin", ":18001", "admin HTTP `address`: /healthz, /readyz, /metrics, /snapshot")
-	path := fs.String("config", "", "config `file` (required)")
-	if err := fs.Parse(args); err != nil {
+	f, err := parseFlags(args, stderr)
+	if err != nil {
 		return err
-	}
-	if *path == "" {
-		return errors.New("-config is required")
 	}
 	log := slog.New(slog.NewTextHandler(stderr, nil))
 
@@ -80,33 +73,16 @@ func run(ctx context.Context, args []string, stderr io.Writer, ready func(ads, a
 		return err
 	}
 	defer metrics.Close(context.Background())
-	srv := xdsserver.New(xdsserver.Config{Logger: log, Meter: metrics.Meter("batchmesh/controlplane")})
-	lrs := xdsserver.NewLRS(srv, xdsserver.LRSConfig{Logger: log})
-	refusals, err := metrics.Meter("batchmesh/controlplane").Int64Counter("batchmesh_xds_config_refused",
-		metric.WithDescription("Edits of the -config file refused (the last good config kept serving)."))
+	srv, lrs, rl, err := newControlPlane(ctx, f.config, log, metrics)
 	if err != nil {
 		return err
 	}
-	rl := &reloader{path: *path, srv: srv, log: log, update: lrs.Update, refusals: refusals}
-	if err := rl.load(ctx); err != nil {
+	adsLis, adminLis, err := listen(f.listen, f.admin)
+	if err != nil {
 		return err
 	}
 
-	adsLis, err := net.Listen("tcp", *listen)
-	if err != nil {
-		return err
-	}
-	adminLis, err := net.Listen("tcp", *adminAddr)
-	if err != nil {
-		adsLis.Close()
-		return err
-	}
-
-	g := grpc.NewServer(
-		grpc.MaxConcurrentStreams(1_000_000),
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 5 * time.Second}),
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 30 * time.Second, PermitWithoutStream: true}),
-	)
+	g := newGRPCServer()
 	// The xDS streams end when ctx does, which lets GracefulStop finish.
 	srv.Register(ctx, g)
 	lrs.Register(g)
@@ -136,6 +112,79 @@ func run(ctx context.Context, args []string, stderr io.Writer, ready func(ads, a
 	case serveErr = <-errc:
 	}
 	log.Info("controlplane stopping")
+	stopServers(g, hs)
+	<-reloadDone
+	<-weightsDone
+	if errors.Is(serveErr, http.ErrServerClosed) || errors.Is(serveErr, grpc.ErrServerStopped) {
+		serveErr = nil
+	}
+	return serveErr
+}
+
+// flags are the command line's settings.
+type flags struct {
+	listen string // ADS gRPC address
+	admin  string // admin HTTP address
+	config string // config file
+}
+
+func parseFlags(args []string, stderr io.Writer) (flags, error) {
+	fs := flag.NewFlagSet("controlplane", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	listen := fs.String("listen", ":18000", "ADS gRPC `address`")
+	adminAddr := fs.String("admin", ":18001", "admin HTTP `address`: /healthz, /readyz, /metrics, /snapshot")
+	path := fs.String("config", "", "config `file` (required)")
+	if err := fs.Parse(args); err != nil {
+		return flags{}, err
+	}
+	if *path == "" {
+		return flags{}, errors.New("-config is required")
+	}
+	return flags{listen: *listen, admin: *adminAddr, config: *path}, nil
+}
+
+// newControlPlane builds the xDS server, its LRS server and the reloader of
+// the config file at path, and loads the file.
+func newControlPlane(ctx context.Context, path string, log *slog.Logger, metrics *telemetry.Metrics) (*xdsserver.Server, *xdsserver.LRS, *reloader, error) {
+	srv := xdsserver.New(xdsserver.Config{Logger: log, Meter: metrics.Meter("batchmesh/controlplane")})
+	lrs := xdsserver.NewLRS(srv, xdsserver.LRSConfig{Logger: log})
+	refusals, err := metrics.Meter("batchmesh/controlplane").Int64Counter("batchmesh_xds_config_refused",
+		metric.WithDescription("Edits of the -config file refused (the last good config kept serving)."))
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	rl := &reloader{path: path, srv: srv, log: log, update: lrs.Update, refusals: refusals}
+	if err := rl.load(ctx); err != nil {
+		return nil, nil, nil, err
+	}
+	return srv, lrs, rl, nil
+}
+
+// listen opens the ADS and admin listeners, or neither.
+func listen(adsAddr, adminAddr string) (ads, admin net.Listener, err error) {
+	ads, err = net.Listen("tcp", adsAddr)
+	if err != nil {
+		return nil, nil, err
+	}
+	admin, err = net.Listen("tcp", adminAddr)
+	if err != nil {
+		ads.Close()
+		return nil, nil, err
+	}
+	return ads, admin, nil
+}
+
+func newGRPCServer() *grpc.Server {
+	return grpc.NewServer(
+		grpc.MaxConcurrentStreams(1_000_000),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 5 * time.Second}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 30 * time.Second, PermitWithoutStream: true}),
+	)
+}
+
+// stopServers stops g gracefully, or at once when that takes over 5
+// seconds, and then shuts hs down, waiting up to 5 seconds more.
+func stopServers(g *grpc.Server, hs *http.Server) {
 	stopped := make(chan struct{})
 	go func() {
 		g.GracefulStop()
@@ -150,10 +199,4 @@ func run(ctx context.Context, args []string, stderr io.Writer, ready func(ads, a
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_ = hs.Shutdown(shutdownCtx)
-	<-reloadDone
-	<-weightsDone
-	if errors.Is(serveErr, http.ErrServerClosed) || errors.Is(serveErr, grpc.ErrServerStopped) {
-		serveErr = nil
-	}
-	return serveErr
 }

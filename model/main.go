@@ -5,7 +5,7 @@
 // Usage:
 //
 //	model [-listen ADDR] -model NAME=KIND[:ARG] ... [-slots N] [-max-batch N]
-//	model gen-weights -o FILE [-seed N] [-sizes 256,512,512,16]
+//	model gen-weights -o FILE [-seed N] [-sizes 512,1024,512,16]
 //
 // See the README for every flag.
 package main
@@ -136,7 +136,7 @@ func genWeights(args []string, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	out := fs.String("o", "", "safetensors file to write (required)")
 	seed := fs.Int64("seed", 1, "seed of the deterministic weights")
-	sizesFlag := fs.String("sizes", "", "layer widths, input first, comma-separated (default: the reference MLP's)")
+	sizesFlag := fs.String("sizes", joinInts(modelrt.DefaultMLPSizes()), "layer widths, input first, comma-separated; the default is the reference MLP")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -154,4 +154,13 @@ func genWeights(args []string, stderr io.Writer) error {
 		}
 	}
 	return modelrt.GenerateWeightsFile(*out, *seed, sizes)
+}
+
+// joinInts writes v as "1,2,3", the form of -sizes.
+func joinInts(v []int) string {
+	s := make([]string, len(v))
+	for i, n := range v {
+		s[i] = strconv.Itoa(n)
+	}
+	return strings.Join(s, ",")
 }

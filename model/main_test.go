@@ -2,10 +2,14 @@ package main
 
 import (
 	"bytes"
+	"errors"
+	"flag"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/batchmesh/batchmesh/internal/modelrt"
 )
 
 func TestFlagErrors(t *testing.T) {
@@ -47,5 +51,25 @@ func TestGenWeights(t *testing.T) {
 	b, _ := os.ReadFile(again)
 	if len(a) == 0 || !bytes.Equal(a, b) {
 		t.Errorf("gen-weights is not deterministic: %d and %d bytes", len(a), len(b))
+	}
+}
+
+// TestGenWeightsUsage checks that the usage text of -sizes, in -h and in the
+// package documentation, shows the real default.
+func TestGenWeightsUsage(t *testing.T) {
+	want := joinInts(modelrt.DefaultMLPSizes())
+	var stderr bytes.Buffer
+	if err := run([]string{"gen-weights", "-h"}, &stderr); !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("gen-weights -h = %v, want flag.ErrHelp", err)
+	}
+	if !strings.Contains(stderr.String(), `(default "`+want+`")`) {
+		t.Errorf("gen-weights -h prints %q, want the default sizes %s", stderr.String(), want)
+	}
+	src, err := os.ReadFile("main.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(src), "[-sizes "+want+"]") {
+		t.Errorf("the package documentation does not show -sizes %s", want)
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/batchmesh/batchmesh/internal/config"
 	"github.com/batchmesh/batchmesh/internal/inference"
 	"github.com/batchmesh/batchmesh/internal/modelrt"
+	"github.com/batchmesh/batchmesh/internal/runtimetest"
 	"github.com/batchmesh/batchmesh/internal/xdsserver"
 )
 
@@ -45,7 +46,8 @@ func startSlotsRuntime(t testing.TB, slots int) (string, *countingModel) {
 		t.Fatal(err)
 	}
 	cm := &countingModel{Model: m}
-	return serveRuntime(t, modelrt.Config{Models: map[string]modelrt.Model{name: cm}, Version: "1", Slots: slots}), cm
+	rt := runtimetest.Start(t, modelrt.Config{Models: map[string]modelrt.Model{name: cm}, Version: "1", Slots: slots})
+	return rt.Addr, cm
 }
 
 // adaptiveRun is what one run of TestAdaptiveWeights measured over its

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"io"
 	"net"
@@ -17,6 +16,7 @@ import (
 	"time"
 
 	"github.com/batchmesh/batchmesh/internal/modelrt"
+	"github.com/batchmesh/batchmesh/internal/runtimetest"
 )
 
 // freeAddr returns a loopback address nothing listens on.
@@ -51,25 +51,9 @@ func TestBadConfigFailsStartup(t *testing.T) {
 // no client got an HTTP error: requests are either answered 200 or refused
 // at the socket once the listener has closed.
 func TestSIGTERMUnderLoad(t *testing.T) {
-	name, m, err := modelrt.ParseModelFlag("m=sim:linear/2ms+10us")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := modelrt.NewServer(modelrt.Config{Models: map[string]modelrt.Model{name: m}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = srv.Serve(rln) }()
-	defer srv.Shutdown(context.Background())
-	if err := srv.Warm(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	rt := runtimetest.Start(t, modelrt.Config{Models: runtimetest.Models(t, "m=sim:linear/2ms+10us")})
 	cfg := filepath.Join(t.TempDir(), "sidecar.yaml")
-	yaml := fmt.Sprintf("models:\n  - name: m\n    batching: {max_batch_size: 8, timeout: 5s}\n    versions: [{version: \"1\", endpoints: [{address: %s}]}]\n", rln.Addr())
+	yaml := fmt.Sprintf("models:\n  - name: m\n    batching: {max_batch_size: 8, timeout: 5s}\n    versions: [{version: \"1\", endpoints: [{address: %s}]}]\n", rt.Addr)
 	if err := os.WriteFile(cfg, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/batchmesh/batchmesh/internal/config"
 	"github.com/batchmesh/batchmesh/internal/modelrt"
+	"github.com/batchmesh/batchmesh/internal/runtimetest"
 	"github.com/batchmesh/batchmesh/internal/xdsserver"
 )
 
@@ -23,31 +24,8 @@ import (
 // loopback.
 func startRuntime(t *testing.T, version string) string {
 	t.Helper()
-	name, m, err := modelrt.ParseModelFlag("m=sim:linear/1ms+0s")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return serveRuntime(t, modelrt.Config{Models: map[string]modelrt.Model{name: m}, Version: version})
-}
-
-// serveRuntime serves a model runtime built from cfg on loopback, warmed
-// up, until the test ends; it returns its address.
-func serveRuntime(t testing.TB, cfg modelrt.Config) string {
-	t.Helper()
-	srv, err := modelrt.NewServer(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() { _ = srv.Shutdown(context.Background()) })
-	if err := srv.Warm(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	return ln.Addr().String()
+	models := runtimetest.Models(t, "m=sim:linear/1ms+0s")
+	return runtimetest.Start(t, modelrt.Config{Models: models, Version: version}).Addr
 }
 
 // controlPlane serves an xdsserver over ADS on addr; stop ends it.

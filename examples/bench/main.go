@@ -103,6 +103,56 @@ type ratio struct {
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	f, err := parseFlags(args, stderr)
+	if err != nil {
+		return err
+	}
+	nameA, nameB := names(f.target, f.compare)
+	width := max(len(nameA), len(nameB))
+	a, err := load(ctx, f.cfg, f.target, nameA, width, stderr)
+	if err != nil {
+		return err
+	}
+	out := output{Target: namedResult{URL: f.target, Result: a}}
+	var b loadgen.Result
+	if f.compare != "" {
+		b, err = load(ctx, f.cfg, f.compare, nameB, width, stderr)
+		switch {
+		case ctx.Err() != nil && errors.Is(err, ctx.Err()):
+			_, _ = fmt.Fprintf(stderr, "bench: interrupted; %s not run\n", nameB)
+			f.compare = ""
+		case err != nil:
+			return err
+		default:
+			out.Compare = &namedResult{URL: f.compare, Result: b}
+			out.Ratio = &ratio{RowsPerSec: div(a.RowsPerSec, b.RowsPerSec), P50: div(float64(a.P50), float64(b.P50))}
+		}
+	}
+
+	if f.asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(out)
+	}
+	text := fmt.Sprintf("%s: %v\n", nameA, a)
+	if f.compare != "" {
+		text += fmt.Sprintf("%s: %v\n\n%s", nameB, b, loadgen.FormatComparison(a, b, nameA, nameB))
+	}
+	_, err = io.WriteString(stdout, text)
+	return err
+}
+
+// flags are the command line's settings.
+type flags struct {
+	target  string // the infer URL to load
+	compare string // the second one, or ""
+	asJSON  bool
+	cfg     loadgen.Config // the load, without URL
+}
+
+// parseFlags parses the command line; its errors are usageErrors, or
+// flag.ErrHelp.
+func parseFlags(args []string, stderr io.Writer) (flags, error) {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	headers := headerFlags{}
@@ -125,15 +175,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	asJSON := fs.Bool("json", false, "print the results as one JSON object, for scripts")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			return err
+			return flags{}, err
 		}
-		return usageError{err}
+		return flags{}, usageError{err}
 	}
 	if fs.NArg() > 0 {
-		return usageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
+		return flags{}, usageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
 	}
 	if *target == "" {
-		return usageError{errors.New("-target is required: the full infer URL to load")}
+		return flags{}, usageError{errors.New("-target is required: the full infer URL to load")}
 	}
 	if *requests > 0 && !flagSet(fs, "duration") {
 		*duration = 0 // -requests alone: run until they are sent
@@ -155,39 +205,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		Headers:  headers,
 		Timeout:  *timeout,
 	}
-	nameA, nameB := names(*target, *compare)
-	width := max(len(nameA), len(nameB))
-	a, err := load(ctx, cfg, *target, nameA, width, stderr)
-	if err != nil {
-		return err
-	}
-	out := output{Target: namedResult{URL: *target, Result: a}}
-	var b loadgen.Result
-	if *compare != "" {
-		b, err = load(ctx, cfg, *compare, nameB, width, stderr)
-		switch {
-		case ctx.Err() != nil && errors.Is(err, ctx.Err()):
-			_, _ = fmt.Fprintf(stderr, "bench: interrupted; %s not run\n", nameB)
-			*compare = ""
-		case err != nil:
-			return err
-		default:
-			out.Compare = &namedResult{URL: *compare, Result: b}
-			out.Ratio = &ratio{RowsPerSec: div(a.RowsPerSec, b.RowsPerSec), P50: div(float64(a.P50), float64(b.P50))}
-		}
-	}
-
-	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(out)
-	}
-	text := fmt.Sprintf("%s: %v\n", nameA, a)
-	if *compare != "" {
-		text += fmt.Sprintf("%s: %v\n\n%s", nameB, b, loadgen.FormatComparison(a, b, nameA, nameB))
-	}
-	_, err = io.WriteString(stdout, text)
-	return err
+	return flags{target: *target, compare: *compare, asJSON: *asJSON, cfg: cfg}, nil
 }
 
 // load runs cfg against target, printing progress to stderr under name,

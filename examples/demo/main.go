@@ -28,6 +28,7 @@ import (
 	"github.com/batchmesh/batchmesh/internal/loadgen"
 	"github.com/batchmesh/batchmesh/internal/modelrt"
 	"github.com/batchmesh/batchmesh/internal/proxy"
+	"github.com/batchmesh/batchmesh/internal/sidecar"
 	"github.com/batchmesh/batchmesh/internal/telemetry"
 )
 
@@ -176,36 +177,64 @@ func startRuntime(flags ...string) (addr string, stop func(), err error) {
 	return ln.Addr().String(), func() { _ = srv.Shutdown(context.Background()) }, nil
 }
 
+// startSidecar runs the sidecar the way the binary does (sidecar.New, then
+// Run until stop), on loopback ports of its own.
 func startSidecar(cfg *config.Config) (url, adminURL string, stop func(), err error) {
 	metrics, err := telemetry.NewMetrics()
 	if err != nil {
 		return "", "", nil, err
 	}
-	p, err := proxy.New(proxy.Config{Models: cfg, Source: "demo.yaml", Meter: metrics.Meter("sidecar"), Metrics: metrics.Handler()})
-	if err != nil {
-		return "", "", nil, err
-	}
-	p.Probe(context.Background())
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return "", "", nil, err
 	}
 	aln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
+		ln.Close()
 		return "", "", nil, err
 	}
-	srv, admin := p.NewServer(), p.NewAdminServer()
-	go func() { _ = srv.Serve(ln) }()
-	go func() { _ = admin.Serve(aln) }()
-	return "http://" + ln.Addr().String(), "http://" + aln.Addr().String(), func() {
-		_ = srv.Shutdown()
-		_ = p.Drain(context.Background())
-		_ = admin.Shutdown()
-		p.Close()
+	s, err := sidecar.New(sidecar.Config{
+		Listener: ln, AdminListener: aln, Models: cfg, Source: "demo.yaml",
+		Proxy: proxy.Config{Meter: metrics.Meter("sidecar"), Metrics: metrics.Handler()},
+	})
+	if err != nil {
+		ln.Close()
+		aln.Close()
+		return "", "", nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	url, adminURL = "http://"+ln.Addr().String(), "http://"+aln.Addr().String()
+	if err := waitReady(adminURL + "/readyz"); err != nil {
+		cancel()
+		<-done
+		return "", "", nil, err
+	}
+	return url, adminURL, func() {
+		cancel()
+		<-done
 	}, nil
 }
 
-// mlpInputWidth reads the first layer's input width from the weights.
+// waitReady polls url until it answers 200, for up to 10 seconds.
+func waitReady(url string) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := http.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("sidecar not ready at %s after 10s (last: %v)", url, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 func mlpInputWidth(path string) (int, error) {
 	name, m, err := modelrt.ParseModelFlag("m=mlp:" + path)
 	if err != nil {

@@ -31,6 +31,7 @@ import (
 	"github.com/batchmesh/batchmesh/internal/loadgen"
 	"github.com/batchmesh/batchmesh/internal/modelrt"
 	"github.com/batchmesh/batchmesh/internal/proxy"
+	"github.com/batchmesh/batchmesh/internal/runtimetest"
 	"github.com/batchmesh/batchmesh/internal/telemetry"
 )
 
@@ -282,7 +283,8 @@ func TestReferencedMetricsExist(t *testing.T) {
 // as _bucket, _sum and _count).
 func liveSeriesNames(t *testing.T) map[string]bool {
 	t.Helper()
-	rt := startRuntime(t)
+	models := runtimetest.Models(t, modelName+"=sim:linear/1ms+0s")
+	rt := runtimetest.Start(t, modelrt.Config{Models: models}, runtimetest.WithMetrics()).Addr
 	cfg, err := config.Parse("k8s.yaml", fmt.Appendf(nil, `models:
   - name: %s
     batching: {max_batch_size: 64, max_queue_delay: 1ms, timeout: 5s}
@@ -330,34 +332,6 @@ func liveSeriesNames(t *testing.T) map[string]bool {
 		}
 	}
 	return out
-}
-
-func startRuntime(t *testing.T) string {
-	t.Helper()
-	name, m, err := modelrt.ParseModelFlag(modelName + "=sim:linear/1ms+0s")
-	if err != nil {
-		t.Fatal(err)
-	}
-	metrics, err := telemetry.NewMetrics()
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := modelrt.NewServer(modelrt.Config{Models: map[string]modelrt.Model{name: m}, Meter: metrics.Meter("model"), Metrics: metrics.Handler()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln := listen(t)
-	served := make(chan struct{})
-	go func() { defer close(served); _ = srv.Serve(ln) }()
-	t.Cleanup(func() {
-		_ = srv.Shutdown(context.Background())
-		<-served
-		_ = metrics.Close(context.Background())
-	})
-	if err := srv.Warm(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	return ln.Addr().String()
 }
 
 func listen(t *testing.T) net.Listener {

@@ -25,6 +25,7 @@ import (
 	"github.com/batchmesh/batchmesh/internal/loadgen"
 	"github.com/batchmesh/batchmesh/internal/modelrt"
 	"github.com/batchmesh/batchmesh/internal/proxy"
+	"github.com/batchmesh/batchmesh/internal/runtimetest"
 	"github.com/batchmesh/batchmesh/internal/telemetry"
 )
 
@@ -225,7 +226,8 @@ const (
 func startStack(t *testing.T) *stack {
 	t.Helper()
 	st := &stack{}
-	st.runtimeURL = "http://" + startRuntime(t, cachedModel+"=sim:linear/1ms+0s", tinyModel+"=sim:linear/20ms+0s")
+	models := runtimetest.Models(t, cachedModel+"=sim:linear/1ms+0s", tinyModel+"=sim:linear/20ms+0s")
+	st.runtimeURL = runtimetest.Start(t, modelrt.Config{Models: models, Slots: 4}, runtimetest.WithMetrics()).URL
 	rt := strings.TrimPrefix(st.runtimeURL, "http://")
 	st.cp = startControlPlane(t, rt)
 	cfg, err := config.Parse("observability.yaml", fmt.Appendf(nil, `cache_bytes: 4KiB
@@ -257,7 +259,7 @@ models:
 	go func() { _ = admin.Serve(aln) }()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { defer close(done); _ = p.Run(ctx) }()
+	go func() { defer close(done); p.RunProbes(ctx) }()
 	t.Cleanup(func() {
 		_ = srv.Shutdown()
 		_ = p.Drain(context.Background())
@@ -268,40 +270,6 @@ models:
 		_ = metrics.Close(context.Background())
 	})
 	return st
-}
-
-// startRuntime starts a reference runtime serving the models of flags and
-// returns its address.
-func startRuntime(t *testing.T, flags ...string) string {
-	t.Helper()
-	models := map[string]modelrt.Model{}
-	for _, f := range flags {
-		name, m, err := modelrt.ParseModelFlag(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		models[name] = m
-	}
-	metrics, err := telemetry.NewMetrics()
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := modelrt.NewServer(modelrt.Config{Models: models, Slots: 4, Meter: metrics.Meter("model"), Metrics: metrics.Handler()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln := listen(t)
-	served := make(chan struct{})
-	go func() { defer close(served); _ = srv.Serve(ln) }()
-	t.Cleanup(func() {
-		_ = srv.Shutdown(context.Background())
-		<-served
-		_ = metrics.Close(context.Background())
-	})
-	if err := srv.Warm(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	return ln.Addr().String()
 }
 
 func listen(t *testing.T) net.Listener {

@@ -1,7 +1,5 @@
 package balancer
 
-import "sync"
-
 // EDF is weighted round robin by earliest deadline first, the scheduler of
 // Envoy's and gRPC's WRR: every endpoint has a virtual deadline, the
 // eligible endpoint with the earliest one is picked (the lowest index on
@@ -14,11 +12,10 @@ import "sync"
 // ineligible rejoins at the current virtual time, as a new one would, so it
 // gets its share from then on and no burst for the picks it missed.
 //
-// EDF is safe for concurrent use; Pick takes a mutex held only for one scan
-// of loads, never blocks otherwise and allocates only when the number of
-// endpoints changes. The zero value is ready to use.
+// EDF is not safe for concurrent use (the lane serialises its picks); Pick
+// never blocks and allocates only when the number of endpoints changes. The
+// zero value is ready to use.
 type EDF struct {
-	mu       sync.Mutex
 	now      float64   // the deadline of the last pick
 	deadline []float64 // per endpoint; 0 before its first sight
 }
@@ -30,8 +27,6 @@ const rebase = 1 << 20
 // Pick returns the index of the chosen endpoint, or -1 when none is
 // eligible.
 func (e *EDF) Pick(loads []Load) int {
-	e.mu.Lock()
-	defer e.mu.Unlock()
 	if len(e.deadline) != len(loads) {
 		e.deadline = make([]float64, len(loads))
 		e.now = 0

@@ -5,8 +5,9 @@
 // lane can use any of them: Picker (P2C, the default), EDF (weighted round
 // robin), RingHash (consistent hashing with bounded loads, keyed by tenant
 // through PickKey) and Zoned (prefer the local zone, wrapping another
-// policy). Each is safe for concurrent use, never blocks beyond a short
-// mutex and allocates nothing per pick.
+// policy). None locks: a policy belongs to one batch lane, which picks
+// under its own lock, so a policy is not safe for concurrent use and needs
+// no mutex of its own. None blocks or allocates per pick.
 //
 // P2C is the power of two choices on in-flight rows, weighted by endpoint
 // weight: draw two eligible endpoints at random and keep the one with the
@@ -18,8 +19,6 @@
 package balancer
 
 import (
-	"sync"
-
 	"github.com/batchmesh/batchmesh/internal/inference"
 )
 
@@ -31,11 +30,11 @@ type Rand interface {
 	IntN(n int) int
 }
 
-// Picker is P2C with its own source of randomness, safe for concurrent use.
-// The zero value is not usable; build it with NewPicker.
+// Picker is P2C with its own source of randomness. It is not safe for
+// concurrent use (nor is its Rand); the lane serialises its picks. The zero
+// value is not usable; build it with NewPicker.
 type Picker struct {
-	mu sync.Mutex
-	r  Rand
+	r Rand
 }
 
 // NewPicker returns a Picker drawing from r.
@@ -44,8 +43,6 @@ func NewPicker(r Rand) *Picker { return &Picker{r: r} }
 // Pick returns the index of the chosen endpoint, or -1 when none is
 // eligible.
 func (p *Picker) Pick(loads []inference.EndpointLoad) int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
 	return P2C(p.r, loads)
 }
 

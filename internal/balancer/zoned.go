@@ -1,7 +1,5 @@
 package balancer
 
-import "sync"
-
 // Policy is what Zoned delegates to: P2C's Picker, EDF, RingHash or
 // another Zoned. It returns an index into loads, or -1 when none is
 // eligible, and must not block.
@@ -20,16 +18,15 @@ const DefaultSpill = 2.0
 //
 // Set the fields before the first Pick and do not change them after; a
 // Zoned must not be copied after first use. Zones[i] is the zone of
-// loads[i]; loads past Zones count as remote. Zoned is safe for concurrent
-// use if Inner is; Pick never blocks beyond a mutex held for one copy of
-// loads and allocates only when loads outgrows every earlier call.
+// loads[i]; loads past Zones count as remote. Like Inner, Zoned is not safe
+// for concurrent use (the lane serialises its picks); Pick never blocks and
+// allocates only when loads outgrows every earlier call.
 type Zoned struct {
 	Local string   // the sidecar's zone
 	Zones []string // per endpoint, in the order of loads
 	Inner Policy
 	Spill float64 // 0 means DefaultSpill
 
-	mu      sync.Mutex
 	scratch []Load // loads with the remote endpoints made ineligible
 }
 
@@ -39,8 +36,6 @@ func (z *Zoned) Pick(loads []Load) int {
 	if !z.localHasCapacity(loads) {
 		return z.Inner.Pick(loads)
 	}
-	z.mu.Lock()
-	defer z.mu.Unlock()
 	if cap(z.scratch) < len(loads) {
 		z.scratch = make([]Load, len(loads))
 	}

@@ -89,8 +89,9 @@ func runSharedRuntime(t *testing.T, adaptive bool, clients int, d time.Duration)
 			wg.Go(func() {
 				for i := 0; time.Now().Before(stop); i++ {
 					r := newRequest((li*clients+ci)%10, 1)
-					r.Deadline = time.Now().Add(10 * time.Second)
-					res, err := l.Submit(context.Background(), r)
+					ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+					res, err := l.Submit(ctx, r)
+					cancel()
 					if err != nil {
 						t.Errorf("lane %d client %d request %d: %v", li, ci, i, err)
 						return

@@ -3,7 +3,6 @@ package batch
 import (
 	"context"
 	"testing"
-	"time"
 
 	"github.com/batchmesh/batchmesh/internal/inference"
 )
@@ -39,7 +38,7 @@ func BenchmarkSubmit(b *testing.B) {
 	l := newBenchLane(b)
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
-		r := fp32Request(keysOf(1, 1), time.Now().Add(time.Hour))
+		r := fp32Request(keysOf(1, 1))
 		for pb.Next() {
 			if _, err := l.Submit(context.Background(), r); err != nil {
 				b.Error(err)
@@ -53,7 +52,7 @@ func BenchmarkSubmit(b *testing.B) {
 // latency the lane adds when there is nothing to batch.
 func BenchmarkSubmitSerial(b *testing.B) {
 	l := newBenchLane(b)
-	r := fp32Request(keysOf(1, 1), time.Now().Add(time.Hour))
+	r := fp32Request(keysOf(1, 1))
 	b.ReportAllocs()
 	for b.Loop() {
 		if _, err := l.Submit(context.Background(), r); err != nil {

@@ -177,7 +177,7 @@ func (l *Lane) takeLocked(g *group, now time.Time) *batch {
 				g.q[pr] = g.q[pr][1:]
 				continue
 			}
-			if !p.req.Deadline.After(now) {
+			if !p.deadline.After(now) {
 				l.failLocked(p, inference.Errorf(inference.KindDeadline,
 					"batch: model %q: deadline passed while queued (%s)", l.cfg.Model, now.Sub(p.arrival).Round(time.Microsecond)))
 				continue
@@ -191,8 +191,8 @@ func (l *Lane) takeLocked(g *group, now time.Time) *batch {
 			// The batch runs until its last waiting request's deadline: a
 			// request with a shorter one fails alone (Submit's timer), and
 			// cannot cancel the call for the others.
-			if p.req.Deadline.After(b.deadline) {
-				b.deadline = p.req.Deadline
+			if p.deadline.After(b.deadline) {
+				b.deadline = p.deadline
 			}
 			l.dequeueLocked(p, n)
 			if p.queued == 0 {
@@ -243,21 +243,11 @@ func (l *Lane) finishLocked(ep *endpoint, b *batch, start time.Time, err error) 
 // every piece is answered or failed.
 func (l *Lane) run(b *batch, ep *endpoint, start time.Time) {
 	outs, err := l.call(b, ep, 1)
-	l.mu.Lock()
-	l.finishLocked(ep, b, start, err)
-	if err != nil && errors.Is(err, inference.ErrUnavailable) {
-		ep.healthy = false // the health checker turns it back on
-	}
-	l.mu.Unlock()
+	l.finish(ep, b, start, err)
 	if err != nil && (errors.Is(err, inference.ErrUnavailable) || errors.Is(err, inference.ErrUpstream)) {
 		if alt, at := l.retryTarget(ep, b); alt != nil {
 			outs, err = l.call(b, alt, 2)
-			l.mu.Lock()
-			l.finishLocked(alt, b, at, err)
-			if err != nil && errors.Is(err, inference.ErrUnavailable) {
-				alt.healthy = false
-			}
-			l.mu.Unlock()
+			l.finish(alt, b, at, err)
 			ep = alt
 		}
 	}
@@ -272,6 +262,22 @@ func (l *Lane) run(b *batch, ep *endpoint, start time.Time) {
 	l.scheduleLocked(time.Now())
 	l.noteIdleLocked()
 	l.mu.Unlock()
+}
+
+// finish records the end of b's call to ep. An unreachable endpoint gets
+// no more batches from this lane at once, and the health reporter, which
+// turns it back on, is told.
+func (l *Lane) finish(ep *endpoint, b *batch, start time.Time, err error) {
+	down := err != nil && errors.Is(err, inference.ErrUnavailable)
+	l.mu.Lock()
+	l.finishLocked(ep, b, start, err)
+	if down {
+		ep.healthy = false
+	}
+	l.mu.Unlock()
+	if down && l.cfg.Health != nil {
+		l.cfg.Health.ReportFailure(ep.Address, err)
+	}
 }
 
 // retryTarget picks another healthy endpoint for a failed batch when its
@@ -347,7 +353,7 @@ func (l *Lane) call(b *batch, ep *endpoint, attempt int) ([]inference.Tensor, er
 	var links []trace.Link
 	var parent trace.SpanContext
 	for i, pc := range b.pieces {
-		if sc := pc.p.req.Trace; sc.IsValid() && (i == 0 || pc.p != b.pieces[i-1].p) {
+		if sc := pc.p.trace; sc.IsValid() && (i == 0 || pc.p != b.pieces[i-1].p) {
 			links = append(links, trace.Link{SpanContext: sc})
 			if !parent.IsSampled() && sc.IsSampled() {
 				parent = sc

@@ -1,6 +1,7 @@
 package batch
 
 import (
+	"context"
 	"slices"
 	"strings"
 	"testing"
@@ -61,7 +62,7 @@ func TestBisection(t *testing.T) {
 							poisoned[i] = true
 						}
 					}
-					reqs = append(reqs, fp32Request(keys, time.Now().Add(time.Second)))
+					reqs = append(reqs, fp32Request(keys))
 				}
 				outs, blocker, before := queueBehindBlocker(t, l, f, reqs)
 				for i, ch := range outs {
@@ -192,7 +193,7 @@ func TestOutputRowMismatch(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				f := newFakeCaller(map[string]time.Duration{"a": 10 * time.Millisecond})
 				l := newTestLane(t, Config{MaxQueueDelay: 2 * time.Millisecond, Endpoints: []Endpoint{{Address: "a", Slots: 1}}}, f)
-				reqs := []*Request{newRequest(1, 2), fp32Request([]float32{key(2, 0), tt.bad}, time.Now().Add(time.Second)), newRequest(3, 1)}
+				reqs := []*Request{newRequest(1, 2), fp32Request([]float32{key(2, 0), tt.bad}), newRequest(3, 1)}
 				outs, blocker, before := queueBehindBlocker(t, l, f, reqs)
 				for i, ch := range outs {
 					checkKind(t, "request "+itoa(i), (<-ch).err, inference.KindUpstream)
@@ -220,13 +221,15 @@ func TestShortDeadlineDoesNotFailBatchMates(t *testing.T) {
 		synctest.Wait()
 		// Admitted (1 batch of latency fits in 12ms), then sent in transit
 		// at +8ms and answered at +18ms.
-		short := fp32Request(keysOf(1, 1), t1.Add(12*time.Millisecond))
+		short := fp32Request(keysOf(1, 1))
+		shortCtx, cancel := context.WithDeadline(t.Context(), t1.Add(12*time.Millisecond))
+		defer cancel()
 		long := newRequest(2, 1)
-		so := submit(t.Context(), l, short)
+		so := submit(shortCtx, l, short)
 		lo := submit(t.Context(), l, long)
 		o := <-so
 		checkKind(t, "short deadline", o.err, inference.KindDeadline)
-		if !o.at.Equal(short.Deadline) {
+		if !o.at.Equal(t1.Add(12 * time.Millisecond)) {
 			t.Errorf("short request failed at +%v, want at its deadline +12ms", o.at.Sub(t1))
 		}
 		o = <-lo

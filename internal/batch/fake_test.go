@@ -170,22 +170,23 @@ func keysOf(id, rows int) []float32 {
 
 // fp32Request builds a request whose input "x" is FP32 [len(keys), width]:
 // row r holds keys[r] and keys[r]+0.5.
-func fp32Request(keys []float32, deadline time.Time) *Request {
+// Its deadline is the context's passed to Submit (or the lane's Timeout).
+func fp32Request(keys []float32) *Request {
 	data := make([]byte, 0, len(keys)*width*4)
 	for _, k := range keys {
 		data = binary.LittleEndian.AppendUint32(data, math.Float32bits(k))
 		data = binary.LittleEndian.AppendUint32(data, math.Float32bits(k+0.5))
 	}
 	return &Request{
-		Inputs:   []inference.Tensor{{Name: "x", DataType: inference.FP32, Shape: []int64{int64(len(keys)), width}, Data: data}},
-		Rows:     len(keys),
-		Deadline: deadline,
+		Inputs: []inference.Tensor{{Name: "x", DataType: inference.FP32, Shape: []int64{int64(len(keys)), width}, Data: data}},
+		Rows:   len(keys),
 	}
 }
 
-// newRequest builds request id of rows rows, due a second from now.
+// newRequest builds request id of rows rows; newTestLane's lanes give it a
+// second.
 func newRequest(id, rows int) *Request {
-	return fp32Request(keysOf(id, rows), time.Now().Add(time.Second))
+	return fp32Request(keysOf(id, rows))
 }
 
 // checkEcho fails t unless res holds exactly r's input rows, in order, as
@@ -244,6 +245,9 @@ func submit(ctx context.Context, l *Lane, r *Request) <-chan outcome {
 func newTestLane(t *testing.T, cfg Config, caller Caller) *Lane {
 	t.Helper()
 	cfg.Caller = caller
+	if cfg.Timeout == 0 {
+		cfg.Timeout = time.Second
+	}
 	if cfg.Model == "" {
 		cfg.Model = "m"
 	}

@@ -87,6 +87,12 @@ func (leastLoaded) Pick(loads []inference.EndpointLoad) int {
 	return best
 }
 
+// HealthReporter learns of the endpoints a batch could not reach. It is
+// called without the lane's lock held and may call back into the lane.
+type HealthReporter interface {
+	ReportFailure(address string, err error)
+}
+
 // Endpoint is one model runtime of a lane.
 type Endpoint struct {
 	Address string
@@ -105,6 +111,12 @@ type Config struct {
 	Meter          metric.Meter  // nil records nothing
 	Picker         Picker        // nil picks the least loaded endpoint
 	Tracer         trace.Tracer  // the batch spans; nil traces nothing
+	// Timeout bounds a request whose context has no deadline; default 30s.
+	Timeout time.Duration
+	// Health, when set, is told of every endpoint a batch found unreachable
+	// (the lane stops sending there at once); it owns the endpoint's health
+	// from then on and turns it back on with SetHealthy.
+	Health HealthReporter
 	// AdaptiveSlots lets Observe move each endpoint's concurrency limit
 	// between 1 and its Slots from the runtime's reported queue (weights:
 	// adaptive); without it the declared Slots are the limit.
@@ -121,9 +133,10 @@ type Request struct {
 	Rows       int
 	Group      string // requests batch together only with the same Group
 	Priority   Priority
-	Deadline   time.Time
-	Trace      trace.SpanContext // the caller's span, linked from the batch span; may be invalid
-	Affinity   string            // key for a KeyPicker (the group key must cover it: a batch has one key)
+	// Affinity is the key a KeyPicker hashes (the tenant). When the lane's
+	// picker is a KeyPicker, requests batch only with the same Affinity too,
+	// since a batch goes to one endpoint; other pickers ignore it.
+	Affinity string
 }
 
 // Result is a request's answer: its rows of every output, in order.
@@ -183,6 +196,9 @@ func NewLane(cfg Config) (*Lane, error) {
 	}
 	if cfg.MaxQueueSize == 0 {
 		cfg.MaxQueueSize = 4096
+	}
+	if cfg.Timeout == 0 {
+		cfg.Timeout = 30 * time.Second
 	}
 	if cfg.MaxBatchSize < 0 || cfg.MaxQueueSize < 0 || cfg.MaxQueueDelay < 0 {
 		return nil, fmt.Errorf("batch: model %q: negative batch size, queue size or delay", cfg.Model)

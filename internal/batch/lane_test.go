@@ -152,9 +152,10 @@ func TestExactlyOnceUnderLoad(t *testing.T) {
 					cancelAfter := time.Duration(rnd.IntN(20_000))*time.Microsecond - 5*time.Millisecond
 					wg.Go(func() {
 						time.Sleep(arrive)
-						r := fp32Request(keys, time.Now().Add(timeout))
+						r := fp32Request(keys)
 						r.Priority = prio
-						ctx := t.Context()
+						ctx, cancelTimeout := context.WithTimeout(t.Context(), timeout)
+						defer cancelTimeout()
 						if cls == cancelled {
 							var cancel context.CancelFunc
 							ctx, cancel = context.WithCancel(ctx)

@@ -2,8 +2,11 @@ package batch
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"time"
+
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/batchmesh/batchmesh/internal/inference"
 )
@@ -13,6 +16,8 @@ import (
 // result is final.
 type pending struct {
 	req      *Request
+	deadline time.Time         // the context's, or arrival + Config.Timeout
+	trace    trace.SpanContext // the caller's span, linked from the batch span; may be invalid
 	group    *group
 	offsets  [][]int // per input, the row offsets into its Data
 	arrival  time.Time
@@ -43,14 +48,20 @@ type group struct {
 	rows int // rows queued in this group
 }
 
-// Submit queues r's rows, waits for their answer and returns it. It returns
-// early with an error when r is refused (429 queue full or deadline
-// infeasible, 503 no healthy endpoint or closed), when its deadline passes
-// (504) or when ctx ends. Whatever happens, Submit returns exactly once and
-// the lane forgets r.
+// Submit queues r's rows, waits for their answer and returns it. ctx's
+// deadline is r's (Config.Timeout when it has none) and its span, if any, is
+// linked from the batch spans. It returns early with an error when r is
+// refused (429 queue full or deadline infeasible, 503 no healthy endpoint
+// or closed), when its deadline passes (504) or when ctx is cancelled; the
+// batch r rode in goes on for its other members. Whatever happens, Submit
+// returns exactly once and the lane forgets r.
 func (l *Lane) Submit(ctx context.Context, r *Request) (Result, error) {
 	now := time.Now()
-	p := &pending{req: r, arrival: now, done: make(chan struct{})}
+	p := &pending{req: r, arrival: now, done: make(chan struct{}), trace: trace.SpanContextFromContext(ctx)}
+	var ok bool
+	if p.deadline, ok = ctx.Deadline(); !ok {
+		p.deadline = now.Add(l.cfg.Timeout)
+	}
 	p.offsets = make([][]int, len(r.Inputs))
 	for i := range r.Inputs {
 		p.offsets[i] = r.Inputs[i].RowOffsets(nil)
@@ -58,15 +69,20 @@ func (l *Lane) Submit(ctx context.Context, r *Request) (Result, error) {
 	if err := l.admit(p, now); err != nil {
 		return Result{}, err
 	}
-	timer := time.NewTimer(r.Deadline.Sub(now))
+	timer := time.NewTimer(p.deadline.Sub(now))
 	defer timer.Stop()
 	select {
 	case <-p.done:
 	case <-timer.C:
 		l.fail(p, inference.Errorf(inference.KindDeadline,
-			"batch: model %q: deadline of %s passed before the answer came", l.cfg.Model, r.Deadline.Sub(p.arrival).Round(time.Microsecond)))
+			"batch: model %q: deadline of %s passed before the answer came", l.cfg.Model, p.deadline.Sub(p.arrival).Round(time.Microsecond)))
 	case <-ctx.Done():
-		l.fail(p, inference.Errorf(inference.KindDeadline, "batch: model %q: %v", l.cfg.Model, context.Cause(ctx)))
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			l.fail(p, inference.Errorf(inference.KindDeadline,
+				"batch: model %q: deadline of %s passed before the answer came", l.cfg.Model, p.deadline.Sub(p.arrival).Round(time.Microsecond)))
+		} else {
+			l.fail(p, inference.Errorf(inference.KindDeadline, "batch: model %q: %v", l.cfg.Model, context.Cause(ctx)))
+		}
 	}
 	<-p.done
 	return p.result, p.err
@@ -87,7 +103,7 @@ func (l *Lane) admit(p *pending, now time.Time) error {
 		return inference.Errorf(inference.KindUnavailable, "batch: model %q version %q has no healthy endpoint", l.cfg.Model, l.cfg.Version)
 	case r.Rows > l.cfg.MaxQueueSize:
 		return inference.Errorf(inference.KindTooLarge, "batch: model %q: request of %d rows is larger than the whole queue (max_queue_size %d)", l.cfg.Model, r.Rows, l.cfg.MaxQueueSize)
-	case !r.Deadline.After(now):
+	case !p.deadline.After(now):
 		l.m.shed.Add(context.Background(), 1, l.m.shedAttrs[shedDeadline])
 		return inference.Errorf(inference.KindDeadline, "batch: model %q: the deadline has already passed", l.cfg.Model)
 	}
@@ -103,20 +119,24 @@ func (l *Lane) admit(p *pending, now time.Time) error {
 		}
 		ahead -= freed
 	}
-	if eta := l.earliestFinishLocked(now, ahead+r.Rows); !eta.IsZero() && eta.After(r.Deadline) {
+	if eta := l.earliestFinishLocked(now, ahead+r.Rows); !eta.IsZero() && eta.After(p.deadline) {
 		l.m.shed.Add(context.Background(), 1, l.m.shedAttrs[shedDeadline])
 		return inference.Errorf(inference.KindOverloaded, "batch: model %q: cannot finish within the deadline (%s) behind the %d rows queued; earliest about %s",
-			l.cfg.Model, r.Deadline.Sub(now).Round(time.Millisecond), ahead, eta.Sub(now).Round(time.Millisecond))
+			l.cfg.Model, p.deadline.Sub(now).Round(time.Millisecond), ahead, eta.Sub(now).Round(time.Millisecond))
 	}
 	for _, v := range victims {
 		l.m.shed.Add(context.Background(), 1, l.m.shedAttrs[shedPriority])
 		l.failLocked(v, inference.Errorf(inference.KindOverloaded,
 			"batch: model %q: shed to make room for higher-priority requests", l.cfg.Model))
 	}
-	g := l.groups[r.Group]
+	key := r.Group
+	if _, hashed := l.cfg.Picker.(KeyPicker); hashed && r.Affinity != "" {
+		key += "\x00affinity=" + r.Affinity // a batch goes to one endpoint: one key per batch
+	}
+	g := l.groups[key]
 	if g == nil {
-		g = &group{key: r.Group}
-		l.groups[r.Group] = g
+		g = &group{key: key}
+		l.groups[key] = g
 	}
 	p.group = g
 	for lo := 0; lo < r.Rows; lo += l.cfg.MaxBatchSize {

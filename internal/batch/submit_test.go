@@ -34,8 +34,10 @@ func TestDeadlinePassesWhileQueued(t *testing.T) {
 				running := submit(t.Context(), l, newRequest(1, 1))
 				transit := submit(t.Context(), l, newRequest(2, 1))
 				synctest.Wait()
-				late := fp32Request(keysOf(3, 4), t0.Add(tt.deadline))
-				o := <-submit(t.Context(), l, late)
+				late := fp32Request(keysOf(3, 4))
+				ctx, cancel := context.WithDeadline(t.Context(), t0.Add(tt.deadline))
+				defer cancel()
+				o := <-submit(ctx, l, late)
 				checkKind(t, "late request", o.err, inference.KindDeadline)
 				if !o.at.Equal(t0.Add(tt.deadline)) {
 					t.Errorf("late request failed at +%v, want at its deadline +%v", o.at.Sub(t0), tt.deadline)
@@ -98,8 +100,10 @@ func TestAdmissionDeadline(t *testing.T) {
 				}
 				before := len(f.sent())
 				start := time.Now()
-				r := fp32Request(keysOf(1, 1), start.Add(tt.deadline))
-				res, err := l.Submit(t.Context(), r)
+				r := fp32Request(keysOf(1, 1))
+				ctx, cancel := context.WithDeadline(t.Context(), start.Add(tt.deadline))
+				defer cancel()
+				res, err := l.Submit(ctx, r)
 				checkKind(t, "Submit", err, tt.want)
 				if err == nil {
 					checkEcho(t, r, res)
@@ -262,9 +266,11 @@ func TestRefusalShedsNothing(t *testing.T) {
 					lows = append(lows, submit(t.Context(), l, r))
 					synctest.Wait()
 				}
-				r := fp32Request(keysOf(10, 2), time.Now().Add(tt.deadline))
+				r := fp32Request(keysOf(10, 2))
 				r.Priority = PriorityHigh
-				o := <-submit(t.Context(), l, r)
+				ctx, cancel := context.WithTimeout(t.Context(), tt.deadline)
+				defer cancel()
+				o := <-submit(ctx, l, r)
 				checkKind(t, "high request", o.err, tt.want)
 				shed := 0
 				for _, ch := range lows {

@@ -64,7 +64,7 @@ type entry struct {
 }
 
 // Cache is a row cache with in-flight coalescing. It is safe for concurrent
-// use; its methods never block on I/O.
+// use; only Do waits, and only for rows in flight.
 type Cache struct {
 	cfg Config
 
@@ -72,7 +72,7 @@ type Cache struct {
 	lru      *lru.LRU[Key, entry]
 	bytes    int64
 	expiring bool // the removal in progress is an expiry, not an eviction
-	flights  map[Key]*Call
+	flights  map[Key]*call
 
 	m metrics
 }
@@ -97,7 +97,7 @@ func New(cfg Config) (*Cache, error) {
 	if cfg.Meter == nil {
 		cfg.Meter = noop.NewMeterProvider().Meter("")
 	}
-	c := &Cache{cfg: cfg, flights: make(map[Key]*Call)}
+	c := &Cache{cfg: cfg, flights: make(map[Key]*call)}
 	var err error
 	c.lru, err = lru.NewLRU[Key, entry](cfg.MaxEntries, c.onEvict)
 	if err != nil {
@@ -162,43 +162,37 @@ func (c *Cache) Usage() (entries int, bytes int64) {
 // Limits returns the configured bounds.
 func (c *Cache) Limits() (maxBytes int64, maxEntries int) { return c.cfg.MaxBytes, c.cfg.MaxEntries }
 
-// Role says what a Lookup found for a row.
-type Role uint8
+// role says what a lookup found for a row.
+type role uint8
 
 const (
-	// Hit: the value was in the cache.
-	Hit Role = iota
-	// Leader: nothing stored or in flight; the caller computes the row and
-	// must call Complete with the Call.
-	Leader
-	// Follower: an identical row is in flight; wait on the Call.
-	Follower
+	// hit: the value was in the cache.
+	hit role = iota
+	// leader: nothing stored or in flight; the caller computes the row and
+	// must call complete with the call.
+	leader
+	// follower: an identical row is in flight; wait on the call.
+	follower
 )
 
-// Call is one row in flight. Its result is set once, by Complete.
-type Call struct {
+// call is one row in flight. Its result is set once, by complete.
+type call struct {
 	done  chan struct{}
 	value *Value
 	err   error
 }
 
-// Done is closed when the call's result is set.
-func (c *Call) Done() <-chan struct{} { return c.done }
-
-// Result returns the value or error; call it after Done is closed.
-func (c *Call) Result() (*Value, error) { return c.value, c.err }
-
-// Lookup finds k for model at time now. With lookup false (Cache-Control:
+// lookup finds k for model at time now. With opts.NoLookup (Cache-Control:
 // no-cache) it skips the stored values but still joins a row in flight. It
-// returns the value on a hit, or the Call to lead or to wait for.
-func (c *Cache) Lookup(model string, k Key, now time.Time, lookup bool) (*Value, *Call, Role) {
+// returns the value on a hit, or the call to lead or to wait for.
+func (c *Cache) lookup(model string, k Key, now time.Time, opts Options) (*Value, *call, role) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if lookup {
+	if !opts.NoLookup {
 		if e, ok := c.lru.Get(k); ok {
 			if now.Before(e.expires) {
 				c.m.hits.Add(context.Background(), 1, c.attrs(model))
-				return e.value, nil, Hit
+				return e.value, nil, hit
 			}
 			c.expiring = true
 			c.lru.Remove(k)
@@ -206,24 +200,24 @@ func (c *Cache) Lookup(model string, k Key, now time.Time, lookup bool) (*Value,
 		}
 		c.m.misses.Add(context.Background(), 1, c.attrs(model))
 	}
-	if call, ok := c.flights[k]; ok {
+	if cl, ok := c.flights[k]; ok {
 		c.m.coalesced.Add(context.Background(), 1, c.attrs(model))
-		return nil, call, Follower
+		return nil, cl, follower
 	}
-	call := &Call{done: make(chan struct{})}
-	c.flights[k] = call
-	return nil, call, Leader
+	cl := &call{done: make(chan struct{})}
+	c.flights[k] = cl
+	return nil, cl, leader
 }
 
-// Complete ends the call a Leader was given: followers get v or err, and a
-// successful v is stored until expires unless store is false
-// (Cache-Control: no-store) or v alone is larger than the byte bound.
-func (c *Cache) Complete(model string, k Key, call *Call, v *Value, err error, expires time.Time, store bool) {
+// complete ends the call a leader was given: followers get v or err, and a
+// successful v is stored until expires unless opts.NoStore (Cache-Control:
+// no-store) or v alone is larger than the byte bound.
+func (c *Cache) complete(model string, k Key, cl *call, v *Value, err error, expires time.Time, opts Options) {
 	c.mu.Lock()
-	if c.flights[k] == call {
+	if c.flights[k] == cl {
 		delete(c.flights, k)
 	}
-	if err == nil && store && v != nil && v.size <= c.cfg.MaxBytes {
+	if err == nil && !opts.NoStore && v != nil && v.size <= c.cfg.MaxBytes {
 		if c.lru.Contains(k) {
 			c.expiring = true // a replacement, not an eviction
 			c.lru.Remove(k)
@@ -238,6 +232,6 @@ func (c *Cache) Complete(model string, k Key, call *Call, v *Value, err error, e
 		}
 	}
 	c.mu.Unlock()
-	call.value, call.err = v, err
-	close(call.done)
+	cl.value, cl.err = v, err
+	close(cl.done)
 }

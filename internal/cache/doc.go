@@ -12,8 +12,11 @@
 // request id or tracing headers.
 //
 // Values are owned copies of a row's outputs. Only successful rows are
-// stored. The package knows nothing of HTTP or batching; the proxy decides
-// what to look up and what to store.
+// stored. Do is the whole API of a lookup: it answers a request's row keys
+// from stored values, from identical rows other requests are computing
+// (coalescing; waiters survive the computing caller giving up), and from
+// one call to the caller's Compute for the rest. The package knows nothing
+// of HTTP or batching: the proxy builds the keys and the Compute.
 //
 // Metrics (through the metric.Meter in Config):
 //

@@ -168,48 +168,57 @@ func (p *dataParser) scalar() error {
 		}
 		return nil
 	case inference.FP16, inference.BF16, inference.FP32, inference.FP64:
-		if p.dt == inference.FP32 || p.dt == inference.FP64 {
-			if f, ok := fastFloat(tok, p.dt == inference.FP32); ok {
-				if p.dt == inference.FP32 {
-					p.out = binary.LittleEndian.AppendUint32(p.out, math.Float32bits(float32(f)))
-				} else {
-					p.out = binary.LittleEndian.AppendUint64(p.out, math.Float64bits(f))
-				}
-				return nil
-			}
-		}
-		bits := 64
-		if p.dt == inference.FP32 {
-			bits = 32
-		}
-		f, err := strconv.ParseFloat(string(tok), bits)
-		if err != nil || !validNumber(tok) {
-			if ne, ok := err.(*strconv.NumError); ok && ne.Err == strconv.ErrRange {
-				return p.errorf("%s is out of the range of %s", tok, p.dt)
-			}
-			return p.errorf("%s elements must be JSON numbers, found %s", p.dt, tok)
-		}
-		switch p.dt {
-		case inference.FP64:
-			p.out = binary.LittleEndian.AppendUint64(p.out, math.Float64bits(f))
-		case inference.FP32:
-			p.out = binary.LittleEndian.AppendUint32(p.out, math.Float32bits(float32(f)))
-		case inference.FP16:
-			h := float32ToHalf(roundToOdd32(f))
-			if h&0x7c00 == 0x7c00 {
-				return p.errorf("%s is out of the range of FP16", tok)
-			}
-			p.out = binary.LittleEndian.AppendUint16(p.out, h)
-		case inference.BF16:
-			h := float32ToBF16(roundToOdd32(f))
-			if h&0x7f80 == 0x7f80 {
-				return p.errorf("%s is out of the range of BF16", tok)
-			}
-			p.out = binary.LittleEndian.AppendUint16(p.out, h)
-		}
-		return nil
+		return p.float(tok)
 	}
-	// integers
+	return p.integer(tok)
+}
+
+// float appends tok, the text of an element of floating-point p.dt.
+func (p *dataParser) float(tok []byte) error {
+	if p.dt == inference.FP32 || p.dt == inference.FP64 {
+		if f, ok := fastFloat(tok, p.dt == inference.FP32); ok {
+			if p.dt == inference.FP32 {
+				p.out = binary.LittleEndian.AppendUint32(p.out, math.Float32bits(float32(f)))
+			} else {
+				p.out = binary.LittleEndian.AppendUint64(p.out, math.Float64bits(f))
+			}
+			return nil
+		}
+	}
+	bits := 64
+	if p.dt == inference.FP32 {
+		bits = 32
+	}
+	f, err := strconv.ParseFloat(string(tok), bits)
+	if err != nil || !validNumber(tok) {
+		if ne, ok := err.(*strconv.NumError); ok && ne.Err == strconv.ErrRange {
+			return p.errorf("%s is out of the range of %s", tok, p.dt)
+		}
+		return p.errorf("%s elements must be JSON numbers, found %s", p.dt, tok)
+	}
+	switch p.dt {
+	case inference.FP64:
+		p.out = binary.LittleEndian.AppendUint64(p.out, math.Float64bits(f))
+	case inference.FP32:
+		p.out = binary.LittleEndian.AppendUint32(p.out, math.Float32bits(float32(f)))
+	case inference.FP16:
+		h := float32ToHalf(roundToOdd32(f))
+		if h&0x7c00 == 0x7c00 {
+			return p.errorf("%s is out of the range of FP16", tok)
+		}
+		p.out = binary.LittleEndian.AppendUint16(p.out, h)
+	case inference.BF16:
+		h := float32ToBF16(roundToOdd32(f))
+		if h&0x7f80 == 0x7f80 {
+			return p.errorf("%s is out of the range of BF16", tok)
+		}
+		p.out = binary.LittleEndian.AppendUint16(p.out, h)
+	}
+	return nil
+}
+
+// integer appends tok, the text of an element of integer p.dt.
+func (p *dataParser) integer(tok []byte) error {
 	signed := p.dt >= inference.Int8 && p.dt <= inference.Int64
 	bits := p.dt.Size() * 8
 	var u uint64
@@ -242,116 +251,6 @@ func (p *dataParser) scalar() error {
 	return nil
 }
 
-// roundToOdd32 narrows f to float32, rounding an inexact result to the
-// neighbour with an odd last bit. Rounding that again to FP16 or BF16 (whose
-// significands are at least two bits shorter) then equals rounding f
-// directly; float32(f), which rounds to even, could land on a tie of the
-// narrower type and round the wrong way.
-func roundToOdd32(f float64) float32 {
-	r := float32(f)
-	if float64(r) == f {
-		return r
-	}
-	if b := math.Float32bits(r); b&1 == 0 {
-		if math.Abs(float64(r)) > math.Abs(f) {
-			b-- // toward zero (Inf becomes the largest finite float32)
-		} else {
-			b++
-		}
-		r = math.Float32frombits(b)
-	}
-	return r
-}
-
-// pow10 holds the powers of ten that float64 represents exactly.
-var pow10 = [...]float64{1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10,
-	1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22}
-
-// fastFloat parses the common JSON numbers — at most 19 digits, a mantissa
-// below 2^53 and a power of ten within ±22 — exactly, by Clinger's fast
-// path: one correctly rounded float64 operation on exact operands. For
-// FP32 (f32) the float64 is then rounded again, which is exact unless it
-// sits on a float32 halfway point or outside float32's normal range; those
-// and every other case report !ok, for strconv to handle. It also rejects
-// what is not a JSON number.
-func fastFloat(tok []byte, f32 bool) (float64, bool) {
-	i, n := 0, len(tok)
-	neg := n > 0 && tok[0] == '-'
-	if neg {
-		i++
-	}
-	if i >= n {
-		return 0, false
-	}
-	var w uint64
-	digits, q := 0, 0
-	switch c := tok[i]; {
-	case c == '0':
-		i++
-	case c >= '1' && c <= '9':
-		for ; i < n && tok[i] >= '0' && tok[i] <= '9'; i++ {
-			w = w*10 + uint64(tok[i]-'0')
-			digits++
-		}
-	default:
-		return 0, false
-	}
-	if i < n && tok[i] == '.' {
-		i++
-		start := i
-		for ; i < n && tok[i] >= '0' && tok[i] <= '9'; i++ {
-			w = w*10 + uint64(tok[i]-'0')
-			digits++
-			q--
-		}
-		if i == start {
-			return 0, false
-		}
-	}
-	if i < n && (tok[i] == 'e' || tok[i] == 'E') {
-		i++
-		eneg := false
-		if i < n && (tok[i] == '+' || tok[i] == '-') {
-			eneg = tok[i] == '-'
-			i++
-		}
-		start, e := i, 0
-		for ; i < n && tok[i] >= '0' && tok[i] <= '9'; i++ {
-			if e < 1000 {
-				e = e*10 + int(tok[i]-'0')
-			}
-		}
-		if i == start {
-			return 0, false
-		}
-		if eneg {
-			e = -e
-		}
-		q += e
-	}
-	if i != n || digits > 19 || w > 1<<53 || q < -22 || q > 22 {
-		return 0, false
-	}
-	f := float64(w)
-	if q < 0 {
-		f /= pow10[-q]
-	} else {
-		f *= pow10[q]
-	}
-	if neg {
-		f = -f
-	}
-	if f32 {
-		if a := math.Abs(f); a != 0 && (a < 0x1p-126 || a > math.MaxFloat32) {
-			return 0, false
-		}
-		if math.Float64bits(f)&(1<<29-1) == 1<<28 {
-			return 0, false // a float32 tie: round from the decimal instead
-		}
-	}
-	return f, true
-}
-
 func (p *dataParser) intError(tok []byte, err error) error {
 	outOfRange := errors.Is(err, strconv.ErrRange)
 	if p.dt >= inference.Uint8 && p.dt <= inference.Uint64 && tok[0] == '-' && string(tok) != "-0" && !bytes.ContainsAny(tok, ".eE") {
@@ -361,51 +260,6 @@ func (p *dataParser) intError(tok []byte, err error) error {
 		return p.errorf("%s is out of the range of %s", tok, p.dt)
 	}
 	return p.errorf("%s elements must be JSON integers, found %s", p.dt, tok)
-}
-
-// validNumber reports whether tok is a JSON number (strconv also accepts
-// forms such as "Inf", "0x1p3" and "1_000" that JSON does not).
-func validNumber(tok []byte) bool {
-	i := 0
-	if i < len(tok) && tok[i] == '-' {
-		i++
-	}
-	if i >= len(tok) {
-		return false
-	}
-	if tok[i] == '0' {
-		i++
-	} else if tok[i] >= '1' && tok[i] <= '9' {
-		for i < len(tok) && tok[i] >= '0' && tok[i] <= '9' {
-			i++
-		}
-	} else {
-		return false
-	}
-	if i < len(tok) && tok[i] == '.' {
-		i++
-		start := i
-		for i < len(tok) && tok[i] >= '0' && tok[i] <= '9' {
-			i++
-		}
-		if i == start {
-			return false
-		}
-	}
-	if i < len(tok) && (tok[i] == 'e' || tok[i] == 'E') {
-		i++
-		if i < len(tok) && (tok[i] == '+' || tok[i] == '-') {
-			i++
-		}
-		start := i
-		for i < len(tok) && tok[i] >= '0' && tok[i] <= '9' {
-			i++
-		}
-		if i == start {
-			return false
-		}
-	}
-	return i == len(tok)
 }
 
 // str parses a JSON string at p.pos and returns its unescaped bytes.
@@ -449,127 +303,4 @@ func kindWord(dt inference.DataType) string {
 		return "numbers"
 	}
 	return "integers"
-}
-
-// appendData writes t's elements as a flat JSON array.
-func appendData(dst []byte, t *inference.Tensor) ([]byte, error) {
-	d := t.Data
-	dst = append(dst, '[')
-	sz := t.DataType.Size()
-	for i := 0; ; i++ {
-		var off int
-		if sz > 0 {
-			off = i * sz
-		} else {
-			off = 0
-		}
-		if len(d) == 0 || (sz > 0 && off+sz > len(d)) {
-			break
-		}
-		if i > 0 {
-			dst = append(dst, ',')
-		}
-		switch t.DataType {
-		case inference.Bool:
-			if d[off] != 0 {
-				dst = append(dst, "true"...)
-			} else {
-				dst = append(dst, "false"...)
-			}
-		case inference.Uint8:
-			dst = strconv.AppendUint(dst, uint64(d[off]), 10)
-		case inference.Uint16:
-			dst = strconv.AppendUint(dst, uint64(binary.LittleEndian.Uint16(d[off:])), 10)
-		case inference.Uint32:
-			dst = strconv.AppendUint(dst, uint64(binary.LittleEndian.Uint32(d[off:])), 10)
-		case inference.Uint64:
-			dst = strconv.AppendUint(dst, binary.LittleEndian.Uint64(d[off:]), 10)
-		case inference.Int8:
-			dst = strconv.AppendInt(dst, int64(int8(d[off])), 10)
-		case inference.Int16:
-			dst = strconv.AppendInt(dst, int64(int16(binary.LittleEndian.Uint16(d[off:]))), 10)
-		case inference.Int32:
-			dst = strconv.AppendInt(dst, int64(int32(binary.LittleEndian.Uint32(d[off:]))), 10)
-		case inference.Int64:
-			dst = strconv.AppendInt(dst, int64(binary.LittleEndian.Uint64(d[off:])), 10)
-		case inference.FP16, inference.BF16, inference.FP32:
-			var f float32
-			switch t.DataType {
-			case inference.FP16:
-				f = halfToFloat32(binary.LittleEndian.Uint16(d[off:]))
-			case inference.BF16:
-				f = bf16ToFloat32(binary.LittleEndian.Uint16(d[off:]))
-			default:
-				f = math.Float32frombits(binary.LittleEndian.Uint32(d[off:]))
-			}
-			if math.IsNaN(float64(f)) || math.IsInf(float64(f), 0) {
-				return dst, nonFinite(t, i, float64(f))
-			}
-			dst = strconv.AppendFloat(dst, float64(f), 'g', -1, 32)
-		case inference.FP64:
-			f := math.Float64frombits(binary.LittleEndian.Uint64(d[off:]))
-			if math.IsNaN(f) || math.IsInf(f, 0) {
-				return dst, nonFinite(t, i, f)
-			}
-			dst = strconv.AppendFloat(dst, f, 'g', -1, 64)
-		case inference.Bytes:
-			l := int(binary.LittleEndian.Uint32(d))
-			s := d[4 : 4+l]
-			if !utf8.Valid(s) {
-				return dst, inference.Errorf(inference.KindInvalid,
-					"codec: tensor %q: BYTES element %d is not UTF-8, which JSON cannot carry; ask for binary_data", t.Name, i)
-			}
-			dst = appendString(dst, s)
-			d = d[4+l:]
-		default:
-			return dst, inference.Errorf(inference.KindInternal, "codec: tensor %q: cannot encode datatype %s", t.Name, t.DataType)
-		}
-	}
-	return append(dst, ']'), nil
-}
-
-func nonFinite(t *inference.Tensor, i int, f float64) error {
-	return inference.Errorf(inference.KindInvalid,
-		"codec: tensor %q: element %d is %v, which JSON cannot carry; ask for binary_data", t.Name, i, f)
-}
-
-const hexDigits = "0123456789abcdef"
-
-// appendString writes s as a JSON string; invalid UTF-8 becomes U+FFFD.
-func appendString[S string | []byte](dst []byte, s S) []byte {
-	dst = append(dst, '"')
-	start := 0
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c >= utf8.RuneSelf {
-			r, size := utf8.DecodeRune([]byte(s[i:min(i+utf8.UTFMax, len(s))]))
-			if r == utf8.RuneError && size == 1 {
-				dst = append(dst, s[start:i]...)
-				dst = append(dst, `\ufffd`...)
-				start = i + 1
-				continue
-			}
-			i += size - 1
-			continue
-		}
-		if c >= 0x20 && c != '"' && c != '\\' && c != '<' && c != '>' && c != '&' {
-			continue
-		}
-		dst = append(dst, s[start:i]...)
-		switch c {
-		case '"', '\\':
-			dst = append(dst, '\\', c)
-		case '\n':
-			dst = append(dst, '\\', 'n')
-		case '\r':
-			dst = append(dst, '\\', 'r')
-		case '\t':
-			dst = append(dst, '\\', 't')
-		default:
-			dst = append(dst, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
-		}
-		start = i + 1
-	}
-	dst = append(dst, s[start:]...)
-	return append(dst, '"')
 }

@@ -94,22 +94,32 @@ type settings struct {
 func (c Config) validate() (settings, error) {
 	s := settings{Config: c}
 	s.Headers = maps.Clone(c.Headers)
+	for _, check := range []func() error{s.checkTarget, s.checkBounds, s.checkShape, s.checkPool, s.checkRequest} {
+		if err := check(); err != nil {
+			return s, err
+		}
+	}
+	return s, nil
+}
+
+// checkTarget checks URL and sets addr and tls from it.
+func (s *settings) checkTarget() error {
 	if s.URL == "" {
-		return s, errors.New("loadgen: no target URL; give the full infer URL, e.g. http://127.0.0.1:15001/v2/models/NAME/infer")
+		return errors.New("loadgen: no target URL; give the full infer URL, e.g. http://127.0.0.1:15001/v2/models/NAME/infer")
 	}
 	u, err := url.Parse(s.URL)
 	if err != nil {
-		return s, fmt.Errorf("loadgen: target URL: %w", err)
+		return fmt.Errorf("loadgen: target URL: %w", err)
 	}
 	switch u.Scheme {
 	case "http":
 	case "https":
 		s.tls = true
 	default:
-		return s, fmt.Errorf("loadgen: target URL %q: scheme must be http or https", s.URL)
+		return fmt.Errorf("loadgen: target URL %q: scheme must be http or https", s.URL)
 	}
 	if u.Host == "" || u.Hostname() == "" {
-		return s, fmt.Errorf("loadgen: target URL %q has no host", s.URL)
+		return fmt.Errorf("loadgen: target URL %q has no host", s.URL)
 	}
 	port := u.Port()
 	if port == "" {
@@ -119,38 +129,48 @@ func (c Config) validate() (settings, error) {
 		}
 	}
 	s.addr = net.JoinHostPort(u.Hostname(), port)
+	return nil
+}
 
+// checkBounds checks Duration and Requests, which bound the run, and sets
+// deadline.
+func (s *settings) checkBounds() error {
 	if s.Duration < 0 || s.Requests < 0 {
-		return s, errors.New("loadgen: Duration and Requests must not be negative")
+		return errors.New("loadgen: Duration and Requests must not be negative")
 	}
 	if s.Duration == 0 && s.Requests == 0 {
-		return s, errors.New("loadgen: set Duration or Requests (or both) to bound the run")
+		return errors.New("loadgen: set Duration or Requests (or both) to bound the run")
 	}
 	if s.Duration > MaxDuration {
-		return s, fmt.Errorf("loadgen: Duration %v is over the limit of %v", s.Duration, MaxDuration)
+		return fmt.Errorf("loadgen: Duration %v is over the limit of %v", s.Duration, MaxDuration)
 	}
 	if s.Requests > MaxRequests {
-		return s, fmt.Errorf("loadgen: Requests %d is over the limit of %d", s.Requests, MaxRequests)
+		return fmt.Errorf("loadgen: Requests %d is over the limit of %d", s.Requests, MaxRequests)
 	}
 	s.deadline = s.Duration > 0
+	return nil
+}
 
+// checkShape checks and defaults Clients and what the request bodies carry:
+// Rows, RowsMax, Cols, Repeat, Input and Datatype, and sets dt.
+func (s *settings) checkShape() error {
 	if err := defaultInt(&s.Clients, 1, MaxClients, "Clients"); err != nil {
-		return s, err
+		return err
 	}
 	if err := defaultInt(&s.Rows, 1, MaxRows, "Rows"); err != nil {
-		return s, err
+		return err
 	}
 	if s.RowsMax == 0 {
 		s.RowsMax = s.Rows
 	}
 	if s.RowsMax < s.Rows || s.RowsMax > MaxRows {
-		return s, fmt.Errorf("loadgen: RowsMax %d must be between Rows (%d) and %d", s.RowsMax, s.Rows, MaxRows)
+		return fmt.Errorf("loadgen: RowsMax %d must be between Rows (%d) and %d", s.RowsMax, s.Rows, MaxRows)
 	}
 	if err := defaultInt(&s.Cols, 16, MaxCols, "Cols"); err != nil {
-		return s, err
+		return err
 	}
 	if !(s.Repeat >= 0 && s.Repeat <= 1) { // also refuses NaN
-		return s, fmt.Errorf("loadgen: Repeat %v must be between 0 and 1", s.Repeat)
+		return fmt.Errorf("loadgen: Repeat %v must be between 0 and 1", s.Repeat)
 	}
 	if s.Input == "" {
 		s.Input = "input"
@@ -160,39 +180,50 @@ func (c Config) validate() (settings, error) {
 	}
 	dt, ok := inference.ParseDataType(s.Datatype)
 	if !ok {
-		return s, fmt.Errorf("loadgen: unknown datatype %q; allowed: %s", s.Datatype, inference.DataTypeNames)
+		return fmt.Errorf("loadgen: unknown datatype %q; allowed: %s", s.Datatype, inference.DataTypeNames)
 	}
 	s.dt = dt
+	return nil
+}
+
+// checkPool defaults Distinct and checks that the pool of bodies fits
+// MaxPoolBytes. It needs checkShape's settings.
+func (s *settings) checkPool() error {
 	per := s.bodyBytes()
 	if s.Distinct == 0 {
 		s.Distinct = int(min(1024, max(1, defaultPoolBytes/per)))
 	}
 	if s.Distinct < 1 || s.Distinct > MaxDistinct {
-		return s, fmt.Errorf("loadgen: Distinct %d must be between 1 and %d", s.Distinct, MaxDistinct)
+		return fmt.Errorf("loadgen: Distinct %d must be between 1 and %d", s.Distinct, MaxDistinct)
 	}
 	bodies := int64(s.Distinct)
 	if s.Repeat > 0 {
 		bodies += HotSet
 	}
 	if per > MaxPoolBytes || bodies*per > MaxPoolBytes {
-		return s, fmt.Errorf("loadgen: %d request bodies of about %d KiB would take over %d MiB; lower Distinct, RowsMax or Cols",
+		return fmt.Errorf("loadgen: %d request bodies of about %d KiB would take over %d MiB; lower Distinct, RowsMax or Cols",
 			bodies, per>>10, MaxPoolBytes>>20)
 	}
+	return nil
+}
+
+// checkRequest checks and defaults Timeout and checks Headers.
+func (s *settings) checkRequest() error {
 	if s.Timeout < 0 {
-		return s, errors.New("loadgen: Timeout must not be negative")
+		return errors.New("loadgen: Timeout must not be negative")
 	}
 	if s.Timeout == 0 {
 		s.Timeout = 10 * time.Second
 	}
 	for k, v := range s.Headers {
 		if k == "" || strings.ContainsAny(k, " :\r\n\t") {
-			return s, fmt.Errorf("loadgen: bad header name %q", k)
+			return fmt.Errorf("loadgen: bad header name %q", k)
 		}
 		if strings.ContainsAny(v, "\r\n") {
-			return s, fmt.Errorf("loadgen: header %s: value must not contain a line break", k)
+			return fmt.Errorf("loadgen: header %s: value must not contain a line break", k)
 		}
 	}
-	return s, nil
+	return nil
 }
 
 // defaultInt sets *v to def when zero and checks it is within 1..limit.

@@ -13,6 +13,7 @@ import (
 
 	"github.com/batchmesh/batchmesh/internal/batch"
 	"github.com/batchmesh/batchmesh/internal/codec"
+	"github.com/batchmesh/batchmesh/internal/config"
 	"github.com/batchmesh/batchmesh/internal/inference"
 )
 
@@ -113,7 +114,7 @@ func (p *Proxy) configDump() map[string]any {
 		for _, v := range m.versions {
 			dv := dumpVersion{Version: v.cfg.Version, Weight: v.cfg.Weight}
 			for _, e := range v.cfg.Endpoints {
-				dv.Endpoints = append(dv.Endpoints, dumpEndpoint{Address: e.Address, Weight: e.Weight, Slots: e.Slots, Zone: e.Zone, Healthy: p.isHealthy(e.Address)})
+				dv.Endpoints = append(dv.Endpoints, dumpEndpoint{Address: e.Address, Weight: e.Weight, Slots: e.Slots, Zone: e.Zone, Healthy: p.health.Up(e.Address)})
 			}
 			dm.Versions = append(dm.Versions, dv)
 		}
@@ -156,12 +157,12 @@ func (p *Proxy) clusters() []clusterStatus {
 	st := p.st.Load()
 	for _, name := range st.names {
 		for _, v := range st.models[name].versions {
-			cs := clusterStatus{Cluster: fmt.Sprintf("batchmesh|%s|%s", name, v.cfg.Version), Batching: v.lane != nil}
+			cs := clusterStatus{Cluster: config.ClusterName(name, v.cfg.Version), Batching: v.lane != nil}
 			if v.lane != nil {
 				cs.Endpoints, cs.Queued = v.lane.Status()
 			} else {
 				for _, e := range v.cfg.Endpoints {
-					cs.Endpoints = append(cs.Endpoints, batch.EndpointStatus{Address: e.Address, Weight: e.Weight, Slots: e.Slots, Healthy: p.isHealthy(e.Address)})
+					cs.Endpoints = append(cs.Endpoints, batch.EndpointStatus{Address: e.Address, Weight: e.Weight, Slots: e.Slots, Healthy: p.health.Up(e.Address)})
 				}
 			}
 			out = append(out, cs)

@@ -24,54 +24,27 @@ import (
 	"github.com/batchmesh/batchmesh/internal/config"
 	"github.com/batchmesh/batchmesh/internal/inference"
 	"github.com/batchmesh/batchmesh/internal/modelrt"
+	"github.com/batchmesh/batchmesh/internal/runtimetest"
 	"github.com/batchmesh/batchmesh/internal/telemetry"
 )
 
-// runtime is a real reference model runtime on a loopback port.
+// runtime is a real reference model runtime on a loopback port, with its
+// metrics at /metrics.
 type runtime struct {
-	srv     *modelrt.Server
-	addr    string
-	metrics *telemetry.Metrics
-	stopped atomic.Bool
+	*runtimetest.Runtime
+	addr string
 }
 
+// startRuntime serves the models of flags with cfg (its Models replaced).
 func startRuntime(t *testing.T, cfg modelrt.Config, flags ...string) *runtime {
 	t.Helper()
-	cfg.Models = map[string]modelrt.Model{}
-	for _, f := range flags {
-		name, m, err := modelrt.ParseModelFlag(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cfg.Models[name] = m
-	}
-	metrics, err := telemetry.NewMetrics()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.Meter, cfg.Metrics = metrics.Meter("model"), metrics.Handler()
-	srv, err := modelrt.NewServer(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	rt := &runtime{srv: srv, addr: ln.Addr().String(), metrics: metrics}
-	go func() { _ = srv.Serve(ln) }()
-	if err := srv.Warm(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(rt.stop)
-	return rt
+	cfg.Models = runtimetest.Models(t, flags...)
+	rt := runtimetest.Start(t, cfg, runtimetest.WithMetrics())
+	return &runtime{Runtime: rt, addr: rt.Addr}
 }
 
-func (rt *runtime) stop() {
-	if !rt.stopped.Swap(true) {
-		_ = rt.srv.Shutdown(context.Background())
-	}
-}
+// stop stops the runtime mid-test, as if it had died.
+func (rt *runtime) stop() { rt.Stop() }
 
 // sidecar is the proxy serving on loopback ports.
 type sidecar struct {
@@ -118,7 +91,7 @@ func startSidecarConfig(t *testing.T, pc Config) *sidecar {
 	go func() { _ = s.admin.Serve(aln) }()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { defer close(done); _ = p.Run(ctx) }()
+	go func() { defer close(done); p.RunProbes(ctx) }()
 	t.Cleanup(func() {
 		_ = s.srv.Shutdown()
 		_ = p.Drain(context.Background())

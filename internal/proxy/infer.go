@@ -10,9 +10,9 @@ import (
 
 	"github.com/valyala/fasthttp"
 	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/trace"
 
 	"github.com/batchmesh/batchmesh/internal/batch"
+	"github.com/batchmesh/batchmesh/internal/cache"
 	"github.com/batchmesh/batchmesh/internal/codec"
 	"github.com/batchmesh/batchmesh/internal/inference"
 )
@@ -28,80 +28,114 @@ const (
 )
 
 // Handler serves the application's inference listener.
-func (p *Proxy) Handler(ctx *fasthttp.RequestCtx) {
+func (p *Proxy) Handler(rc *fasthttp.RequestCtx) {
 	start := time.Now()
-	path := string(ctx.Path())
+	path := string(rc.Path())
 	route := codec.ParseRoute(path)
 	switch route.Kind {
 	case codec.RouteUnknown:
-		p.reply(ctx, "", start, inference.Errorf(inference.KindNotFound,
-			"proxy: no route %s %s; batchmesh serves the Open Inference Protocol v2 under /v2", ctx.Method(), path))
+		p.reply(rc, "", start, inference.Errorf(inference.KindNotFound,
+			"proxy: no route %s %s; batchmesh serves the Open Inference Protocol v2 under /v2", rc.Method(), path))
 	case codec.RouteServer:
-		writeJSON(ctx, codec.ServerMetadata{Name: "batchmesh", Version: "1", Extensions: []string{codec.ExtensionBinaryTensorData}})
+		writeJSON(rc, codec.ServerMetadata{Name: "batchmesh", Version: "1", Extensions: []string{codec.ExtensionBinaryTensorData}})
 	case codec.RouteLive:
-		writeJSON(ctx, codec.Live{Live: true})
+		writeJSON(rc, codec.Live{Live: true})
 	case codec.RouteReady:
 		why := p.ready()
 		if why != "" && why != "draining" {
-			ctx.SetStatusCode(fasthttp.StatusServiceUnavailable)
+			rc.SetStatusCode(fasthttp.StatusServiceUnavailable)
 		}
-		writeJSON(ctx, codec.Ready{Ready: why == "" || why == "draining"})
+		writeJSON(rc, codec.Ready{Ready: why == "" || why == "draining"})
 	default:
-		st := p.st.Load()
-		m := st.models[route.Model]
-		if m == nil {
-			p.reply(ctx, "", start, inference.Errorf(inference.KindNotFound,
-				"proxy: unknown model %q; configured models: %v", route.Model, st.names))
-			return
-		}
-		v, err := p.pickVersion(m, route.Version)
-		if err != nil {
-			p.reply(ctx, m.cfg.Name, start, err)
-			return
-		}
-		if route.Kind == codec.RouteInfer && v.lane != nil {
-			if !ctx.IsPost() {
-				p.reply(ctx, m.cfg.Name, start, inference.Errorf(inference.KindMethod, "proxy: %s needs POST, got %s", path, ctx.Method()))
-				return
-			}
-			p.infer(ctx, m, v, start)
-			return
-		}
-		p.forward(ctx, m, v, start)
+		p.serveModel(rc, route, start)
 	}
 }
 
-// forward passes a request through to one healthy endpoint of v unchanged.
-func (p *Proxy) forward(ctx *fasthttp.RequestCtx, m *model, v *version, start time.Time) {
-	ep, err := p.pickEndpoint(v)
-	if err != nil {
-		p.reply(ctx, m.cfg.Name, start, err)
+// serveModel serves a route of one model: inference through its version's
+// lane when batching is on, anything else passed through. The request's
+// context carries its deadline (the model's timeout, or less with
+// X-Batchmesh-Timeout-Ms) and, when tracing, its span.
+func (p *Proxy) serveModel(rc *fasthttp.RequestCtx, route codec.Route, start time.Time) {
+	st := p.st.Load()
+	m := st.models[route.Model]
+	if m == nil {
+		p.reply(rc, "", start, inference.Errorf(inference.KindNotFound,
+			"proxy: unknown model %q; configured models: %v", route.Model, st.names))
 		return
 	}
-	fctx, cancel := context.WithTimeout(context.Background(), m.cfg.Batching.Timeout)
+	v, err := pickVersion(m, route.Version)
+	if err != nil {
+		p.reply(rc, m.cfg.Name, start, err)
+		return
+	}
+	timeout, err := requestTimeout(rc, m.cfg.Batching.Timeout)
+	if err != nil {
+		p.reply(rc, m.cfg.Name, start, err)
+		return
+	}
+	// The request's own context: fasthttp's RequestCtx is not one (it is
+	// reused once the handler returns).
+	ctx, cancel := context.WithDeadline(context.Background(), start.Add(timeout))
 	defer cancel()
+	if route.Kind == codec.RouteInfer && v.lane != nil {
+		if !rc.IsPost() {
+			p.reply(rc, m.cfg.Name, start, inference.Errorf(inference.KindMethod, "proxy: %s needs POST, got %s", rc.Path(), rc.Method()))
+			return
+		}
+		p.infer(ctx, rc, m, v, start)
+		return
+	}
+	p.forward(ctx, rc, m, v, start)
+}
+
+// requestTimeout is the model's timeout, or the X-Batchmesh-Timeout-Ms of
+// the request when that is shorter.
+func requestTimeout(rc *fasthttp.RequestCtx, timeout time.Duration) (time.Duration, error) {
+	s := rc.Request.Header.Peek(HeaderTimeoutMs)
+	if len(s) == 0 {
+		return timeout, nil
+	}
+	ms, err := strconv.ParseUint(string(s), 10, 31)
+	if err != nil || ms == 0 {
+		return 0, inference.Errorf(inference.KindInvalid,
+			"proxy: %s must be a positive whole number of milliseconds, got %q", HeaderTimeoutMs, s)
+	}
+	return min(timeout, time.Duration(ms)*time.Millisecond), nil
+}
+
+// forward passes a request through to one healthy endpoint of v unchanged.
+// An endpoint it cannot reach is reported to the health table.
+func (p *Proxy) forward(ctx context.Context, rc *fasthttp.RequestCtx, m *model, v *version, start time.Time) {
+	ep, err := p.pickEndpoint(v)
+	if err != nil {
+		p.reply(rc, m.cfg.Name, start, err)
+		return
+	}
 	t0 := time.Now()
-	err = p.up.Forward(fctx, ep, &ctx.Request, &ctx.Response)
-	code := ctx.Response.StatusCode()
+	err = p.up.Forward(ctx, ep, &rc.Request, &rc.Response)
+	code := rc.Response.StatusCode()
 	if err != nil {
 		code = inference.HTTPStatus(err)
+		if errors.Is(err, inference.ErrUnavailable) {
+			p.health.ReportFailure(ep, err)
+		}
 	}
 	p.m.upstream(m.cfg.Name, ep, code, time.Since(t0))
 	if err != nil {
-		p.reply(ctx, m.cfg.Name, start, err)
+		p.reply(rc, m.cfg.Name, start, err)
 		return
 	}
-	ctx.Response.Header.Set(HeaderUpstream, ep)
-	ctx.Response.Header.Set(HeaderCache, "bypass")
+	rc.Response.Header.Set(HeaderUpstream, ep)
+	rc.Response.Header.Set(HeaderCache, "bypass")
 	p.m.request(m.cfg.Name, code, "bypass", time.Since(start))
 }
 
 // infer decodes a v2 request, runs it through its version's lane and
 // encodes the answer the way the application asked for it.
-func (p *Proxy) infer(ctx *fasthttp.RequestCtx, m *model, v *version, start time.Time) {
+func (p *Proxy) infer(ctx context.Context, rc *fasthttp.RequestCtx, m *model, v *version, start time.Time) {
 	name := m.cfg.Name
-	_, span := p.startServerSpan(ctx, name)
-	res, rows, prio, err := p.serveInfer(ctx, m, v, start, span.SpanContext())
+	ctx, span := p.startServerSpan(ctx, rc, name)
+	res, rows, prio, err := p.serveInfer(ctx, rc, m, v)
 	status := fasthttp.StatusOK
 	if err != nil {
 		if res.status == "" {
@@ -110,12 +144,12 @@ func (p *Proxy) infer(ctx *fasthttp.RequestCtx, m *model, v *version, start time
 				res.status = cacheMiss
 			}
 		}
-		p.replyCache(ctx, name, res.status, start, err)
+		p.replyCache(rc, name, res.status, start, err)
 		status = inference.HTTPStatus(err)
 		if k := inference.KindOf(err); k == inference.KindOverloaded || k == inference.KindUnavailable {
-			ctx.Response.Header.Set("Retry-After", strconv.Itoa(int(v.lane.RetryAfter().Round(time.Second)/time.Second)))
+			rc.Response.Header.Set("Retry-After", strconv.Itoa(int(v.lane.RetryAfter().Round(time.Second)/time.Second)))
 		}
-		ctx.Response.Header.Set(HeaderCache, res.status)
+		rc.Response.Header.Set(HeaderCache, res.status)
 	} else {
 		p.m.request(name, status, res.status, time.Since(start))
 	}
@@ -131,15 +165,15 @@ func (p *Proxy) infer(ctx *fasthttp.RequestCtx, m *model, v *version, start time
 }
 
 // serveInfer decodes a v2 request, runs it through the cache and its
-// version's lane and writes the answer the way the application asked for
-// it. On error it writes nothing.
-func (p *Proxy) serveInfer(ctx *fasthttp.RequestCtx, m *model, v *version, start time.Time, sc trace.SpanContext) (res cachedResult, rows int, prio batch.Priority, err error) {
+// version's lane under ctx and writes the answer the way the application
+// asked for it. On error it writes nothing.
+func (p *Proxy) serveInfer(ctx context.Context, rc *fasthttp.RequestCtx, m *model, v *version) (res cachedResult, rows int, prio batch.Priority, err error) {
 	prio = batch.PriorityNormal
-	hl, err := codec.ParseHeaderLen(ctx.Request.Header.Peek(codec.HeaderContentLength))
+	hl, err := codec.ParseHeaderLen(rc.Request.Header.Peek(codec.HeaderContentLength))
 	if err != nil {
 		return res, 0, prio, err
 	}
-	body := ctx.PostBody()
+	body := rc.PostBody()
 	if hl != codec.NoHeader {
 		// Binary tensors alias the body, which fasthttp reuses once this
 		// handler returns; batches may still read them after a deadline.
@@ -152,17 +186,8 @@ func (p *Proxy) serveInfer(ctx *fasthttp.RequestCtx, m *model, v *version, start
 	if rows, err = req.Rows(); err != nil {
 		return res, 0, prio, err
 	}
-	if prio, err = batch.ParsePriority(string(ctx.Request.Header.Peek(HeaderPriority))); err != nil {
+	if prio, err = batch.ParsePriority(string(rc.Request.Header.Peek(HeaderPriority))); err != nil {
 		return res, rows, batch.PriorityNormal, err
-	}
-	timeout := m.cfg.Batching.Timeout
-	if s := ctx.Request.Header.Peek(HeaderTimeoutMs); len(s) > 0 {
-		ms, err := strconv.ParseUint(string(s), 10, 31)
-		if err != nil || ms == 0 {
-			return res, rows, prio, inference.Errorf(inference.KindInvalid,
-				"proxy: %s must be a positive whole number of milliseconds, got %q", HeaderTimeoutMs, s)
-		}
-		timeout = min(timeout, time.Duration(ms)*time.Millisecond)
 	}
 	upParams := upstreamParams(req.Parameters)
 	upOutputs := upstreamOutputs(req.Outputs)
@@ -173,43 +198,36 @@ func (p *Proxy) serveInfer(ctx *fasthttp.RequestCtx, m *model, v *version, start
 		Rows:       rows,
 		Group:      groupKey(&req, upParams, upOutputs),
 		Priority:   prio,
-		Deadline:   start.Add(timeout),
-		Trace:      sc,
+		Affinity:   string(rc.Request.Header.Peek(HeaderTenant)), // the ring hash keeps a tenant on its endpoint
 	}
-	if p.cfg.Balancer == BalancerRingHash {
-		// A batch goes to one endpoint: batch per tenant so that each
-		// tenant keeps its endpoint.
-		br.Affinity = string(ctx.Request.Header.Peek(HeaderTenant))
-		br.Group += "\x00tenant=" + br.Affinity
-	}
-	noCache, noStore := cacheControl(ctx.Request.Header.Peek(fasthttp.HeaderCacheControl))
+	noCache, noStore := cacheControl(rc.Request.Header.Peek(fasthttp.HeaderCacheControl))
 	if m.cfg.Cache.Enabled && !(noCache && noStore) {
-		res, err = p.inferCached(m, v, br, string(ctx.Request.Header.Peek(HeaderTenant)), noCache, noStore)
+		res, err = p.inferCached(ctx, m, v, br, br.Affinity, cache.Options{NoLookup: noCache, NoStore: noStore})
 	} else {
 		var out batch.Result
-		out, err = v.lane.Submit(context.Background(), br)
+		out, err = v.lane.Submit(ctx, br)
 		res = cachedResult{outputs: out.Outputs, status: cacheBypass, batchRows: out.BatchRows, endpoint: out.Endpoint, queueWait: out.QueueWait}
 	}
 	if err != nil {
 		return res, rows, prio, err
 	}
 	resp := inference.Response{ModelName: m.cfg.Name, ModelVersion: v.cfg.Version, ID: req.ID, Outputs: res.outputs}
-	out, headerLen, err := codec.EncodeResponse(ctx.Response.Body()[:0], &resp, req.BinaryOutput)
+	out, headerLen, err := codec.EncodeResponse(rc.Response.Body()[:0], &resp, req.BinaryOutput)
 	if err != nil {
 		return res, rows, prio, err
 	}
-	ctx.Response.SetBodyRaw(out)
+	rc.Response.SetBodyRaw(out)
 	if headerLen != codec.NoHeader {
-		ctx.Response.Header.Set(codec.HeaderContentLength, strconv.Itoa(headerLen))
-		ctx.SetContentType("application/octet-stream")
+		rc.Response.Header.Set(codec.HeaderContentLength, strconv.Itoa(headerLen))
+		rc.SetContentType("application/octet-stream")
 	} else {
-		ctx.SetContentType("application/json")
+		rc.SetContentType("application/json")
 	}
 	if res.batchRows > 0 {
-		ctx.Response.Header.Set(HeaderBatchSize, strconv.Itoa(res.batchRows))
-		ctx.Response.Header.Set(HeaderUpstream, res.endpoint)
+		rc.Response.Header.Set(HeaderBatchSize, strconv.Itoa(res.batchRows))
+		rc.Response.Header.Set(HeaderUpstream, res.endpoint)
 	}
-	ctx.Response.Header.Set(HeaderCache, res.status)
+	rc.Response.Header.Set(HeaderCache, res.status)
 	return res, rows, prio, nil
 }
 
@@ -319,21 +337,21 @@ func writeParams(b *strings.Builder, ps inference.Parameters) {
 }
 
 // reply writes err in the v2 error shape with its status and counts it.
-func (p *Proxy) reply(ctx *fasthttp.RequestCtx, model string, start time.Time, err error) {
-	p.replyCache(ctx, model, cacheBypass, start, err)
+func (p *Proxy) reply(rc *fasthttp.RequestCtx, model string, start time.Time, err error) {
+	p.replyCache(rc, model, cacheBypass, start, err)
 }
 
 // replyCache is reply for a request whose cache result (the cache label of
 // batchmesh_requests_total, as its X-Batchmesh-Cache header) is known.
-func (p *Proxy) replyCache(ctx *fasthttp.RequestCtx, model, cacheResult string, start time.Time, err error) {
+func (p *Proxy) replyCache(rc *fasthttp.RequestCtx, model, cacheResult string, start time.Time, err error) {
 	code := inference.HTTPStatus(err)
-	ctx.Response.Reset()
+	rc.Response.Reset()
 	if code == fasthttp.StatusTooManyRequests || code == fasthttp.StatusServiceUnavailable {
-		ctx.Response.Header.Set("Retry-After", "1") // callers that know better set it after
+		rc.Response.Header.Set("Retry-After", "1") // callers that know better set it after
 	}
-	ctx.SetStatusCode(code)
-	ctx.SetContentType("application/json")
-	ctx.SetBody(codec.AppendError(nil, err.Error()))
+	rc.SetStatusCode(code)
+	rc.SetContentType("application/json")
+	rc.SetBody(codec.AppendError(nil, err.Error()))
 	if model != "" {
 		p.m.request(model, code, cacheResult, time.Since(start))
 	}

@@ -125,10 +125,6 @@ type caller struct {
 	lane *batch.Lane
 }
 
-// clusterName is the xDS cluster of a model version, as the control plane
-// names it (xdsserver.ClusterName, which the sidecar does not link).
-func clusterName(model, version string) string { return "batchmesh|" + model + "|" + version }
-
 func (c *caller) Call(ctx context.Context, endpoint string, req *inference.Request) ([]inference.Tensor, error) {
 	var headers []upstream.Header
 	if c.prop != nil && trace.SpanContextFromContext(ctx).IsValid() {

@@ -47,14 +47,14 @@ func (c headersCarrier) Keys() []string {
 	return keys
 }
 
-// startServerSpan starts the span of one application request, continuing
-// the caller's trace. With tracing off it returns a no-op span and does not
-// parse the headers.
-func (p *Proxy) startServerSpan(ctx *fasthttp.RequestCtx, model string) (context.Context, trace.Span) {
+// startServerSpan starts the span of one application request under ctx,
+// continuing the caller's trace, and returns ctx with it. With tracing off
+// it returns ctx and a no-op span and does not parse the headers.
+func (p *Proxy) startServerSpan(ctx context.Context, rc *fasthttp.RequestCtx, model string) (context.Context, trace.Span) {
 	if !p.tracing {
-		return context.Background(), trace.SpanFromContext(context.Background())
+		return ctx, trace.SpanFromContext(ctx)
 	}
-	parent := p.cfg.Propagator.Extract(context.Background(), requestHeaderCarrier{&ctx.Request.Header})
+	parent := p.cfg.Propagator.Extract(ctx, requestHeaderCarrier{&rc.Request.Header})
 	return p.cfg.Tracer.Start(parent, "infer "+model, trace.WithSpanKind(trace.SpanKindServer),
 		trace.WithAttributes(attribute.String("batchmesh.model", model)))
 }

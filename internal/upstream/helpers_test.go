@@ -17,6 +17,7 @@ import (
 	"github.com/batchmesh/batchmesh/internal/codec"
 	"github.com/batchmesh/batchmesh/internal/inference"
 	"github.com/batchmesh/batchmesh/internal/modelrt"
+	"github.com/batchmesh/batchmesh/internal/runtimetest"
 )
 
 // simModel parses a sim model flag such as "sim=sim:linear/0s+0s".
@@ -29,43 +30,12 @@ func simModel(t testing.TB, flag string) (string, modelrt.Model) {
 	return name, m
 }
 
-// startRuntime serves the reference runtime with cfg on a loopback port,
-// warmed (ready) unless cold is set, and returns its address. It is shut
-// down at cleanup.
-func startRuntime(t testing.TB, cfg modelrt.Config, cold bool) string {
-	t.Helper()
-	srv, err := modelrt.NewServer(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ln) }()
-	t.Cleanup(func() {
-		if err := srv.Shutdown(context.Background()); err != nil {
-			t.Errorf("runtime shutdown: %v", err)
-		}
-		if err := <-done; err != nil {
-			t.Errorf("runtime serve: %v", err)
-		}
-	})
-	if !cold {
-		if err := srv.Warm(context.Background()); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return ln.Addr().String()
-}
-
 // startSim serves one sim model named "sim" with the given latency spec
 // ("linear/0s+0s") and returns the runtime's address.
 func startSim(t testing.TB, latency string, maxBatch int) string {
 	t.Helper()
-	name, m := simModel(t, "sim=sim:"+latency)
-	return startRuntime(t, modelrt.Config{Models: map[string]modelrt.Model{name: m}, MaxBatch: maxBatch}, false)
+	models := runtimetest.Models(t, "sim=sim:"+latency)
+	return runtimetest.Start(t, modelrt.Config{Models: models, MaxBatch: maxBatch}).Addr
 }
 
 // serve serves h with fasthttp on a loopback port until cleanup and returns

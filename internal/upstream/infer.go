@@ -79,6 +79,24 @@ func (c *Client) Infer(ctx context.Context, endpoint string, req *inference.Requ
 		hreq.Header.Set(h.Key, h.Value)
 	}
 
+	buf, err := c.setBody(hreq, buf, req, binary)
+	*bufp = buf // keep the grown buffer for the pool
+	if err != nil {
+		return Reply{}, fmt.Errorf("upstream %s: encode: %w", endpoint, err)
+	}
+
+	hresp := fasthttp.AcquireResponse()
+	defer fasthttp.ReleaseResponse(hresp)
+	if err := ep.hc.DoDeadline(hreq, hresp, c.deadline(ctx)); err != nil {
+		return Reply{}, transportError(endpoint, err)
+	}
+	return decodeReply(endpoint, hresp)
+}
+
+// setBody encodes req into buf[:0] as the body of hreq, binary or JSON,
+// with its content headers, and returns the grown buffer, which hreq's body
+// then is. On an error it sets nothing.
+func (c *Client) setBody(hreq *fasthttp.Request, buf []byte, req *inference.Request, binary bool) ([]byte, error) {
 	var headerLen int
 	var err error
 	if binary {
@@ -95,9 +113,8 @@ func (c *Client) Infer(ctx context.Context, endpoint string, req *inference.Requ
 	} else {
 		buf, headerLen, err = codec.EncodeRequest(buf[:0], req, false)
 	}
-	*bufp = buf // keep the grown buffer for the pool
 	if err != nil {
-		return Reply{}, fmt.Errorf("upstream %s: encode: %w", endpoint, err)
+		return buf, err
 	}
 	if headerLen != codec.NoHeader {
 		hreq.Header.SetContentType("application/octet-stream")
@@ -107,13 +124,11 @@ func (c *Client) Infer(ctx context.Context, endpoint string, req *inference.Requ
 		hreq.Header.SetContentType("application/json")
 	}
 	hreq.SetBodyRaw(buf)
+	return buf, nil
+}
 
-	hresp := fasthttp.AcquireResponse()
-	defer fasthttp.ReleaseResponse(hresp)
-	if err := ep.hc.DoDeadline(hreq, hresp, c.deadline(ctx)); err != nil {
-		return Reply{}, transportError(endpoint, err)
-	}
-
+// decodeReply reads the runtime's answer, as Infer documents.
+func decodeReply(endpoint string, hresp *fasthttp.Response) (Reply, error) {
 	reply := Reply{Status: hresp.StatusCode()}
 	if lr := hresp.Header.Peek(HeaderLoadReport); len(lr) > 0 {
 		reply.LoadReport = string(lr)

@@ -19,6 +19,7 @@ import (
 	"github.com/batchmesh/batchmesh/internal/codec"
 	"github.com/batchmesh/batchmesh/internal/inference"
 	"github.com/batchmesh/batchmesh/internal/modelrt"
+	"github.com/batchmesh/batchmesh/internal/runtimetest"
 	"github.com/batchmesh/batchmesh/internal/upstream"
 )
 
@@ -31,9 +32,9 @@ func TestProbe(t *testing.T) {
 		wantBinary bool
 		wantKind   inference.Kind // of the error; KindInternal for none
 	}{
-		{name: "reference runtime", addr: startRuntime(t, modelrt.Config{Models: models}, false), wantBinary: true},
+		{name: "reference runtime", addr: runtimetest.Start(t, modelrt.Config{Models: models}).Addr, wantBinary: true},
 		{name: "runtime without the extension", addr: serve(t, (&fakeRuntime{model: sim}).handle)},
-		{name: "not warmed up", addr: startRuntime(t, modelrt.Config{Models: models}, true), wantBinary: true, wantKind: inference.KindUnavailable},
+		{name: "not warmed up", addr: runtimetest.Start(t, modelrt.Config{Models: models}, runtimetest.Cold()).Addr, wantBinary: true, wantKind: inference.KindUnavailable},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -64,7 +65,7 @@ func TestProbe(t *testing.T) {
 // runtime and to one without the extension, give the same output bytes.
 func TestInferEncodings(t *testing.T) {
 	_, sim := simModel(t, "sim=sim:linear/0s+0s")
-	ref := startRuntime(t, modelrt.Config{Models: map[string]modelrt.Model{"sim": sim}}, false)
+	ref := runtimetest.Start(t, modelrt.Config{Models: map[string]modelrt.Model{"sim": sim}}).Addr
 	jsonOnly := &fakeRuntime{model: sim}
 	jsonAddr := serve(t, jsonOnly.handle)
 	binFake := &fakeRuntime{model: sim, binary: true}
@@ -169,7 +170,7 @@ func TestInferOwnsOutputs(t *testing.T) {
 func TestInferRuntimeErrors(t *testing.T) {
 	ready := startSim(t, "linear/0s+0s", 4)
 	_, sim := simModel(t, "sim=sim:linear/0s+0s")
-	cold := startRuntime(t, modelrt.Config{Models: map[string]modelrt.Model{"sim": sim}}, true)
+	cold := runtimetest.Start(t, modelrt.Config{Models: map[string]modelrt.Model{"sim": sim}}, runtimetest.Cold()).Addr
 
 	unknown := fp32Request(1, 16, 3)
 	unknown.Model = "nope"

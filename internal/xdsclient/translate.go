@@ -1,15 +1,12 @@
 package xdsclient
 
 import (
-	"errors"
 	"fmt"
 	"maps"
-	"math"
 	"net"
 	"slices"
 	"strconv"
 	"strings"
-	"time"
 
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -17,7 +14,6 @@ import (
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
-	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/batchmesh/batchmesh/internal/config"
 )
@@ -33,9 +29,6 @@ const (
 	// MetadataKey is the filter_metadata key of the batching and cache
 	// settings of a cluster and of the slots of an endpoint.
 	MetadataKey = "batchmesh"
-	// clusterPrefix starts the name of every batchmesh cluster:
-	// batchmesh|{model}|{version}. Other clusters are ignored.
-	clusterPrefix = "batchmesh|"
 )
 
 // view is one resource of each kind the config is built from, by name.
@@ -100,15 +93,37 @@ func translate(v *view) (*config.Config, error) {
 	if !ok {
 		return nil, incomplete(fmt.Sprintf("no RouteConfiguration %q", RouteName), typeRoute)
 	}
-	type versionKey struct{ model, version string }
-	var (
-		order   []string                  // models in order of first route
-		routed  = map[versionKey]int{}    // weight
-		byModel = map[string][]string{}   // model → routed versions, in order
-		models  = map[string]*clusterMD{} // cluster name → its metadata
-	)
-	for name, c := range v.clusters {
-		if !strings.HasPrefix(name, clusterPrefix) {
+	models, err := batchmeshClusters(v.clusters)
+	if err != nil {
+		return nil, err
+	}
+	rt, err := routeVersions(rc, v.clusters, models)
+	if err != nil {
+		return nil, err
+	}
+	byVersion, unrouted, err := indexVersions(models, rt.routed)
+	if err != nil {
+		return nil, err
+	}
+	return buildConfig(v.loads, rt, byVersion, unrouted)
+}
+
+// versionKey names one version of one model.
+type versionKey struct{ model, version string }
+
+// routing is what the routes say about the batchmesh clusters.
+type routing struct {
+	order   []string            // models in order of first route
+	routed  map[versionKey]int  // weight
+	byModel map[string][]string // model → routed versions, in order
+}
+
+// batchmeshClusters reads the metadata of the batchmesh clusters among
+// clusters, by cluster name.
+func batchmeshClusters(clusters map[string]*cluster.Cluster) (map[string]*clusterMD, error) {
+	models := map[string]*clusterMD{} // cluster name → its metadata
+	for name, c := range clusters {
+		if !strings.HasPrefix(name, config.ClusterPrefix) { // not batchmesh's: ignored
 			continue
 		}
 		md, err := clusterMetadata(c)
@@ -117,11 +132,18 @@ func translate(v *view) (*config.Config, error) {
 		}
 		models[name] = md
 	}
+	return models, nil
+}
+
+// routeVersions lists the model versions that rc sends traffic to, with
+// their weights; models holds the metadata of the batchmesh clusters.
+func routeVersions(rc *route.RouteConfiguration, clusters map[string]*cluster.Cluster, models map[string]*clusterMD) (*routing, error) {
+	rt := &routing{routed: map[versionKey]int{}, byModel: map[string][]string{}}
 	for _, vh := range rc.GetVirtualHosts() {
 		for _, r := range vh.GetRoutes() {
 			for _, cw := range routeClusters(r) {
 				name, weight := cw.name, cw.weight
-				c, ok := v.clusters[name]
+				c, ok := clusters[name]
 				if !ok {
 					return nil, incomplete(fmt.Sprintf("route %q refers to cluster %q, which is not known", r.GetName(), name), typeCluster, typeRoute)
 				}
@@ -130,21 +152,26 @@ func translate(v *view) (*config.Config, error) {
 					return nil, fmt.Errorf("xdsclient: route %q refers to cluster %q, which is not a batchmesh cluster", r.GetName(), name)
 				}
 				k := versionKey{md.model, md.version}
-				if w, seen := routed[k]; seen {
+				if w, seen := rt.routed[k]; seen {
 					if w != weight {
 						return nil, fmt.Errorf("xdsclient: routes give cluster %q weights %d and %d", name, w, weight)
 					}
 					continue
 				}
-				routed[k] = weight
-				if _, seen := byModel[md.model]; !seen {
-					order = append(order, md.model)
+				rt.routed[k] = weight
+				if _, seen := rt.byModel[md.model]; !seen {
+					rt.order = append(rt.order, md.model)
 				}
-				byModel[md.model] = append(byModel[md.model], md.version)
+				rt.byModel[md.model] = append(rt.byModel[md.model], md.version)
 			}
 		}
 	}
+	return rt, nil
+}
 
+// indexVersions returns the batchmesh clusters by model version, refusing
+// two clusters of one version, and by model the versions no route names.
+func indexVersions(models map[string]*clusterMD, routed map[versionKey]int) (map[versionKey]*clusterMD, map[string][]string, error) {
 	// Versions no route names, sorted, after the routed ones.
 	unrouted := map[string][]string{}
 	byVersion := map[versionKey]*clusterMD{}
@@ -152,19 +179,24 @@ func translate(v *view) (*config.Config, error) {
 		md := models[name]
 		k := versionKey{md.model, md.version}
 		if prev, dup := byVersion[k]; dup {
-			return nil, fmt.Errorf("xdsclient: clusters %q and %q are both version %q of model %q", prev.name, name, md.version, md.model)
+			return nil, nil, fmt.Errorf("xdsclient: clusters %q and %q are both version %q of model %q", prev.name, name, md.version, md.model)
 		}
 		byVersion[k] = md
 		if _, ok := routed[k]; !ok {
 			unrouted[md.model] = append(unrouted[md.model], md.version)
 		}
 	}
+	return byVersion, unrouted, nil
+}
 
+// buildConfig builds the config of the routed models: each with its routed
+// versions in route order, then its unrouted ones, and their endpoints.
+func buildConfig(loads map[string]*endpoint.ClusterLoadAssignment, rt *routing, byVersion map[versionKey]*clusterMD, unrouted map[string][]string) (*config.Config, error) {
 	cfg := &config.Config{CacheBytes: config.DefaultCacheBytes, Weights: config.WeightsStatic}
 	var weightsFrom string // the cluster that set cfg.Weights
-	for _, model := range order {
+	for _, model := range rt.order {
 		var m config.Model
-		for i, version := range append(byModel[model], unrouted[model]...) {
+		for i, version := range append(rt.byModel[model], unrouted[model]...) {
 			k := versionKey{model, version}
 			md := byVersion[k]
 			if weightsFrom == "" {
@@ -177,7 +209,7 @@ func translate(v *view) (*config.Config, error) {
 			} else if md.protocol != m.Protocol || md.batching != m.Batching || md.cache != m.Cache {
 				return nil, fmt.Errorf("xdsclient: model %q: the metadata of cluster %q disagrees with its other versions", model, md.name)
 			}
-			cla, ok := v.loads[md.load]
+			cla, ok := loads[md.load]
 			if !ok {
 				return nil, incomplete(fmt.Sprintf("cluster %q has no ClusterLoadAssignment %q yet", md.name, md.load), typeEndpoint)
 			}
@@ -185,7 +217,7 @@ func translate(v *view) (*config.Config, error) {
 			if err != nil {
 				return nil, err
 			}
-			m.Versions = append(m.Versions, config.Version{Version: version, Weight: routed[k], Endpoints: eps})
+			m.Versions = append(m.Versions, config.Version{Version: version, Weight: rt.routed[k], Endpoints: eps})
 		}
 		cfg.Models = append(cfg.Models, m)
 	}
@@ -244,160 +276,6 @@ func routeClusters(r *route.Route) []clusterWeight {
 		out = append(out, clusterWeight{cw.GetName(), w})
 	}
 	return out
-}
-
-// clusterMD is what a batchmesh cluster says about its model version.
-type clusterMD struct {
-	name, load     string
-	model, version string
-	protocol       string
-	weights        string
-	batching       config.Batching
-	cache          config.Cache
-}
-
-// clusterMetadata reads a batchmesh cluster's name and its
-// filter_metadata["batchmesh"]. Keys absent there take their defaults.
-func clusterMetadata(c *cluster.Cluster) (*clusterMD, error) {
-	name := c.GetName()
-	model, version, ok := strings.Cut(strings.TrimPrefix(name, clusterPrefix), "|")
-	if !ok || model == "" || version == "" {
-		return nil, fmt.Errorf("xdsclient: cluster %q: the name is not batchmesh|{model}|{version}", name)
-	}
-	if c.GetType() != cluster.Cluster_EDS {
-		return nil, fmt.Errorf("xdsclient: cluster %q: type %v; want EDS", name, c.GetType())
-	}
-	s := c.GetMetadata().GetFilterMetadata()[MetadataKey]
-	if s == nil {
-		return nil, fmt.Errorf("xdsclient: cluster %q has no %q metadata", name, MetadataKey)
-	}
-	md := &clusterMD{
-		name: name, load: loadName(c), model: model, version: version,
-		protocol: config.DefaultProtocol, batching: config.DefaultBatching(), cache: config.DefaultCache(),
-	}
-	r := &mdReader{at: "cluster " + strconv.Quote(name) + " metadata"}
-	f := s.GetFields()
-	if m := r.str(f, "model", model); m != model {
-		r.fail("model", fmt.Errorf("%q disagrees with the cluster name", m))
-	}
-	if v := r.str(f, "version", version); v != version {
-		r.fail("version", fmt.Errorf("%q disagrees with the cluster name", v))
-	}
-	md.protocol = r.str(f, "protocol", md.protocol)
-	switch md.weights = r.str(f, "weights", config.WeightsStatic); md.weights {
-	case config.WeightsStatic, config.WeightsAdaptive:
-	default:
-		r.fail("weights", fmt.Errorf("%q is not one of %s, %s", md.weights, config.WeightsStatic, config.WeightsAdaptive))
-	}
-	if b := r.sub(f, "batching"); b != nil {
-		md.batching.MaxBatchSize = r.int(b, "max_batch_size", md.batching.MaxBatchSize)
-		md.batching.MaxQueueSize = r.int(b, "max_queue_size", md.batching.MaxQueueSize)
-		md.batching.MaxQueueDelay = r.duration(b, "max_queue_delay", md.batching.MaxQueueDelay)
-		md.batching.Timeout = r.duration(b, "timeout", md.batching.Timeout)
-	}
-	if cm := r.sub(f, "cache"); cm != nil {
-		md.cache.Enabled = r.bool(cm, "enabled", md.cache.Enabled)
-		md.cache.TTL = r.duration(cm, "ttl", md.cache.TTL)
-		md.cache.Granularity = r.str(cm, "granularity", md.cache.Granularity)
-		md.cache.Scope = r.str(cm, "scope", md.cache.Scope)
-	}
-	if r.err != nil {
-		return nil, r.err
-	}
-	return md, nil
-}
-
-// mdReader reads typed fields of a metadata Struct and keeps the first
-// error.
-type mdReader struct {
-	at  string
-	err error
-}
-
-func (r *mdReader) fail(key string, err error) {
-	if r.err == nil {
-		r.err = fmt.Errorf("xdsclient: %s: %s: %w", r.at, key, err)
-	}
-}
-
-var errType = errors.New("wrong type")
-
-func (r *mdReader) sub(f map[string]*structpb.Value, key string) map[string]*structpb.Value {
-	v, ok := f[key]
-	if !ok {
-		return nil
-	}
-	s := v.GetStructValue()
-	if s == nil {
-		r.fail(key, errType)
-		return nil
-	}
-	return s.GetFields()
-}
-
-func (r *mdReader) str(f map[string]*structpb.Value, key, def string) string {
-	v, ok := f[key]
-	if !ok {
-		return def
-	}
-	s, ok := v.GetKind().(*structpb.Value_StringValue)
-	if !ok {
-		r.fail(key, errType)
-		return def
-	}
-	return s.StringValue
-}
-
-func (r *mdReader) bool(f map[string]*structpb.Value, key string, def bool) bool {
-	v, ok := f[key]
-	if !ok {
-		return def
-	}
-	b, ok := v.GetKind().(*structpb.Value_BoolValue)
-	if !ok {
-		r.fail(key, errType)
-		return def
-	}
-	return b.BoolValue
-}
-
-func (r *mdReader) int(f map[string]*structpb.Value, key string, def int) int {
-	v, ok := f[key]
-	if !ok {
-		return def
-	}
-	n, err := wholeNumber(v)
-	if err != nil {
-		r.fail(key, err)
-		return def
-	}
-	return n
-}
-
-func (r *mdReader) duration(f map[string]*structpb.Value, key string, def time.Duration) time.Duration {
-	s := r.str(f, key, "")
-	if s == "" {
-		return def
-	}
-	d, err := time.ParseDuration(s)
-	if err != nil {
-		r.fail(key, err)
-		return def
-	}
-	return d
-}
-
-// wholeNumber returns a Struct number that is an integer an int holds.
-func wholeNumber(v *structpb.Value) (int, error) {
-	n, ok := v.GetKind().(*structpb.Value_NumberValue)
-	if !ok {
-		return 0, errType
-	}
-	f := n.NumberValue
-	if f != math.Trunc(f) || f < math.MinInt32 || f > math.MaxUint32 {
-		return 0, fmt.Errorf("%v is not a whole number in range", f)
-	}
-	return int(f), nil
 }
 
 // endpoints lists a ClusterLoadAssignment's endpoints that may take traffic

@@ -122,7 +122,7 @@ func TestNamesMatchServer(t *testing.T) {
 		{OutboundListener, xdsserver.OutboundListener},
 		{RouteName, xdsserver.RouteName},
 		{MetadataKey, xdsserver.MetadataKey},
-		{clusterPrefix + "m|v", xdsserver.ClusterName("m", "v")},
+		{config.ClusterName("m", "v"), xdsserver.ClusterName("m", "v")},
 		{typeListener, resource.ListenerType},
 		{typeRoute, resource.RouteType},
 		{typeCluster, resource.ClusterType},

@@ -44,11 +44,8 @@ const (
 )
 
 // ClusterName returns the name of the Cluster (and of its
-// ClusterLoadAssignment) of one version of a model:
-// batchmesh|{model}|{version}.
-func ClusterName(model, version string) string {
-	return "batchmesh|" + model + "|" + version
-}
+// ClusterLoadAssignment) of one version of a model: config.ClusterName.
+func ClusterName(model, version string) string { return config.ClusterName(model, version) }
 
 // Resources translates a validated config into xDS resources, keyed by type
 // URL:

@@ -1,0 +1,64 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/batchmesh/batchmesh/internal/config"
+	"github.com/batchmesh/batchmesh/internal/sidecar"
+)
+
+// parseFlags turns the command line into the sidecar's Config, with its
+// logger writing to stderr. It reads the -config file.
+func parseFlags(args []string, stderr io.Writer) (sidecar.Config, error) {
+	var cfg sidecar.Config
+	fs := flag.NewFlagSet("sidecar", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&cfg.Listen, "listen", sidecar.DefaultListen, "inference listener the application calls")
+	fs.StringVar(&cfg.Admin, "admin", sidecar.DefaultAdmin, "admin listener: /healthz /readyz /metrics /config_dump /clusters POST /drain")
+	cfgPath := fs.String("config", "", "YAML file of models, versions, endpoints, batching and cache (required unless -xds)")
+	fs.StringVar(&cfg.XDS.Server, "xds", "", "control plane ADS address host:port; its configuration replaces -config's when it arrives")
+	fs.StringVar(&cfg.XDS.NodeID, "node-id", "", "xDS node id (default: the host name)")
+	fs.StringVar(&cfg.XDS.NodeCluster, "node-cluster", "batchmesh-sidecars", "xDS node cluster: sidecars of one cluster share the control plane's snapshot")
+	fs.StringVar(&cfg.Proxy.Zone, "zone", "", "this sidecar's zone: sent to the control plane, and endpoints of this zone are preferred while they have capacity")
+	fs.StringVar(&cfg.Proxy.Balancer, "balancer", "p2c", "endpoint policy: p2c (weighted least-request), wrr (weighted round robin) or ring_hash (affinity on X-Batchmesh-Tenant, bounded load)")
+	maxBody := fs.String("max-body", "64MiB", "largest application request body; more is a 413")
+	fs.DurationVar(&cfg.Proxy.ProbeInterval, "probe-interval", time.Second, "how often every endpoint's readiness is probed")
+	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, how long to wait for queued and in-flight requests")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		return cfg, err
+	}
+	if fs.NArg() > 0 {
+		return cfg, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if *cfgPath == "" && cfg.XDS.Server == "" {
+		return cfg, errors.New("-config FILE or -xds ADDR is required (docs/config.md describes the file)")
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		return cfg, fmt.Errorf("-log-level: %w", err)
+	}
+	bodyLimit, err := config.ParseSize(*maxBody)
+	if err != nil || bodyLimit <= 0 || bodyLimit > 1<<31-1 {
+		return cfg, fmt.Errorf("-max-body %q: want a positive size below 2GiB, like 64MiB", *maxBody)
+	}
+	cfg.Proxy.MaxBodyBytes = int(bodyLimit)
+	cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	cfg.XDS.Zone = cfg.Proxy.Zone
+	if cfg.XDS.Server != "" && cfg.XDS.NodeID == "" {
+		cfg.XDS.NodeID, _ = os.Hostname()
+	}
+	if *cfgPath != "" {
+		if cfg.Models, err = config.Load(*cfgPath); err != nil {
+			return cfg, err
+		}
+		cfg.Source = *cfgPath
+	}
+	return cfg, nil
+}
