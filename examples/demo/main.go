@@ -105,34 +105,12 @@ func run(out io.Writer, quick bool) error {
 	var rows []row
 	fmt.Fprintf(out, "%-6s %-8s %6s %10s %10s %10s %11s %7s\n", "model", "via", "time", "rows/s", "p50", "p99", "batch rows", "queued")
 	for _, sc := range scenarios {
-		var r row
-		r.sc = sc
-		for _, via := range []string{"sidecar", "direct"} {
-			url := scURL + "/v2/models/" + sc.model + "/infer"
-			metricsURL, batchMetric, queueMetric := adminURL+"/metrics", "batchmesh_batch_rows", "batchmesh_queue_depth"
-			if via == "direct" {
-				url = "http://" + rtAddr + "/v2/models/" + sc.model + "/infer"
-				metricsURL, batchMetric, queueMetric = "http://"+rtAddr+"/metrics", "model_batch_rows", "model_queue_depth"
-			}
-			before := scrape(metricsURL)
-			res, err := loadgen.Run(context.Background(), loadgen.Config{
-				URL: url, Clients: sc.clients, Duration: phase, Cols: sc.cols,
-				OnProgress: func(s loadgen.Snapshot) {
-					now := scrape(metricsURL)
-					meanBatch := ratio(now[batchMetric+"_sum"]-before[batchMetric+"_sum"], now[batchMetric+"_count"]-before[batchMetric+"_count"])
-					before = now
-					fmt.Fprintf(out, "%-6s %-8s %5.0fs %10.0f %10s %10s %11.1f %7.0f\n", sc.model, via, s.Elapsed.Seconds(),
-						s.RowsPerSec, ms(s.P50), ms(s.P99), meanBatch, now[queueMetric])
-				},
-			})
-			if err != nil {
-				return fmt.Errorf("%s via %s: %w", sc.model, via, err)
-			}
-			if via == "sidecar" {
-				r.sidecar = res
-			} else {
-				r.direct = res
-			}
+		r := row{sc: sc}
+		if r.sidecar, err = measure(out, sc, "sidecar", scURL, adminURL+"/metrics", "batchmesh", phase); err != nil {
+			return err
+		}
+		if r.direct, err = measure(out, sc, "direct", "http://"+rtAddr, "http://"+rtAddr+"/metrics", "model", phase); err != nil {
+			return err
 		}
 		rows = append(rows, r)
 	}
@@ -147,6 +125,28 @@ func run(out io.Writer, quick bool) error {
 	fmt.Fprintln(out, "\nThe sidecar gathers the clients' rows into batches of up to 64; the runtime computes a batch in about the")
 	fmt.Fprintln(out, "time of one row, so rows/s multiply while latency falls. Try `go run ./examples/bench -h` for your own loads.")
 	return nil
+}
+
+// measure runs sc's closed loop against base for phase, printing a line a
+// second with the mean batch and queue that the metrics (prefix_batch_rows,
+// prefix_queue_depth at metricsURL) show.
+func measure(out io.Writer, sc scenario, via, base, metricsURL, prefix string, phase time.Duration) (loadgen.Result, error) {
+	batchMetric, queueMetric := prefix+"_batch_rows", prefix+"_queue_depth"
+	before := scrape(metricsURL)
+	res, err := loadgen.Run(context.Background(), loadgen.Config{
+		URL: base + "/v2/models/" + sc.model + "/infer", Clients: sc.clients, Duration: phase, Cols: sc.cols,
+		OnProgress: func(s loadgen.Snapshot) {
+			now := scrape(metricsURL)
+			meanBatch := ratio(now[batchMetric+"_sum"]-before[batchMetric+"_sum"], now[batchMetric+"_count"]-before[batchMetric+"_count"])
+			before = now
+			fmt.Fprintf(out, "%-6s %-8s %5.0fs %10.0f %10s %10s %11.1f %7.0f\n", sc.model, via, s.Elapsed.Seconds(),
+				s.RowsPerSec, ms(s.P50), ms(s.P99), meanBatch, now[queueMetric])
+		},
+	})
+	if err != nil {
+		return res, fmt.Errorf("%s via %s: %w", sc.model, via, err)
+	}
+	return res, nil
 }
 
 func startRuntime(flags ...string) (addr string, stop func(), err error) {

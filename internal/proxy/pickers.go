@@ -118,4 +118,3 @@ func (p *Proxy) pickEndpoint(v *version) (string, error) {
 	}
 	return "", inference.Errorf(inference.KindUnavailable, "proxy: version %q has no healthy endpoint", v.cfg.Version)
 }
-

@@ -201,4 +201,3 @@ func (p *Proxy) modelHealthy(m *model) bool {
 	}
 	return false
 }
-

@@ -209,7 +209,6 @@ func (p *Proxy) currentWeights() []endpointWeight {
 	return out
 }
 
-
 // laneEndpoint is one endpoint of one lane.
 type laneEndpoint struct {
 	lane    *batch.Lane
