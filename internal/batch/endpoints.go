@@ -136,4 +136,3 @@ func (l *Lane) Status() (eps []EndpointStatus, queued int) {
 	}
 	return eps, l.queued
 }
-

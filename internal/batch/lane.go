@@ -237,6 +237,12 @@ func NewLane(cfg Config) (*Lane, error) {
 	if l.m, err = newLaneMetrics(cfg.Meter, cfg.Model); err != nil {
 		return nil, err
 	}
+	// Export the model's series at zero from the start, so that dashboards
+	// and alerts see 0 rather than no data before the first shed.
+	l.m.queueDepth.Add(context.Background(), 0, l.m.attrs)
+	for _, o := range l.m.shedAttrs {
+		l.m.shed.Add(context.Background(), 0, o)
+	}
 	return l, nil
 }
 

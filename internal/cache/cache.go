@@ -144,6 +144,15 @@ func (c *Cache) attrs(model string) metric.MeasurementOption {
 	return o
 }
 
+// Track exports model's counters (hits, misses, evictions, coalesced) at
+// zero, so that they exist on /metrics before the model's first row.
+func (c *Cache) Track(model string) {
+	ctx, o := context.Background(), c.attrs(model)
+	for _, ctr := range []metric.Int64Counter{c.m.hits, c.m.misses, c.m.evictions, c.m.coalesced} {
+		ctr.Add(ctx, 0, o)
+	}
+}
+
 // onEvict runs under c.mu for every entry leaving the LRU.
 func (c *Cache) onEvict(_ Key, e entry) {
 	c.bytes -= e.value.size

@@ -97,6 +97,30 @@ func (pm *metrics) opt(l labels) metric.MeasurementOption {
 	return o
 }
 
+// track exports the series of st's models at zero, so that they exist on
+// /metrics from start-up (and from the configuration change that adds a
+// model): a 200 of every cache result the model can give, and a 200 from
+// every endpoint. Histograms appear with their first observation: the
+// OpenTelemetry API cannot create an empty one.
+func (pm *metrics) track(st *state) {
+	ctx := context.Background()
+	for _, name := range st.names {
+		m := st.models[name]
+		results := []string{cacheBypass}
+		if m.cfg.Cache.Enabled {
+			results = []string{cacheHit, cacheMiss, cachePartial, cacheCoalesced, cacheBypass}
+		}
+		for _, r := range results {
+			pm.requests.Add(ctx, 0, pm.opt(labels{model: name, code: 200, withCode: true, cache: r}))
+		}
+		for _, v := range m.versions {
+			for _, e := range v.cfg.Endpoints {
+				pm.upRequests.Add(ctx, 0, pm.opt(labels{model: name, endpoint: e.Address, code: 200, withCode: true}))
+			}
+		}
+	}
+}
+
 func (pm *metrics) request(model string, code int, cache string, d time.Duration) {
 	ctx := context.Background()
 	pm.requests.Add(ctx, 1, pm.opt(labels{model: model, code: code, withCode: true, cache: cache}))
@@ -155,4 +179,12 @@ func (c *caller) Call(ctx context.Context, endpoint string, req *inference.Reque
 		return nil, err
 	}
 	return reply.Response.Outputs, nil
+}
+
+// track exports st's series at zero: the proxy's own and the cache's.
+func (p *Proxy) track(st *state) {
+	p.m.track(st)
+	for _, name := range st.names {
+		p.cache.Track(name)
+	}
 }

@@ -125,6 +125,7 @@ func New(cfg Config) (*Proxy, error) {
 		}
 	}
 	p.st.Store(st)
+	p.track(st)
 	p.admin = p.newAdmin()
 	return p, nil
 }

@@ -49,6 +49,7 @@ func (p *Proxy) Apply(cfg *config.Config) error {
 	}
 	p.st.Store(st)
 	p.syncHealth(st)
+	p.track(st)
 	for _, f := range reweigh {
 		f()
 	}
