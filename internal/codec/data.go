@@ -194,7 +194,7 @@ func (p *dataParser) float(tok []byte) error {
 	}
 	f, err := strconv.ParseFloat(string(tok), bits)
 	if err != nil || !validNumber(tok) {
-		if ne, ok := err.(*strconv.NumError); ok && ne.Err == strconv.ErrRange {
+		if errors.Is(err, strconv.ErrRange) {
 			return p.errorf("%s is out of the range of %s", tok, p.dt)
 		}
 		return p.errorf("%s elements must be JSON numbers, found %s", p.dt, tok)

@@ -63,15 +63,18 @@ func startSidecar(t *testing.T, yaml string) *sidecar {
 	return startSidecarConfig(t, Config{Models: cfg})
 }
 
-// startSidecarConfig serves a proxy built from pc (with metrics and a fast
-// probe interval added) on loopback ports.
+// startSidecarConfig serves a proxy built from pc (with metrics, and a fast
+// probe interval unless pc has one) on loopback ports.
 func startSidecarConfig(t *testing.T, pc Config) *sidecar {
 	t.Helper()
 	metrics, err := telemetry.NewMetrics()
 	if err != nil {
 		t.Fatal(err)
 	}
-	pc.Meter, pc.Metrics, pc.ProbeInterval = metrics.Meter("sidecar"), metrics.Handler(), 50*time.Millisecond
+	pc.Meter, pc.Metrics = metrics.Meter("sidecar"), metrics.Handler()
+	if pc.ProbeInterval == 0 {
+		pc.ProbeInterval = 50 * time.Millisecond
+	}
 	p, err := New(pc)
 	if err != nil {
 		t.Fatal(err)
