@@ -7,7 +7,6 @@ package kubernetes_test
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -30,9 +29,9 @@ import (
 	"github.com/batchmesh/batchmesh/internal/config"
 	"github.com/batchmesh/batchmesh/internal/loadgen"
 	"github.com/batchmesh/batchmesh/internal/modelrt"
-	"github.com/batchmesh/batchmesh/internal/proxy"
 	"github.com/batchmesh/batchmesh/internal/runtimetest"
-	"github.com/batchmesh/batchmesh/internal/telemetry"
+	"github.com/batchmesh/batchmesh/internal/sidecar"
+	"github.com/batchmesh/batchmesh/internal/sidecartest"
 )
 
 // The example scales this Deployment, serving this model.
@@ -293,28 +292,9 @@ func liveSeriesNames(t *testing.T) map[string]bool {
 	if err != nil {
 		t.Fatal(err)
 	}
-	metrics, err := telemetry.NewMetrics()
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := proxy.New(proxy.Config{Models: cfg, Meter: metrics.Meter("sidecar"), Metrics: metrics.Handler()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.Probe(context.Background())
-	ln, aln := listen(t), listen(t)
-	srv, admin := p.NewServer(), p.NewAdminServer()
-	go func() { _ = srv.Serve(ln) }()
-	go func() { _ = admin.Serve(aln) }()
-	t.Cleanup(func() {
-		_ = srv.Shutdown()
-		_ = p.Drain(context.Background())
-		_ = admin.Shutdown()
-		p.Close()
-		_ = metrics.Close(context.Background())
-	})
+	sc := sidecartest.Start(t, sidecar.Config{Models: cfg, Source: "k8s.yaml"})
 	res, err := loadgen.Run(t.Context(), loadgen.Config{
-		URL: "http://" + ln.Addr().String() + "/v2/models/" + modelName + "/infer", Clients: 4, Requests: 40})
+		URL: sc.URL + "/v2/models/" + modelName + "/infer", Clients: 4, Requests: 40})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -322,7 +302,7 @@ func liveSeriesNames(t *testing.T) map[string]bool {
 		t.Fatalf("no request succeeded: %v (first error %q)", res.ByStatus, res.FirstError)
 	}
 	out := map[string]bool{}
-	for _, u := range []string{"http://" + aln.Addr().String() + "/metrics", "http://" + rt + "/metrics"} {
+	for _, u := range []string{sc.AdminURL + "/metrics", "http://" + rt + "/metrics"} {
 		for name, f := range scrape(t, u) {
 			if f.GetType() == dto.MetricType_HISTOGRAM {
 				out[name+"_bucket"], out[name+"_sum"], out[name+"_count"] = true, true, true

@@ -47,7 +47,7 @@ var buildControlPlane = sync.OnceValues(func() (string, error) {
 	bin := filepath.Join(dir, "controlplane")
 	out, err := exec.Command(goBin, "build", "-o", bin, "github.com/batchmesh/batchmesh/controlplane").CombinedOutput()
 	if err != nil {
-		return "", fmt.Errorf("go build ./controlplane: %v\n%s", err, out)
+		return "", fmt.Errorf("go build ./controlplane: %w\n%s", err, out)
 	}
 	return bin, nil
 })

@@ -7,7 +7,6 @@
 package observability_test
 
 import (
-	"context"
 	"fmt"
 	"net"
 	"net/http"
@@ -24,9 +23,9 @@ import (
 	"github.com/batchmesh/batchmesh/internal/config"
 	"github.com/batchmesh/batchmesh/internal/loadgen"
 	"github.com/batchmesh/batchmesh/internal/modelrt"
-	"github.com/batchmesh/batchmesh/internal/proxy"
 	"github.com/batchmesh/batchmesh/internal/runtimetest"
-	"github.com/batchmesh/batchmesh/internal/telemetry"
+	sidecarpkg "github.com/batchmesh/batchmesh/internal/sidecar"
+	"github.com/batchmesh/batchmesh/internal/sidecartest"
 )
 
 // Where a metric is exported: the sidecar's admin /metrics, the runtime's
@@ -243,32 +242,8 @@ models:
 	if err != nil {
 		t.Fatal(err)
 	}
-	metrics, err := telemetry.NewMetrics()
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := proxy.New(proxy.Config{Models: cfg, Source: "observability.yaml", Meter: metrics.Meter("sidecar"), Metrics: metrics.Handler()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.Probe(context.Background())
-	ln, aln := listen(t), listen(t)
-	st.sidecarURL, st.adminURL = "http://"+ln.Addr().String(), "http://"+aln.Addr().String()
-	srv, admin := p.NewServer(), p.NewAdminServer()
-	go func() { _ = srv.Serve(ln) }()
-	go func() { _ = admin.Serve(aln) }()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); p.RunProbes(ctx) }()
-	t.Cleanup(func() {
-		_ = srv.Shutdown()
-		_ = p.Drain(context.Background())
-		cancel()
-		<-done
-		_ = admin.Shutdown()
-		p.Close()
-		_ = metrics.Close(context.Background())
-	})
+	sc := sidecartest.Start(t, sidecarpkg.Config{Models: cfg, Source: "observability.yaml"})
+	st.sidecarURL, st.adminURL = sc.URL, sc.AdminURL
 	return st
 }
 

@@ -2,6 +2,7 @@ package config
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"regexp"
@@ -121,7 +122,7 @@ func parseYAML(data []byte) (root *yaml.Node, err *Error) {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	var doc yaml.Node
 	if err := dec.Decode(&doc); err != nil {
-		if err == io.EOF {
+		if errors.Is(err, io.EOF) {
 			return nil, nil
 		}
 		return nil, syntaxError(err, data)
@@ -129,7 +130,7 @@ func parseYAML(data []byte) (root *yaml.Node, err *Error) {
 	for {
 		var more yaml.Node
 		err := dec.Decode(&more)
-		if err == io.EOF {
+		if errors.Is(err, io.EOF) {
 			break
 		}
 		if err != nil {

@@ -78,9 +78,9 @@ var rules = []rule{
 	},
 	{
 		pkgs:   []string{"./..."},
-		except: []string{"./internal/runtimetest/..."},
-		forbid: []string{"./internal/runtimetest/..."},
-		why:    "runtimetest starts runtimes for tests; only _test.go files may import it",
+		except: []string{"./internal/runtimetest/...", "./internal/sidecartest/..."},
+		forbid: []string{"./internal/runtimetest/...", "./internal/sidecartest/..."},
+		why:    "runtimetest and sidecartest start runtimes and sidecars for tests; only _test.go files may import them",
 	},
 }
 

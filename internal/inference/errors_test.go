@@ -55,7 +55,7 @@ func TestErrorKinds(t *testing.T) {
 			if !errors.As(wrapped, &ie) || ie.Kind != tt.kind {
 				t.Errorf("errors.As(wrapped) = %#v, want kind %v", ie, tt.kind)
 			}
-			if e, ok := tt.sentinel.(*inference.Error); !ok || e.Kind != tt.kind || e.Msg == "" {
+			if e, ok := tt.sentinel.(*inference.Error); !ok || e.Kind != tt.kind || e.Msg == "" { //nolint:errorlint // the sentinel itself must be an *inference.Error
 				t.Errorf("sentinel %#v, want kind %v and a message", tt.sentinel, tt.kind)
 			}
 		})
@@ -73,7 +73,7 @@ func TestErrorCause(t *testing.T) {
 	if !errors.Is(err, inference.ErrUpstream) {
 		t.Error("errors.Is(err, ErrUpstream) = false")
 	}
-	if got := errors.Unwrap(err); got != io.ErrUnexpectedEOF {
+	if got := errors.Unwrap(err); got != io.ErrUnexpectedEOF { //nolint:errorlint // Unwrap must return the cause itself
 		t.Errorf("Unwrap = %v, want the cause", got)
 	}
 	if got := errors.Unwrap(inference.Errorf(inference.KindInvalid, "no cause %d", 1)); got != nil {

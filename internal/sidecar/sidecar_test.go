@@ -16,10 +16,9 @@ import (
 
 	"github.com/batchmesh/batchmesh/internal/config"
 	"github.com/batchmesh/batchmesh/internal/modelrt"
-	"github.com/batchmesh/batchmesh/internal/proxy"
 	"github.com/batchmesh/batchmesh/internal/runtimetest"
 	"github.com/batchmesh/batchmesh/internal/sidecar"
-	"github.com/batchmesh/batchmesh/internal/telemetry"
+	"github.com/batchmesh/batchmesh/internal/sidecartest"
 )
 
 func listen(t *testing.T) net.Listener {
@@ -29,63 +28,6 @@ func listen(t *testing.T) net.Listener {
 		t.Fatal(err)
 	}
 	return ln
-}
-
-// running is a sidecar served by Run until the test ends.
-type running struct {
-	url, admin string
-	stop       func() error // ends Run's context and returns Run's result
-}
-
-// start runs a sidecar over cfg (YAML) with real metrics on loopback ports
-// and waits until /readyz answers 200.
-func start(t *testing.T, yaml string) *running {
-	t.Helper()
-	cfg, err := config.Parse("test.yaml", []byte(yaml))
-	if err != nil {
-		t.Fatal(err)
-	}
-	metrics, err := telemetry.NewMetrics()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = metrics.Close(context.Background()) })
-	ln, aln := listen(t), listen(t)
-	s, err := sidecar.New(sidecar.Config{
-		Listener: ln, AdminListener: aln, Models: cfg, Source: "test.yaml",
-		Proxy: proxy.Config{Meter: metrics.Meter("sidecar"), Metrics: metrics.Handler(), ProbeInterval: 50 * time.Millisecond},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	r := &running{url: "http://" + ln.Addr().String(), admin: "http://" + aln.Addr().String()}
-	var once bool
-	var result error
-	r.stop = func() error {
-		if !once {
-			once = true
-			cancel()
-			result = <-done
-		}
-		return result
-	}
-	t.Cleanup(func() { _ = r.stop() })
-	for i := 0; ; i++ {
-		resp, err := http.Get(r.admin + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return r
-			}
-		}
-		if i == 500 {
-			t.Fatalf("sidecar not ready after 10s: %v", err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 func TestNewNeedsAConfiguration(t *testing.T) {
@@ -121,7 +63,7 @@ func TestListenerInUse(t *testing.T) {
 // observation (the OpenTelemetry API cannot create an empty one).
 func TestMetricsFromStartup(t *testing.T) {
 	rt := runtimetest.Start(t, modelrt.Config{Models: runtimetest.Models(t, "plain=sim:linear/2ms+10us", "cached=sim:linear/2ms+10us")})
-	s := start(t, fmt.Sprintf(`models:
+	s := sidecartest.Start(t, sidecar.Config{Models: sidecartest.Models(t, "test.yaml", fmt.Sprintf(`models:
   - name: plain
     batching: {max_batch_size: 8}
     versions: [{version: "1", endpoints: [{address: %[1]s}]}]
@@ -129,8 +71,8 @@ func TestMetricsFromStartup(t *testing.T) {
     batching: {max_batch_size: 8}
     cache: {enabled: true, ttl: 1m}
     versions: [{version: "1", endpoints: [{address: %[1]s}]}]
-`, rt.Addr))
-	fams := scrape(t, s.admin+"/metrics")
+`, rt.Addr))})
+	fams := scrape(t, s.AdminURL+"/metrics")
 	type series struct {
 		name   string
 		labels map[string]string
