@@ -67,6 +67,9 @@ func run(ctx context.Context, args []string, stderr io.Writer, ready func(ads, a
 		return err
 	}
 	log := slog.New(slog.NewTextHandler(stderr, nil))
+	// A listener that fails ends the background work too, not only a signal.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 
 	metrics, err := telemetry.NewMetrics()
 	if err != nil {
@@ -112,6 +115,7 @@ func run(ctx context.Context, args []string, stderr io.Writer, ready func(ads, a
 	case serveErr = <-errc:
 	}
 	log.Info("controlplane stopping")
+	cancel()
 	stopServers(g, hs)
 	<-reloadDone
 	<-weightsDone
