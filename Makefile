@@ -1,4 +1,5 @@
-# batchmesh build, test and lint entry points. CI runs `make test` (.ci/run).
+# batchmesh build, test and lint entry points. CI runs `make lint`, then
+# `make test` (.ci/run).
 #
 # Linters are pinned in tools/go.mod and run with `go tool -modfile=tools/go.mod`,
 # so nothing is installed into GOPATH/bin and every machine runs the same

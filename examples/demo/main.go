@@ -12,6 +12,7 @@ package main
 
 import (
 	"bufio"
+	"errors"
 	"context"
 	"flag"
 	"fmt"
@@ -208,12 +209,13 @@ func startSidecar(cfg *config.Config) (url, adminURL string, stop func(), err er
 	url, adminURL = "http://"+ln.Addr().String(), "http://"+aln.Addr().String()
 	if err := waitReady(adminURL + "/readyz"); err != nil {
 		cancel()
-		<-done
-		return "", "", nil, err
+		return "", "", nil, errors.Join(err, <-done)
 	}
 	return url, adminURL, func() {
 		cancel()
-		<-done
+		if err := <-done; err != nil {
+			fmt.Fprintln(os.Stderr, "demo: sidecar:", err)
+		}
 	}, nil
 }
 
@@ -227,9 +229,10 @@ func waitReady(url string) error {
 			if resp.StatusCode == http.StatusOK {
 				return nil
 			}
+			err = fmt.Errorf("status %s", resp.Status)
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("sidecar not ready at %s after 10s (last: %v)", url, err)
+			return fmt.Errorf("sidecar not ready at %s after 10s: %w", url, err)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

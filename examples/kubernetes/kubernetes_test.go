@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -312,15 +311,6 @@ func liveSeriesNames(t *testing.T) map[string]bool {
 		}
 	}
 	return out
-}
-
-func listen(t *testing.T) net.Listener {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ln
 }
 
 func scrape(t *testing.T, u string) map[string]*dto.MetricFamily {

@@ -299,7 +299,7 @@ func TestCacheShedLeaderSparesFollowers(t *testing.T) {
 	var wg sync.WaitGroup
 	// Occupy the runtime: one batch running, one in transit.
 	for c := range 2 {
-		wg.Go(func() { send(url, rowsRequest(1, 16, 100+c, 0), false, nil) })
+		wg.Go(func() { _, _, _ = send(url, rowsRequest(1, 16, 100+c, 0), false, nil) })
 	}
 	waitFor(t, func() bool { eps, _ := lane.Status(); return eps[0].InFlight == 2 })
 
@@ -342,7 +342,7 @@ func TestCacheLeadersOtherRowsSpareFollowers(t *testing.T) {
 	lane := sc.p.st.Load().models["m"].versions[0].lane
 	var wg sync.WaitGroup
 	for c := range 2 { // one batch running, one in transit
-		wg.Go(func() { send(url, rowsRequest(1, 16, 200+c, 0), false, nil) })
+		wg.Go(func() { _, _, _ = send(url, rowsRequest(1, 16, 200+c, 0), false, nil) })
 	}
 	waitFor(t, func() bool { eps, _ := lane.Status(); return eps[0].InFlight == 2 })
 	three := rowsRequest(3, 16, 15, 0)

@@ -252,8 +252,11 @@ func TestBatchedThroughSidecarMatchesDirect(t *testing.T) {
 						req := rowsRequest(rows, 16, c, s)
 						bin := (c+s)%2 == 0
 						r, got, err := send(viaSidecar, req, bin, nil)
-						if err != nil || r.status != http.StatusOK {
-							errs <- fmt.Errorf("client %d req %d via sidecar: %v %d %s", c, s, err, r.status, r.body)
+						if err == nil && r.status != http.StatusOK {
+							err = fmt.Errorf("status %d %s", r.status, r.body)
+						}
+						if err != nil {
+							errs <- fmt.Errorf("client %d req %d via sidecar: %w", c, s, err)
 							continue
 						}
 						if got.ID != req.ID {
@@ -304,8 +307,11 @@ func directRows(url string, req inference.Request) (inference.Response, error) {
 	for i := range int(in.Shape[0]) {
 		one := inference.Request{Inputs: []inference.Tensor{in.Slice(off, i, i+1)}}
 		r, resp, err := send(url, one, false, nil)
-		if err != nil || r.status != http.StatusOK {
-			return inference.Response{}, fmt.Errorf("direct row %d: %v %d %s", i, err, r.status, r.body)
+		if err == nil && r.status != http.StatusOK {
+			err = fmt.Errorf("status %d %s", r.status, r.body)
+		}
+		if err != nil {
+			return inference.Response{}, fmt.Errorf("direct row %d: %w", i, err)
 		}
 		parts = append(parts, *resp.Output("output"))
 	}
@@ -337,7 +343,7 @@ func TestDeadlineQueueFullAndErrors(t *testing.T) {
 	// Occupy the runtime: one batch running and one in transit.
 	var wg sync.WaitGroup
 	for c := range 2 {
-		wg.Go(func() { send(url, rowsRequest(4, 2, 100+c, 0), false, nil) })
+		wg.Go(func() { _, _, _ = send(url, rowsRequest(4, 2, 100+c, 0), false, nil) })
 	}
 	waitFor(t, func() bool {
 		eps, _ := sc.p.st.Load().models["slow"].versions[0].lane.Status()
@@ -357,7 +363,7 @@ func TestDeadlineQueueFullAndErrors(t *testing.T) {
 		// Fill the queue (8 rows) and send one more.
 		var fill sync.WaitGroup
 		for c := range 2 {
-			fill.Go(func() { send(url, rowsRequest(4, 2, 200+c, 0), false, nil) })
+			fill.Go(func() { _, _, _ = send(url, rowsRequest(4, 2, 200+c, 0), false, nil) })
 		}
 		waitFor(t, func() bool { _, q := sc.p.st.Load().models["slow"].versions[0].lane.Status(); return q == 8 })
 		r, _, _ := send(url, rowsRequest(1, 2, 3, 0), false, nil)
@@ -537,7 +543,7 @@ func TestAdmin(t *testing.T) {
 	if r := get(t, sc.adminU+"/clusters"); !strings.Contains(string(r.body), "batchmesh|m|1") {
 		t.Errorf("/clusters lacks the cluster: %s", r.body)
 	}
-	send(sc.url+"/v2/models/m/infer", rowsRequest(1, 2, 0, 0), false, nil)
+	_, _, _ = send(sc.url+"/v2/models/m/infer", rowsRequest(1, 2, 0, 0), false, nil)
 	text := string(get(t, sc.adminU+"/metrics").body)
 	for _, name := range []string{"batchmesh_requests_total", "batchmesh_request_duration_seconds_bucket", "batchmesh_queue_depth",
 		"batchmesh_queue_wait_seconds_bucket", "batchmesh_batch_rows_bucket", "batchmesh_upstream_requests_total",

@@ -111,7 +111,7 @@ func New(cfg Config) (*Proxy, error) {
 	if p.m, err = newMetrics(cfg.Meter, p.currentWeights); err != nil {
 		return nil, err
 	}
-	cacheBytes := int64(config.DefaultCacheBytes)
+	cacheBytes := config.DefaultCacheBytes
 	if cfg.Models != nil {
 		cacheBytes = cfg.Models.CacheBytes
 	}

@@ -105,7 +105,7 @@ func TestTracesThroughOTLP(t *testing.T) {
 	// behind them and leave together as one full batch.
 	var wg sync.WaitGroup
 	for i := range 2 {
-		wg.Go(func() { send(url, rowsRequest(1, 4, 1000+i, 0), false, nil) })
+		wg.Go(func() { _, _, _ = send(url, rowsRequest(1, 4, 1000+i, 0), false, nil) })
 		waitFor(t, func() bool { eps, _ := lane.Status(); return eps[0].InFlight == i+1 })
 	}
 	for c := range 16 {
