@@ -7,7 +7,7 @@
 //	model [-listen ADDR] -model NAME=KIND[:ARG] ... [-slots N] [-max-batch N]
 //	model gen-weights -o FILE [-seed N] [-sizes 512,1024,512,16]
 //
-// See the README for every flag.
+// docs/config.md lists every flag.
 package main
 
 import (

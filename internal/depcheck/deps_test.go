@@ -40,7 +40,7 @@ var stages = []string{
 	"./internal/upstream/...",
 }
 
-// rules is the import policy of STYLE.md's Layout. A package that does not
+// rules is the import policy of docs/architecture.md (Import rules). A package that does not
 // exist yet matches nothing. Test imports are not checked.
 var rules = []rule{
 	{
