@@ -12,8 +12,8 @@ package main
 
 import (
 	"bufio"
-	"errors"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
