@@ -31,6 +31,7 @@ func parseFlags(args []string, stderr io.Writer) (sidecar.Config, error) {
 	fs.DurationVar(&cfg.Proxy.ProbeInterval, "probe-interval", time.Second, "how often every endpoint's readiness is probed")
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, how long to wait for queued and in-flight requests")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}

@@ -78,9 +78,16 @@ var rules = []rule{
 	},
 	{
 		pkgs:   []string{"./..."},
-		except: []string{"./internal/runtimetest/...", "./internal/sidecartest/..."},
-		forbid: []string{"./internal/runtimetest/...", "./internal/sidecartest/..."},
-		why:    "runtimetest and sidecartest start runtimes and sidecars for tests; only _test.go files may import them",
+		except: []string{"./internal/runtimetest/...", "./internal/sidecartest/...", "./internal/netnstest/..."},
+		forbid: []string{"./internal/runtimetest/...", "./internal/sidecartest/...", "./internal/netnstest/..."},
+		why:    "runtimetest, sidecartest and netnstest start runtimes, sidecars and network namespaces for tests; only _test.go files may import them",
+	},
+	{
+		pkgs:   []string{"./internal/redirect/..."},
+		forbid: []string{"./internal/..."},
+		allow:  []string{"./internal/redirect/..."},
+		deep:   true,
+		why:    "redirect writes kernel rules from its options; it knows nothing of the data plane",
 	},
 }
 
