@@ -71,10 +71,11 @@ var rules = []rule{
 		pkgs: []string{"./..."},
 		except: []string{
 			"./internal/proxy/...", "./internal/sidecar/...", "./internal/upstream/...", "./internal/modelrt/...", "./internal/loadgen/...",
+			"./internal/capture/...",
 			"./sidecar/...", "./controlplane/...", "./model/...", "./examples/...",
 		},
 		forbid: []string{"github.com/valyala/fasthttp/..."},
-		why:    "fasthttp stays at the edge: proxy and upstream copy out of it into owned values",
+		why:    "fasthttp stays at the edge: proxy, upstream and capture copy out of it into owned values",
 	},
 	{
 		pkgs:   []string{"./..."},
@@ -88,6 +89,13 @@ var rules = []rule{
 		allow:  []string{"./internal/redirect/..."},
 		deep:   true,
 		why:    "redirect writes kernel rules from its options; it knows nothing of the data plane",
+	},
+	{
+		pkgs:   []string{"./internal/capture/..."},
+		forbid: []string{"./internal/..."},
+		allow:  []string{"./internal/capture/..."},
+		deep:   true,
+		why:    "capture moves connections; what a request means is the proxy's, asked through Router.Serves",
 	},
 }
 
