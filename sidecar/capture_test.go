@@ -27,6 +27,13 @@ import (
 const envRunSidecar = "BATCHMESH_TEST_RUN_SIDECAR"
 
 func TestMain(m *testing.M) {
+	if addr := os.Getenv(envRunForwarder); addr != "" {
+		if err := runForwarder(addr); err != nil {
+			fmt.Fprintln(os.Stderr, "forwarder:", err)
+			os.Exit(2)
+		}
+		os.Exit(0)
+	}
 	if os.Getenv(envRunSidecar) == "1" {
 		args := os.Args[1:]
 		var err error
@@ -44,17 +51,16 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// startSidecarAs runs this test binary as the sidecar, as user uid, with
-// args, until the test ends; it returns once admin's /readyz answers 200,
-// with the sidecar's log so far and to come.
-func startSidecarAs(t *testing.T, uid uint32, admin string, args ...string) *syncBuffer {
+// startAs runs this test binary with env set, as user uid, until the test
+// ends, and returns its output so far and to come.
+func startAs(t *testing.T, uid uint32, env string, args ...string) *syncBuffer {
 	t.Helper()
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
 	// The test binary's own directory is not the other user's to read.
-	bin := filepath.Join(sharedDir(t), "sidecar")
+	bin := filepath.Join(sharedDir(t), "bin")
 	data, err := os.ReadFile(exe)
 	if err == nil {
 		err = os.WriteFile(bin, data, 0o755)
@@ -62,8 +68,8 @@ func startSidecarAs(t *testing.T, uid uint32, admin string, args ...string) *syn
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bin, append([]string{"-admin", admin}, args...)...)
-	cmd.Env = append(os.Environ(), envRunSidecar+"=1")
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), env)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
 	logs := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = logs, logs
@@ -72,13 +78,22 @@ func startSidecarAs(t *testing.T, uid uint32, admin string, args ...string) *syn
 	}
 	t.Cleanup(func() {
 		_ = cmd.Process.Signal(syscall.SIGTERM)
-		if err := cmd.Wait(); err != nil {
-			t.Errorf("sidecar (uid %d) exited: %v", uid, err)
+		if err := cmd.Wait(); err != nil && !strings.Contains(env, envRunForwarder) {
+			t.Errorf("%s (uid %d) exited: %v", env, uid, err)
 		}
 		if t.Failed() {
-			t.Logf("sidecar (uid %d) log:\n%s", uid, logs.String())
+			t.Logf("%s (uid %d) output:\n%s", env, uid, logs.String())
 		}
 	})
+	return logs
+}
+
+// startSidecarAs runs this test binary as the sidecar, as user uid, with
+// args, until the test ends; it returns once admin's /readyz answers 200,
+// with the sidecar's log so far and to come.
+func startSidecarAs(t *testing.T, uid uint32, admin string, args ...string) *syncBuffer {
+	t.Helper()
+	logs := startAs(t, uid, envRunSidecar+"=1", append([]string{"-admin", admin}, args...)...)
 	waitFor(t, func() bool {
 		resp, err := http.Get("http://" + admin + "/readyz")
 		if err != nil {
