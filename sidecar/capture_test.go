@@ -137,8 +137,14 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
+// answer is the status and header of post's answer.
+type answer struct {
+	StatusCode int
+	Header     http.Header
+}
+
 // post sends body to url with a fresh connection and returns the answer.
-func post(t testing.TB, url, body string) (*http.Response, []byte) {
+func post(t testing.TB, url, body string) (answer, []byte) {
 	t.Helper()
 	c := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	resp, err := c.Post(url, "application/json", strings.NewReader(body))
@@ -150,7 +156,7 @@ func post(t testing.TB, url, body string) (*http.Response, []byte) {
 	if err != nil {
 		t.Fatalf("POST %s: %v", url, err)
 	}
-	return resp, b
+	return answer{StatusCode: resp.StatusCode, Header: resp.Header}, b
 }
 
 const inferBody = `{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}]}`

@@ -66,7 +66,9 @@ func TestExplicitCall(t *testing.T) {
 		if err := cl.Shutdown(context.Background()); err != nil {
 			t.Error(err)
 		}
-		<-served
+		if err := <-served; err != nil {
+			t.Error(err)
+		}
 	}()
 	c, err := net.DialTimeout("tcp", ln.Addr().String(), 5*time.Second)
 	if err != nil {

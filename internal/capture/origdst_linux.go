@@ -5,6 +5,7 @@ package capture
 import (
 	"errors"
 	"fmt"
+	"math/bits"
 	"net"
 	"net/netip"
 	"unsafe"
@@ -52,7 +53,7 @@ func originalDst4(fd int) (netip.AddrPort, error) {
 	if err := getsockopt(fd, unix.SOL_IP, soOriginalDst, unsafe.Pointer(&sa), &size); err != nil {
 		return netip.AddrPort{}, fmt.Errorf("SO_ORIGINAL_DST: %w", err)
 	}
-	port := uint16(sa.Port>>8) | uint16(sa.Port<<8) // network byte order
+	port := bits.ReverseBytes16(sa.Port) // network byte order
 	return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), port), nil
 }
 
@@ -62,7 +63,7 @@ func originalDst6(fd int) (netip.AddrPort, error) {
 	if err := getsockopt(fd, unix.SOL_IPV6, ip6tSoOriginalDst, unsafe.Pointer(&sa), &size); err != nil {
 		return netip.AddrPort{}, fmt.Errorf("IP6T_SO_ORIGINAL_DST: %w", err)
 	}
-	port := uint16(sa.Port>>8) | uint16(sa.Port<<8)
+	port := bits.ReverseBytes16(sa.Port)
 	return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), port), nil
 }
 
