@@ -18,8 +18,12 @@ BINARIES := sidecar controlplane model
 FUZZTIME ?= 5s
 # Extra flags for `go test` in `make test`, e.g. TESTFLAGS='-count=1 -v'.
 TESTFLAGS ?=
+# The version stamped into the binaries (-version) and the image's label.
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
+LDFLAGS  := -X $(MODULE)/internal/version.stamp=$(VERSION)
+IMAGE    ?= batchmesh:$(VERSION)
 
-.PHONY: build test vet staticcheck unit fuzz fuzz-list lint gofmt golangci-lint lint-golangci \
+.PHONY: image build test vet staticcheck unit fuzz fuzz-list lint gofmt golangci-lint lint-golangci \
 	fmt vuln bench demo clean
 
 ## build: compile every package, then the binaries whose main package exists into bin/.
@@ -28,10 +32,22 @@ build:
 	@mkdir -p bin
 	@for b in $(BINARIES); do \
 		if [ -d "$$b" ] && compgen -G "$$b/*.go" >/dev/null; then \
-			echo "$(GO) build -o bin/$$b ./$$b"; \
-			$(GO) build -o "bin/$$b" "./$$b"; \
+			echo "$(GO) build -ldflags '$(LDFLAGS)' -o bin/$$b ./$$b"; \
+			$(GO) build -ldflags "$(LDFLAGS)" -o "bin/$$b" "./$$b"; \
 		fi; \
 	done
+
+## image: the container image (Dockerfile) as $(IMAGE), with docker build or, without Docker, buildah bud.
+image:
+	@if command -v docker >/dev/null && docker info >/dev/null 2>&1; then \
+		echo "docker build -t $(IMAGE) ."; \
+		DOCKER_BUILDKIT=1 docker build --build-arg VERSION=$(VERSION) -t $(IMAGE) .; \
+	elif command -v buildah >/dev/null; then \
+		echo "buildah bud -t $(IMAGE) ."; \
+		buildah bud --layers --network=host --build-arg VERSION=$(VERSION) -t $(IMAGE) .; \
+	else \
+		echo "image: needs docker (with a running engine) or buildah; docs/capture.md says how"; exit 1; \
+	fi
 
 ## test: vet, staticcheck, race-enabled unit tests in random order, then the fuzz smoke run.
 test: vet staticcheck unit fuzz

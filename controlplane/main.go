@@ -42,10 +42,15 @@ import (
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/batchmesh/batchmesh/internal/telemetry"
+	"github.com/batchmesh/batchmesh/internal/version"
 	"github.com/batchmesh/batchmesh/internal/xdsserver"
 )
 
 func main() {
+	if version.Requested(os.Args[1:]) {
+		fmt.Println("controlplane", version.String())
+		return
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	err := run(ctx, os.Args[1:], os.Stderr, nil)
@@ -138,6 +143,7 @@ func parseFlags(args []string, stderr io.Writer) (flags, error) {
 	listen := fs.String("listen", ":18000", "ADS gRPC `address`")
 	adminAddr := fs.String("admin", ":18001", "admin HTTP `address`: /healthz, /readyz, /metrics, /snapshot")
 	path := fs.String("config", "", "config `file` (required)")
+	fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		return flags{}, err
 	}

@@ -27,9 +27,14 @@ import (
 
 	"github.com/batchmesh/batchmesh/internal/modelrt"
 	"github.com/batchmesh/batchmesh/internal/telemetry"
+	"github.com/batchmesh/batchmesh/internal/version"
 )
 
 func main() {
+	if version.Requested(os.Args[1:]) {
+		fmt.Println("model", version.String())
+		return
+	}
 	err := run(os.Args[1:], os.Stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return
@@ -69,6 +74,7 @@ func run(args []string, stderr io.Writer) error {
 	slots := fs.Int("slots", 1, "batches computed at once (one per simulated GPU stream); more wait in arrival order")
 	maxBatch := fs.Int("max-batch", 256, "most rows one request may carry; more is a 400")
 	maxBody := fs.Int("max-body", 64<<20, "largest request body in bytes; more is a 413")
+	fs.Bool("version", false, "print the version and exit")
 	drain := fs.Duration("drain-timeout", 30*time.Second, "on SIGTERM, how long to wait for requests in flight")
 	if err := fs.Parse(args); err != nil {
 		return err

@@ -6,7 +6,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/batchmesh/batchmesh/internal/config"
@@ -19,8 +22,11 @@ func parseFlags(args []string, stderr io.Writer) (sidecar.Config, error) {
 	var cfg sidecar.Config
 	fs := flag.NewFlagSet("sidecar", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&cfg.Listen, "listen", sidecar.DefaultListen, "inference listener the application calls")
+	fs.StringVar(&cfg.Listen, "listen", sidecar.DefaultListen, "inference listener the application calls (with -capture, default "+sidecar.DefaultCaptureListen+": every address, IPv4 and IPv6)")
 	fs.StringVar(&cfg.Admin, "admin", sidecar.DefaultAdmin, "admin listener: /healthz /readyz /metrics /config_dump /clusters POST /drain")
+	fs.BoolVar(&cfg.Capture.Enabled, "capture", false, "serve the connections `sidecar redirect` captures: original destination, HTTP/1.x to a configured endpoint batched, anything else passed through (docs/capture.md)")
+	fs.DurationVar(&cfg.Capture.SniffTimeout, "capture-sniff-timeout", 500*time.Millisecond, "with -capture, how long to wait for a connection's first bytes before splicing it as raw TCP")
+	besideIstio := fs.Bool("beside-istio", false, fmt.Sprintf("listen on port %d and admin 127.0.0.1:%d, clear of Envoy's ports (run as user %d; see sidecar redirect -beside-istio)", istioListenPort, istioAdminPort, istioProxyUID))
 	cfgPath := fs.String("config", "", "YAML file of models, versions, endpoints, batching and cache (required unless -xds)")
 	fs.StringVar(&cfg.XDS.Server, "xds", "", "control plane ADS address host:port; its configuration replaces -config's when it arrives")
 	fs.StringVar(&cfg.XDS.NodeID, "node-id", "", "xDS node id (default: the host name)")
@@ -31,6 +37,7 @@ func parseFlags(args []string, stderr io.Writer) (sidecar.Config, error) {
 	fs.DurationVar(&cfg.Proxy.ProbeInterval, "probe-interval", time.Second, "how often every endpoint's readiness is probed")
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, how long to wait for queued and in-flight requests")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}
@@ -40,6 +47,7 @@ func parseFlags(args []string, stderr io.Writer) (sidecar.Config, error) {
 	if *cfgPath == "" && cfg.XDS.Server == "" {
 		return cfg, errors.New("-config FILE or -xds ADDR is required (docs/config.md describes the file)")
 	}
+	setListeners(fs, &cfg, *besideIstio)
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
 		return cfg, fmt.Errorf("-log-level: %w", err)
@@ -61,4 +69,25 @@ func parseFlags(args []string, stderr io.Writer) (sidecar.Config, error) {
 		cfg.Source = *cfgPath
 	}
 	return cfg, nil
+}
+
+// setListeners applies the listener defaults of -capture and -beside-istio
+// to the flags not given.
+func setListeners(fs *flag.FlagSet, cfg *sidecar.Config, besideIstio bool) {
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if !set["listen"] {
+		host := "127.0.0.1"
+		if cfg.Capture.Enabled {
+			host = ""
+		}
+		port := sidecar.DefaultListen[strings.LastIndexByte(sidecar.DefaultListen, ':')+1:]
+		if besideIstio {
+			port = strconv.Itoa(istioListenPort)
+		}
+		cfg.Listen = net.JoinHostPort(host, port)
+	}
+	if !set["admin"] && besideIstio {
+		cfg.Admin = net.JoinHostPort("127.0.0.1", strconv.Itoa(istioAdminPort))
+	}
 }

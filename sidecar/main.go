@@ -6,8 +6,11 @@
 //
 //	sidecar -config FILE [-listen 127.0.0.1:15001] [-admin 127.0.0.1:15000]
 //	sidecar -xds HOST:PORT [-node-id ID] [-node-cluster NAME] [-zone ZONE]
+//	sidecar -capture -config FILE            (transparent: after sidecar redirect)
+//	sidecar redirect -ports 8000,8080 [-proxy-port 15001] [-proxy-uid 1337] [-clean] [-dry-run]
+//	sidecar -version
 //
-// docs/config.md lists every flag.
+// docs/config.md lists every flag; docs/capture.md describes capture and redirect.
 package main
 
 import (
@@ -22,10 +25,20 @@ import (
 
 	"github.com/batchmesh/batchmesh/internal/sidecar"
 	"github.com/batchmesh/batchmesh/internal/telemetry"
+	"github.com/batchmesh/batchmesh/internal/version"
 )
 
 func main() {
-	err := run(os.Args[1:], os.Stderr)
+	args := os.Args[1:]
+	var err error
+	switch {
+	case len(args) > 0 && args[0] == "redirect":
+		err = runRedirect(args[1:], os.Stdout, os.Stderr)
+	case version.Requested(args):
+		fmt.Println("sidecar", version.String())
+	default:
+		err = run(args, os.Stderr)
+	}
 	if errors.Is(err, flag.ErrHelp) {
 		return
 	}

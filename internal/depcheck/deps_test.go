@@ -71,16 +71,31 @@ var rules = []rule{
 		pkgs: []string{"./..."},
 		except: []string{
 			"./internal/proxy/...", "./internal/sidecar/...", "./internal/upstream/...", "./internal/modelrt/...", "./internal/loadgen/...",
+			"./internal/capture/...",
 			"./sidecar/...", "./controlplane/...", "./model/...", "./examples/...",
 		},
 		forbid: []string{"github.com/valyala/fasthttp/..."},
-		why:    "fasthttp stays at the edge: proxy and upstream copy out of it into owned values",
+		why:    "fasthttp stays at the edge: proxy, upstream and capture copy out of it into owned values",
 	},
 	{
 		pkgs:   []string{"./..."},
-		except: []string{"./internal/runtimetest/...", "./internal/sidecartest/..."},
-		forbid: []string{"./internal/runtimetest/...", "./internal/sidecartest/..."},
-		why:    "runtimetest and sidecartest start runtimes and sidecars for tests; only _test.go files may import them",
+		except: []string{"./internal/runtimetest/...", "./internal/sidecartest/...", "./internal/netnstest/..."},
+		forbid: []string{"./internal/runtimetest/...", "./internal/sidecartest/...", "./internal/netnstest/..."},
+		why:    "runtimetest, sidecartest and netnstest start runtimes, sidecars and network namespaces for tests; only _test.go files may import them",
+	},
+	{
+		pkgs:   []string{"./internal/redirect/..."},
+		forbid: []string{"./internal/..."},
+		allow:  []string{"./internal/redirect/..."},
+		deep:   true,
+		why:    "redirect writes kernel rules from its options; it knows nothing of the data plane",
+	},
+	{
+		pkgs:   []string{"./internal/capture/..."},
+		forbid: []string{"./internal/..."},
+		allow:  []string{"./internal/capture/..."},
+		deep:   true,
+		why:    "capture moves connections; what a request means is the proxy's, asked through Router.Serves",
 	},
 }
 

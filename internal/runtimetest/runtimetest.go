@@ -40,7 +40,12 @@ type Option func(*options)
 type options struct {
 	cold    bool
 	metrics bool
+	listen  string
 }
+
+// Listen serves on addr instead of a free port of 127.0.0.1, e.g. on
+// "[::]:8000" inside a network namespace the test created.
+func Listen(addr string) Option { return func(o *options) { o.listen = addr } }
 
 // Cold leaves the runtime not warmed up: it accepts connections but reports
 // not ready (GET /v2/health/ready is 503) and refuses inference with 503
@@ -53,7 +58,8 @@ func Cold() Option { return func(o *options) { o.cold = true } }
 // Metrics; the Metrics is closed after the runtime stops.
 func WithMetrics() Option { return func(o *options) { o.metrics = true } }
 
-// Start serves a runtime built from cfg on 127.0.0.1 at a free port and
+// Start serves a runtime built from cfg on 127.0.0.1 at a free port (or
+// where Listen says) and
 // returns it once it is ready: the listener is open before Start returns,
 // so a connection made afterwards is never refused, and the runtime has
 // been warmed up (unless Cold), so it answers inference at once. It fails
@@ -79,7 +85,10 @@ func Start(t testing.TB, cfg modelrt.Config, opts ...Option) *Runtime {
 		r.closeMetrics()
 		t.Fatalf("runtimetest: %v", err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if o.listen == "" {
+		o.listen = "127.0.0.1:0"
+	}
+	ln, err := net.Listen("tcp", o.listen)
 	if err != nil {
 		r.closeMetrics()
 		t.Fatalf("runtimetest: listen: %v", err)

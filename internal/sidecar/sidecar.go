@@ -31,16 +31,20 @@ import (
 
 	"github.com/valyala/fasthttp"
 
+	"github.com/batchmesh/batchmesh/internal/capture"
 	"github.com/batchmesh/batchmesh/internal/config"
 	"github.com/batchmesh/batchmesh/internal/loadreport"
 	"github.com/batchmesh/batchmesh/internal/proxy"
 	"github.com/batchmesh/batchmesh/internal/xdsclient"
 )
 
-// Default listener addresses.
+// Default listener addresses. With capture on, the inference listener
+// takes every address, IPv4 and IPv6 (DefaultCaptureListen): the redirect
+// rules send captured connections to 127.0.0.1 and ::1.
 const (
-	DefaultListen = "127.0.0.1:15001"
-	DefaultAdmin  = "127.0.0.1:15000"
+	DefaultListen        = "127.0.0.1:15001"
+	DefaultCaptureListen = ":15001"
+	DefaultAdmin         = "127.0.0.1:15000"
 )
 
 // Config configures a Sidecar. Zero values are the defaults noted.
@@ -62,6 +66,10 @@ type Config struct {
 	// and this sidecar's load is reported over LRS.
 	XDS xdsclient.Config
 
+	// Capture, when Enabled, makes the inference listener the transparent
+	// listener of `sidecar redirect`'s rules (internal/capture).
+	Capture CaptureConfig
+
 	// DrainTimeout bounds the drain after Run's context ends; default 30s.
 	DrainTimeout time.Duration
 
@@ -72,6 +80,13 @@ type Config struct {
 
 	// Logger receives start, drain and xDS lines; nil discards.
 	Logger *slog.Logger
+}
+
+// CaptureConfig configures the transparent listener.
+type CaptureConfig struct {
+	Enabled bool
+	// SniffTimeout and DialTimeout: see capture.Config.
+	SniffTimeout, DialTimeout time.Duration
 }
 
 // Sidecar is one running data plane. Run it once.
@@ -90,6 +105,9 @@ func New(cfg Config) (*Sidecar, error) {
 	}
 	if cfg.Listen == "" {
 		cfg.Listen = DefaultListen
+		if cfg.Capture.Enabled {
+			cfg.Listen = DefaultCaptureListen
+		}
 	}
 	if cfg.Admin == "" {
 		cfg.Admin = DefaultAdmin
@@ -136,6 +154,15 @@ func (s *Sidecar) Run(ctx context.Context) error {
 	}
 	s.proxy.Probe(ctx)
 	srv, admin := s.proxy.NewServer(), s.proxy.NewAdminServer()
+	cl, router, err := s.capture(ln, srv)
+	if err != nil {
+		closeAll(ln, aln)
+		return err
+	}
+	if cl != nil {
+		ln = cl
+		defer router.Close()
+	}
 	served := make(chan error, 2)
 	go func() { served <- srv.Serve(ln) }()
 	go func() { served <- admin.Serve(aln) }()
@@ -164,17 +191,20 @@ func (s *Sidecar) Run(ctx context.Context) error {
 		return fmt.Errorf("sidecar: listener failed: %w", err)
 	case <-ctx.Done():
 	}
-	return s.drain(srv, admin, stop)
+	return s.drain(srv, admin, cl, stop)
 }
 
 // drain is steps 1-5 of the package comment.
-func (s *Sidecar) drain(srv, admin *fasthttp.Server, stopBackground func()) error {
+func (s *Sidecar) drain(srv, admin *fasthttp.Server, cl *capture.Listener, stopBackground func()) error {
 	s.cfg.Logger.Info("draining", "timeout", s.cfg.DrainTimeout)
 	s.proxy.StartDrain()
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.DrainTimeout)
 	defer cancel()
 	var errs []error
 	errs = append(errs, srv.ShutdownWithContext(ctx))
+	if cl != nil {
+		errs = append(errs, cl.Shutdown(ctx))
+	}
 	stopBackground()
 	errs = append(errs, s.proxy.Drain(ctx))
 	errs = append(errs, admin.ShutdownWithContext(ctx))

@@ -97,6 +97,7 @@ func (c *Client) pool(addr string) *pool {
 		MaxResponseBodySize:    c.cfg.MaxResponseBytes,
 		DisablePathNormalizing: true,
 		RetryIfErr:             retryStale,
+		DialDualStack:          true, // IPv6 endpoints, and names with IPv6 addresses
 	}})
 	return ep.(*pool)
 }

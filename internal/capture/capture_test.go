@@ -1,0 +1,108 @@
+package capture_test
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/batchmesh/batchmesh/internal/capture"
+)
+
+func TestIsHTTP1(t *testing.T) {
+	for in, want := range map[string]bool{
+		"GET / HT": true, "POST /v2": true, "OPTIONS ": true, "CONNECT ": true, "DELETE /": true,
+		"PRI * HT": false, "\x16\x03\x01\x02\x00\x01\x00\x01": false, "GET": false, "get / HT": false,
+		"GETX / H": false, "": false, "\x00\x00\x00\x08\x04\xd2\x16\x2f": false,
+	} {
+		if got := capture.IsHTTP1([]byte(in)); got != want {
+			t.Errorf("IsHTTP1(%q) = %v, want %v", in, got, want)
+		}
+	}
+}
+
+func FuzzIsHTTP1(f *testing.F) {
+	f.Add([]byte("GET / HTTP/1.1"))
+	f.Add([]byte("PRI * HTTP/2.0"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if capture.IsHTTP1(b) && !bytes.Contains(b[:min(len(b), 8)], []byte(" ")) {
+			t.Fatalf("IsHTTP1(%q) without a method's space", b)
+		}
+	})
+}
+
+// TestExplicitCall: a connection that no rule redirected (its original
+// destination is the listener itself) is an explicit call, served by the
+// proxy's handler, and never spliced or passed through.
+func TestExplicitCall(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl, err := capture.New(capture.Config{Listener: ln})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &capture.Router{
+		Next: func(rc *fasthttp.RequestCtx) {
+			c := rc.Conn().(*capture.Conn)
+			rc.SetBodyString("explicit=" + map[bool]string{true: "yes", false: "no"}[c.Explicit])
+		},
+		Serves: func([]byte, []byte, netip.AddrPort) bool {
+			t.Error("Serves asked about an explicit call")
+			return false
+		},
+	}
+	srv := &fasthttp.Server{Handler: r.Handle}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(cl) }()
+	defer func() {
+		_ = srv.Shutdown()
+		if err := cl.Shutdown(context.Background()); err != nil {
+			t.Error(err)
+		}
+		if err := <-served; err != nil {
+			t.Error(err)
+		}
+	}()
+	c, err := net.DialTimeout("tcp", ln.Addr().String(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, "GET /v2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := io.ReadAll(c)
+	if err != nil || !bytes.HasSuffix(resp, []byte("explicit=yes")) {
+		t.Errorf("explicit call answered %q (%v), want the proxy's handler with Explicit set", resp, err)
+	}
+}
+
+func TestMatcher(t *testing.T) {
+	var m capture.Matcher
+	eps := []string{"10.0.0.5:8000", "localhost:8001"}
+	for _, tt := range []struct {
+		host string
+		dst  string
+		want bool
+	}{
+		{"bert:8000", "10.0.0.5:8000", true},           // by destination address
+		{"10.0.0.5:8000", "10.9.9.9:8000", true},       // by Host
+		{"bert:8000", "10.0.0.5:9000", false},          // other port
+		{"x", "127.0.0.1:8001", true},                  // a name, resolved
+		{"localhost:8001", "10.1.1.1:1", true},         // a name, by Host
+		{"other:8000", "10.0.0.6:8000", false},         // not an endpoint
+		{"bert:8000", "[::ffff:10.0.0.5]:8000", false}, // netip keeps the mapped form distinct; OriginalDst unmaps
+	} {
+		if got := m.Match(context.Background(), eps, []byte(tt.host), netip.MustParseAddrPort(tt.dst)); got != tt.want {
+			t.Errorf("Match(host %s, dst %s) = %v, want %v", tt.host, tt.dst, got, tt.want)
+		}
+	}
+}

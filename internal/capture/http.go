@@ -1,0 +1,88 @@
+package capture
+
+import (
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/valyala/fasthttp"
+)
+
+// Router is the HTTP handler of the transparent listener's connections. A
+// request on an explicit connection, or one the proxy serves (Serves), goes
+// to Next, the usual proxy handler; any other captured request is
+// forwarded unchanged to its original destination.
+type Router struct {
+	// Next is the proxy's handler.
+	Next fasthttp.RequestHandler
+	// Serves reports whether the proxy serves a captured request: its
+	// path names a model the sidecar knows and its Host or original
+	// destination is one of that model's endpoints.
+	Serves func(path, host []byte, dst netip.AddrPort) bool
+	// Logger receives a debug line per captured request; nil discards.
+	Logger *slog.Logger
+
+	mu      sync.Mutex
+	clients map[netip.AddrPort]*fasthttp.HostClient
+}
+
+// Handle serves one request.
+func (r *Router) Handle(rc *fasthttp.RequestCtx) {
+	c, ok := rc.Conn().(*Conn)
+	if !ok || c.Explicit {
+		r.Next(rc)
+		return
+	}
+	if r.Serves(rc.Path(), rc.Host(), c.Original) {
+		r.debug("captured request served", rc, c.Original)
+		r.Next(rc)
+		return
+	}
+	r.debug("captured request passed through", rc, c.Original)
+	if err := r.client(c.Original).Do(&rc.Request, &rc.Response); err != nil {
+		rc.Response.Reset()
+		rc.SetStatusCode(fasthttp.StatusBadGateway)
+		rc.SetContentType("text/plain; charset=utf-8")
+		rc.SetBodyString(fmt.Sprintf("batchmesh: captured request to %s: %v\n", c.Original, err))
+	}
+}
+
+func (r *Router) debug(msg string, rc *fasthttp.RequestCtx, dst netip.AddrPort) {
+	if r.Logger != nil {
+		r.Logger.Debug(msg, "method", string(rc.Method()), "path", string(rc.Path()),
+			"host", string(rc.Host()), "original_dst", dst.String())
+	}
+}
+
+// client returns the keep-alive client of one original destination.
+func (r *Router) client(dst netip.AddrPort) *fasthttp.HostClient {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.clients == nil {
+		r.clients = map[netip.AddrPort]*fasthttp.HostClient{}
+	}
+	hc := r.clients[dst]
+	if hc == nil {
+		hc = &fasthttp.HostClient{
+			Addr:                          dst.String(),
+			MaxIdleConnDuration:           time.Minute,
+			DisableHeaderNamesNormalizing: true,
+			DisablePathNormalizing:        true,
+			NoDefaultUserAgentHeader:      true,
+			DialDualStack:                 true,
+		}
+		r.clients[dst] = hc
+	}
+	return hc
+}
+
+// Close releases the pass-through connections.
+func (r *Router) Close() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, hc := range r.clients {
+		hc.CloseIdleConnections()
+	}
+}
