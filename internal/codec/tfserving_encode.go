@@ -30,7 +30,12 @@ func AppendPredictRequest(dst []byte, inputs []inference.Tensor) ([]byte, error)
 func AppendPredictResponse(dst []byte, outputs []inference.Tensor, columnar bool) ([]byte, error) {
 	if columnar {
 		dst = append(dst, `{"outputs":`...)
-		dst, err := appendTFTensors(dst, outputs)
+		var err error
+		if len(outputs) == 1 {
+			dst, err = appendTFValue(dst, &outputs[0], outputs[0].Shape)
+		} else {
+			dst, err = appendTFTensors(dst, outputs)
+		}
 		if err != nil {
 			return dst, err
 		}

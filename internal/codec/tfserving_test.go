@@ -114,7 +114,7 @@ func TestBytesOutputsNamedBytesAreBase64(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	jsonEqual(t, ans, `{"outputs":{"img_bytes":[{"b64":"YWJj"}]}}`)
+	jsonEqual(t, ans, `{"outputs":[{"b64":"YWJj"}]}`)
 }
 
 func TestDecodePredictRequestErrors(t *testing.T) {
