@@ -14,6 +14,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/batchmesh/batchmesh/internal/batch"
+	"github.com/batchmesh/batchmesh/internal/config"
 	"github.com/batchmesh/batchmesh/internal/inference"
 	"github.com/batchmesh/batchmesh/internal/loadreport"
 	"github.com/batchmesh/batchmesh/internal/upstream"
@@ -147,6 +148,22 @@ type caller struct {
 	// lane, when not nil, is told each answer's runtime queue (weights:
 	// adaptive). Set once, before the lane takes requests.
 	lane *batch.Lane
+	// protocol is the runtime's API: config.ProtocolV2 (v2 infer),
+	// ProtocolOpenAI (/v1/embeddings) or ProtocolTFServing (:predict).
+	protocol string
+}
+
+// send makes one upstream call in the runtime's protocol. OpenAI and TF
+// Serving runtimes that answer 429 are backed off from and retried within
+// ctx's deadline (retryOverloaded).
+func (c *caller) send(ctx context.Context, endpoint string, req *inference.Request, headers []upstream.Header) (upstream.Reply, error) {
+	switch c.protocol {
+	case config.ProtocolOpenAI:
+		return retryOverloaded(ctx, endpoint, func() (upstream.Reply, error) { return c.up.Embed(ctx, endpoint, req, headers) })
+	case config.ProtocolTFServing:
+		return retryOverloaded(ctx, endpoint, func() (upstream.Reply, error) { return c.up.Predict(ctx, endpoint, req, headers) })
+	}
+	return c.up.Infer(ctx, endpoint, req, headers)
 }
 
 func (c *caller) Call(ctx context.Context, endpoint string, req *inference.Request) ([]inference.Tensor, error) {
@@ -155,7 +172,7 @@ func (c *caller) Call(ctx context.Context, endpoint string, req *inference.Reque
 		c.prop.Inject(ctx, headersCarrier{&headers})
 	}
 	start := time.Now()
-	reply, err := c.up.Infer(ctx, endpoint, req, headers)
+	reply, err := c.send(ctx, endpoint, req, headers)
 	code := reply.Status
 	if err != nil && code == 0 {
 		code = inference.HTTPStatus(err)
