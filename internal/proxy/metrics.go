@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/valyala/fasthttp"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/propagation"
@@ -157,13 +158,22 @@ type caller struct {
 // Serving runtimes that answer 429 are backed off from and retried within
 // ctx's deadline (retryOverloaded).
 func (c *caller) send(ctx context.Context, endpoint string, req *inference.Request, headers []upstream.Header) (upstream.Reply, error) {
+	call := c.up.Embed
 	switch c.protocol {
 	case config.ProtocolOpenAI:
-		return retryOverloaded(ctx, endpoint, func() (upstream.Reply, error) { return c.up.Embed(ctx, endpoint, req, headers) })
 	case config.ProtocolTFServing:
-		return retryOverloaded(ctx, endpoint, func() (upstream.Reply, error) { return c.up.Predict(ctx, endpoint, req, headers) })
+		call = c.up.Predict
+	default:
+		return c.up.Infer(ctx, endpoint, req, headers)
 	}
-	return c.up.Infer(ctx, endpoint, req, headers)
+	return retryOverloaded(ctx, endpoint, func() (upstream.Reply, error) {
+		start := time.Now()
+		reply, err := call(ctx, endpoint, req, headers)
+		if reply.Status == fasthttp.StatusTooManyRequests {
+			c.m.upstream(c.model, endpoint, reply.Status, time.Since(start)) // each refused try; Call records the last
+		}
+		return reply, err
+	})
 }
 
 func (c *caller) Call(ctx context.Context, endpoint string, req *inference.Request) ([]inference.Tensor, error) {

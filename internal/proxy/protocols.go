@@ -254,4 +254,3 @@ func setResultHeaders(rc *fasthttp.RequestCtx, res *cachedResult) {
 	}
 	rc.Response.Header.Set(HeaderCache, res.status)
 }
-
