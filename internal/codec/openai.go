@@ -131,7 +131,7 @@ func strictUnmarshal(body []byte, v any) error {
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.UseNumber()
 	if err := dec.Decode(v); err != nil {
-		return fmt.Errorf("malformed JSON: %v", err)
+		return fmt.Errorf("malformed JSON: %w", err)
 	}
 	if _, err := dec.Token(); err == nil {
 		return errors.New("data after the top-level value")
