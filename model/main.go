@@ -70,11 +70,12 @@ func run(args []string, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	models := modelFlags{}
 	listen := fs.String("listen", "127.0.0.1:8000", "address to serve the v2 protocol and /metrics on")
-	fs.Var(models, "model", "a model to serve, NAME=KIND[:ARG] (repeatable): NAME=mlp:WEIGHTS.safetensors, NAME=sim:h200/bert-base, NAME=sim:linear/5ms+200us")
+	fs.Var(models, "model", "a model to serve, NAME=KIND[:ARG] (repeatable): NAME=mlp:WEIGHTS.safetensors, NAME=sim:h200/bert-base, NAME=sim:linear/5ms+200us, NAME=embed:h200/minilm-l6 (OpenAI /v1/embeddings)")
 	slots := fs.Int("slots", 1, "batches computed at once (one per simulated GPU stream); more wait in arrival order")
 	maxBatch := fs.Int("max-batch", 256, "most rows one request may carry; more is a 400")
 	maxBody := fs.Int("max-body", 64<<20, "largest request body in bytes; more is a 413")
 	fs.Bool("version", false, "print the version and exit")
+	maxQueue := fs.Int("max-queue", 0, "batches that may wait for a slot; one more is a 429 (0: no bound)")
 	drain := fs.Duration("drain-timeout", 30*time.Second, "on SIGTERM, how long to wait for requests in flight")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -93,7 +94,7 @@ func run(args []string, stderr io.Writer) error {
 	}
 	defer tracing.Close(context.Background())
 	mcfg := modelrt.Config{
-		Models: models, Slots: *slots, MaxBatch: *maxBatch, MaxBodyBytes: *maxBody,
+		Models: models, Slots: *slots, MaxBatch: *maxBatch, MaxBodyBytes: *maxBody, MaxQueue: *maxQueue,
 		Meter: metrics.Meter("batchmesh/model"), Metrics: metrics.Handler(), Logger: logger,
 	}
 	if tracing.Exporter != "none" {

@@ -170,6 +170,8 @@ func parseFlags(args []string, stderr io.Writer) (flags, error) {
 	distinct := fs.Int("distinct", 0, "distinct request bodies to pre-encode (0: 1024, fewer for big bodies)")
 	seed := fs.Uint64("seed", 0, "seed of the pseudo-random request values")
 	binary := fs.Bool("binary", false, "send the binary tensor extension instead of JSON")
+	protocol := fs.String("protocol", "v2", "the body's API: v2, or openai (embeddings requests to a /v1/embeddings -target; each row one string input)")
+	model := fs.String("model", "", "with -protocol openai, the model named in the body")
 	timeout := fs.Duration("timeout", 10*time.Second, "per-request timeout; a timeout counts as an error with status 0")
 	fs.Var(headers, "header", "an extra request header NAME=VALUE, e.g. X-Batchmesh-Priority=high (repeatable)")
 	asJSON := fs.Bool("json", false, "print the results as one JSON object, for scripts")
@@ -202,6 +204,8 @@ func parseFlags(args []string, stderr io.Writer) (flags, error) {
 		Distinct: *distinct,
 		Seed:     *seed,
 		Binary:   *binary,
+		Protocol: *protocol,
+		Model:    *model,
 		Headers:  headers,
 		Timeout:  *timeout,
 	}

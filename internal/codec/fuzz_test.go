@@ -222,12 +222,24 @@ func FuzzParseRoute(f *testing.F) {
 		if strings.Contains(r.Model, "/") || strings.Contains(r.Version, "/") {
 			t.Fatalf("ParseRoute(%q) = %+v: a name with a slash", path, r)
 		}
-		if r.Kind >= RouteModel && r.Model == "" {
-			t.Fatalf("ParseRoute(%q) = %+v: no model", path, r)
+		if r.Kind >= RouteModel && r.Kind <= RouteInfer || r.Kind >= RoutePredict {
+			if r.Model == "" {
+				t.Fatalf("ParseRoute(%q) = %+v: no model", path, r)
+			}
 		}
 		// Printing the route back gives a path that parses the same.
-		p := map[RouteKind]string{RouteServer: "/v2", RouteLive: "/v2/health/live", RouteReady: "/v2/health/ready"}[r.Kind]
-		if r.Kind >= RouteModel {
+		p := map[RouteKind]string{RouteServer: "/v2", RouteLive: "/v2/health/live", RouteReady: "/v2/health/ready",
+			RouteEmbeddings: "/v1/embeddings", RouteOpenAIModels: "/v1/models"}[r.Kind]
+		switch r.Kind {
+		case RoutePredict, RouteTFModel:
+			p = "/v1/models/" + r.Model
+			if r.Version != "" {
+				p += "/versions/" + r.Version
+			}
+			if r.Kind == RoutePredict {
+				p += ":predict"
+			}
+		case RouteModel, RouteModelReady, RouteInfer:
 			p = "/v2/models/" + r.Model
 			if r.Version != "" {
 				p += "/versions/" + r.Version

@@ -29,7 +29,16 @@ func TestParseRoute(t *testing.T) {
 		{"", Route{}},
 		{"/", Route{}},
 		{"/v2x", Route{}},
-		{"/v1/models/m:predict", Route{}},
+		{"/v1/models/m:predict", Route{Kind: RoutePredict, Model: "m"}},
+		{"/v1/models/m/versions/3:predict", Route{Kind: RoutePredict, Model: "m", Version: "3"}},
+		{"/v1/models/m", Route{Kind: RouteTFModel, Model: "m"}},
+		{"/v1/models/m/versions/3", Route{Kind: RouteTFModel, Model: "m", Version: "3"}},
+		{"/v1/models/m/versions/:predict", Route{}},
+		{"/v1/models/:predict", Route{}},
+		{"/v1/models/m/x:predict", Route{}},
+		{"/v1/embeddings", Route{Kind: RouteEmbeddings}},
+		{"/embeddings", Route{Kind: RouteEmbeddings}},
+		{"/v1/models", Route{Kind: RouteOpenAIModels}},
 		{"/v2/health", Route{}},
 		{"/v2/health/live/", Route{}},
 		{"/v2/health/started", Route{}},
@@ -78,6 +87,27 @@ func parseRouteSplit(path string) Route {
 		return Route{Kind: RouteLive}
 	case "/v2/health/ready":
 		return Route{Kind: RouteReady}
+	case "/v1/embeddings", "/embeddings":
+		return Route{Kind: RouteEmbeddings}
+	case "/v1/models", "/models":
+		return Route{Kind: RouteOpenAIModels}
+	}
+	if rest, ok := strings.CutPrefix(path, "/v1/models/"); ok {
+		kind := RouteTFModel
+		if r, ok := strings.CutSuffix(rest, ":predict"); ok {
+			rest, kind = r, RoutePredict
+		}
+		parts := strings.Split(rest, "/")
+		if parts[0] == "" || strings.Contains(parts[0], ":") {
+			return Route{}
+		}
+		switch {
+		case len(parts) == 1:
+			return Route{Kind: kind, Model: parts[0]}
+		case len(parts) == 3 && parts[1] == "versions" && parts[2] != "" && !strings.Contains(parts[2], ":"):
+			return Route{Kind: kind, Model: parts[0], Version: parts[2]}
+		}
+		return Route{}
 	}
 	rest, ok := strings.CutPrefix(path, "/v2/models/")
 	if !ok {

@@ -2,6 +2,7 @@ package loadgen
 
 import (
 	"encoding/binary"
+	"encoding/hex"
 	"fmt"
 	"hash/maphash"
 	"math"
@@ -112,6 +113,9 @@ func (g *generator) bodies(n int) ([]body, error) {
 			Data:     data,
 		}}}
 		enc, headerLen, err := codec.EncodeRequest(nil, &req, s.Binary)
+		if err == nil && s.Protocol == "openai" {
+			enc, headerLen, err = embeddingsBody(s.Model, &req.Inputs[0], rows), codec.NoHeader, nil
+		}
 		if err != nil {
 			return nil, fmt.Errorf("loadgen: encoding a request body: %w", err)
 		}
@@ -200,4 +204,21 @@ func toHalf(f float32) uint16 {
 		return sign
 	}
 	return sign | uint16(exp)<<10 | uint16(b>>13&0x3ff)
+}
+
+// embeddingsBody is an OpenAI embeddings request whose inputs are the hex
+// of t's rows.
+func embeddingsBody(model string, t *inference.Tensor, rows int) []byte {
+	b := append([]byte(`{"model":`), strconv.Quote(model)...)
+	b = append(b, `,"encoding_format":"base64","input":[`...)
+	off := t.RowOffsets(nil)
+	for r := range rows {
+		if r > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, '"')
+		b = hex.AppendEncode(b, t.Data[off[r]:off[r+1]])
+		b = append(b, '"')
+	}
+	return append(b, "]}"...)
 }

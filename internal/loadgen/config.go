@@ -70,6 +70,15 @@ type Config struct {
 	Seed uint64
 	// Binary sends the binary tensor extension instead of JSON.
 	Binary bool
+	// Protocol is the body's API: "v2" (the default) or "openai", which
+	// sends OpenAI embeddings requests {"model": Model, "input": [...]},
+	// each row one string (the hex of a generated row, so rows are as
+	// distinct as v2 rows), asking for base64 vectors as the official
+	// clients do. URL is then the embeddings URL, e.g.
+	// http://127.0.0.1:15001/v1/embeddings.
+	Protocol string
+	// Model is the body's model, required with Protocol "openai".
+	Model string
 	// Headers are extra request headers, e.g. X-Batchmesh-Priority. They are
 	// set after Content-Type, so they may replace it.
 	Headers map[string]string
@@ -214,6 +223,18 @@ func (s *settings) checkRequest() error {
 	}
 	if s.Timeout == 0 {
 		s.Timeout = 10 * time.Second
+	}
+	switch s.Protocol {
+	case "", "v2":
+	case "openai":
+		if s.Model == "" {
+			return errors.New("loadgen: Protocol openai needs Model, the model named in the body")
+		}
+		if s.Binary {
+			return errors.New("loadgen: Protocol openai is JSON only; Binary does not apply")
+		}
+	default:
+		return fmt.Errorf("loadgen: Protocol %q is not one of v2, openai", s.Protocol)
 	}
 	for k, v := range s.Headers {
 		if k == "" || strings.ContainsAny(k, " :\r\n\t") {

@@ -10,14 +10,16 @@ import (
 const maxModelName = 128
 
 // modelFlagForm is the model flag's syntax, for error messages.
-const modelFlagForm = "want NAME=KIND:ARG with KIND mlp:PATH (a safetensors MLP) or sim:PROFILE (" +
-	"e.g. bert=sim:h200/bert-base, mlp=mlp:weights.safetensors)"
+const modelFlagForm = "want NAME=KIND:ARG with KIND mlp:PATH (a safetensors MLP), sim:PROFILE or embed:PROFILE (" +
+	"e.g. bert=sim:h200/bert-base, mlp=mlp:weights.safetensors, e=embed:h200/minilm-l6)"
 
 // ParseModelFlag parses a model flag, NAME=KIND:ARG, and builds the model:
 //
 //	NAME=mlp:PATH       an MLP loaded from the safetensors file PATH (LoadMLP)
 //	NAME=sim:PROFILE    a simulator (ParseSim), e.g. sim:h200/bert-base or
 //	                    sim:linear/5ms+200us
+//	NAME=embed:PROFILE  a simulated embedding model (Embed) with a Sim's
+//	                    latency, e.g. embed:h200/minilm-l6
 //
 // NAME is 1 to 128 letters, digits, '.', '_' or '-', starting with a letter
 // or digit, as it appears in URL paths.
@@ -50,8 +52,18 @@ func ParseModelFlag(s string) (name string, m Model, err error) {
 			return "", nil, fmt.Errorf("modelrt: model %q: %w", name, err)
 		}
 		return name, sim, nil
+	case "embed":
+		if arg == "" {
+			return "", nil, fmt.Errorf("modelrt: model %q: embed needs a profile: %s=embed:PROFILE with PROFILE one of %s, or linear/BASE+PERROW",
+				name, name, strings.Join(ProfileNames(), ", "))
+		}
+		e, err := parseEmbed(arg)
+		if err != nil {
+			return "", nil, fmt.Errorf("modelrt: model %q: %w", name, err)
+		}
+		return name, e, nil
 	}
-	return "", nil, fmt.Errorf("modelrt: model flag %q: unknown kind %q; allowed: mlp, sim; %s", s, kind, modelFlagForm)
+	return "", nil, fmt.Errorf("modelrt: model flag %q: unknown kind %q; allowed: mlp, sim, embed; %s", s, kind, modelFlagForm)
 }
 
 // checkModelName checks a model name (see ParseModelFlag).

@@ -34,6 +34,10 @@ type Config struct {
 	Slots int
 	// MaxBatch is the most rows one request may carry (default 256).
 	MaxBatch int
+	// MaxQueue, when above 0, bounds the batches waiting for a slot: one
+	// more is refused with 429 ("Model is overloaded", as Hugging Face
+	// text-embeddings-inference says), so that callers back off.
+	MaxQueue int
 	// MaxBodyBytes bounds a request body (default 64 MiB); over it, 413.
 	MaxBodyBytes int
 	// Meter records model_* metrics; nil records nothing.

@@ -46,7 +46,23 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 		s.metrics(ctx)
 		return
 	}
+	if path == "/health" {
+		status := http.StatusOK
+		if !s.Ready() {
+			status = http.StatusServiceUnavailable
+		}
+		writeJSON(ctx, status, codec.Ready{Ready: s.Ready()})
+		return
+	}
 	route := codec.ParseRoute(path)
+	switch route.Kind {
+	case codec.RouteEmbeddings, codec.RouteOpenAIModels:
+		s.handleOpenAI(ctx, route)
+		return
+	case codec.RoutePredict, codec.RouteTFModel:
+		s.handleTF(ctx, route)
+		return
+	}
 	if route.Kind == codec.RouteUnknown {
 		writeError(ctx, inference.Errorf(inference.KindNotFound, "modelrt: no route %s %s", ctx.Method(), path))
 		return

@@ -103,6 +103,9 @@ func checkOutputs(req *inference.Request, m Model) error {
 // run waits for a slot in arrival order and computes the batch.
 func (s *Server) run(ctx context.Context, m Model, req *inference.Request, name string, rows int) ([]inference.Tensor, error) {
 	attrs := s.attrs[name]
+	if s.cfg.MaxQueue > 0 && s.backlog() >= int64(s.cfg.MaxQueue) {
+		return nil, inference.Errorf(inference.KindOverloaded, "modelrt: Model is overloaded: %d batches wait for a slot (-max-queue %d)", s.backlog(), s.cfg.MaxQueue)
+	}
 	s.m.queueDepth.Add(ctx, 1, attrs)
 	s.load.waiting.Add(1)
 	s.load.admitted.Add(1)

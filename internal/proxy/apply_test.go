@@ -53,9 +53,9 @@ func TestApplyWeightsKeepLane(t *testing.T) {
 	}
 
 	bad := applyConfig(t, config.WeightsAdaptive, 5, 5, 3)
-	bad.Models[0].Protocol = config.ProtocolOpenAI
+	bad.Models[0].Cache.Enabled, bad.Models[0].Batching.MaxBatchSize = true, 0
 	if err := p.Apply(bad); err == nil {
-		t.Fatal("Apply took a config with an unsupported protocol")
+		t.Fatal("Apply took a config it cannot serve (a cache without batching)")
 	}
 	if eps, _ := first.Status(); eps[0].Weight != 1000 || eps[1].Weight != 333 {
 		t.Errorf("a refused config changed the weights to %d, %d", eps[0].Weight, eps[1].Weight)

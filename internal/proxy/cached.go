@@ -59,8 +59,14 @@ type cachedResult struct {
 // computed, rows in flight for another request are waited for, and only
 // the rest go to the lane, as one request. ctx carries br's deadline.
 func (p *Proxy) inferCached(ctx context.Context, m *model, v *version, br *batch.Request, tenant string, opts cache.Options) (cachedResult, error) {
+	return p.inferCachedRoute(ctx, m, v, br, tenant, "infer", opts)
+}
+
+// inferCachedRoute is inferCached for a request of the given route
+// ("infer", "predict", "embeddings"), part of every key.
+func (p *Proxy) inferCachedRoute(ctx context.Context, m *model, v *version, br *batch.Request, tenant, route string, opts cache.Options) (cachedResult, error) {
 	scope := cache.Scope{
-		Model: m.cfg.Name, Version: v.cfg.Version, Protocol: m.cfg.Protocol, Route: "infer",
+		Model: m.cfg.Name, Version: v.cfg.Version, Protocol: m.cfg.Protocol, Route: route,
 		Outputs: br.Outputs, Parameters: br.Parameters,
 	}
 	if m.cfg.Cache.Scope == config.ScopeTenant {

@@ -585,7 +585,6 @@ func waitFor(t *testing.T, cond func() bool) {
 // refused at start-up with a clear error, never silently ignored.
 func TestNotSupportedYet(t *testing.T) {
 	for _, tc := range []struct{ name, yaml, mention string }{
-		{"openai", "models:\n  - name: e\n    protocol: openai\n    versions: [{version: \"1\", endpoints: [{address: 127.0.0.1:1}]}]\n", `protocol "openai" is not supported yet`},
 		{"adaptive", "weights: adaptive\nmodels:\n  - name: e\n    versions: [{version: \"1\", endpoints: [{address: 127.0.0.1:1}]}]\n", "adaptive needs the control plane"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -35,7 +35,11 @@ func (p *Proxy) Handler(rc *fasthttp.RequestCtx) {
 	switch route.Kind {
 	case codec.RouteUnknown:
 		p.reply(rc, "", start, inference.Errorf(inference.KindNotFound,
-			"proxy: no route %s %s; batchmesh serves the Open Inference Protocol v2 under /v2", rc.Method(), path))
+			"proxy: no route %s %s; batchmesh serves the Open Inference Protocol v2 under /v2, OpenAI embeddings at /v1/embeddings and TF Serving predict at /v1/models/{model}:predict", rc.Method(), path))
+	case codec.RouteEmbeddings:
+		p.serveEmbeddings(rc, start)
+	case codec.RouteOpenAIModels:
+		p.openAIModels(rc)
 	case codec.RouteServer:
 		writeJSON(rc, codec.ServerMetadata{Name: "batchmesh", Version: "1", Extensions: []string{codec.ExtensionBinaryTensorData}})
 	case codec.RouteLive:
@@ -63,11 +67,22 @@ func (p *Proxy) serveModel(rc *fasthttp.RequestCtx, route codec.Route, start tim
 			"proxy: unknown model %q; configured models: %v", route.Model, st.names))
 		return
 	}
+	if want := routeProtocol(route.Kind); want != m.cfg.Protocol {
+		p.reply(rc, "", start, inference.Errorf(inference.KindNotFound,
+			"proxy: model %q speaks protocol %s, not %s; %s", route.Model, m.cfg.Protocol, want, protocolRoutes(m.cfg.Protocol)))
+		return
+	}
 	v, err := pickVersion(m, route.Version)
 	if err != nil {
 		p.reply(rc, m.cfg.Name, start, err)
 		return
 	}
+	p.serveVersion(rc, route, m, v, start)
+}
+
+// serveVersion serves a request for version v of model m, as serveModel
+// documents.
+func (p *Proxy) serveVersion(rc *fasthttp.RequestCtx, route codec.Route, m *model, v *version, start time.Time) {
 	timeout, err := requestTimeout(rc, m.cfg.Batching.Timeout)
 	if err != nil {
 		p.reply(rc, m.cfg.Name, start, err)
@@ -77,12 +92,17 @@ func (p *Proxy) serveModel(rc *fasthttp.RequestCtx, route codec.Route, start tim
 	// reused once the handler returns).
 	ctx, cancel := context.WithDeadline(context.Background(), start.Add(timeout))
 	defer cancel()
-	if route.Kind == codec.RouteInfer && v.lane != nil {
+	batched := route.Kind == codec.RouteInfer || route.Kind == codec.RoutePredict
+	if batched && v.lane != nil {
 		if !rc.IsPost() {
-			p.reply(rc, m.cfg.Name, start, inference.Errorf(inference.KindMethod, "proxy: %s needs POST, got %s", rc.Path(), rc.Method()))
+			p.replyIn(rc, m.cfg.Protocol, m.cfg.Name, cacheBypass, start, inference.Errorf(inference.KindMethod, "proxy: %s needs POST, got %s", rc.Path(), rc.Method()))
 			return
 		}
-		p.infer(ctx, rc, m, v, start)
+		serve := p.serveInfer
+		if route.Kind == codec.RoutePredict {
+			serve = p.servePredict
+		}
+		p.infer(ctx, rc, m, v, start, serve)
 		return
 	}
 	p.forward(ctx, rc, m, v, start)
@@ -130,12 +150,18 @@ func (p *Proxy) forward(ctx context.Context, rc *fasthttp.RequestCtx, m *model, 
 	p.m.request(m.cfg.Name, code, "bypass", time.Since(start))
 }
 
-// infer decodes a v2 request, runs it through its version's lane and
-// encodes the answer the way the application asked for it.
-func (p *Proxy) infer(ctx context.Context, rc *fasthttp.RequestCtx, m *model, v *version, start time.Time) {
+// serveFunc decodes a request of one protocol, runs it through the cache
+// and its version's lane under ctx and writes the answer; on error it
+// writes nothing.
+type serveFunc func(ctx context.Context, rc *fasthttp.RequestCtx, m *model, v *version) (res cachedResult, rows int, prio batch.Priority, err error)
+
+// infer runs serve for a batched request and records it: the answer's or
+// the error's status (in the model's protocol's error shape), metrics and
+// span.
+func (p *Proxy) infer(ctx context.Context, rc *fasthttp.RequestCtx, m *model, v *version, start time.Time, serve serveFunc) {
 	name := m.cfg.Name
 	ctx, span := p.startServerSpan(ctx, rc, name)
-	res, rows, prio, err := p.serveInfer(ctx, rc, m, v)
+	res, rows, prio, err := serve(ctx, rc, m, v)
 	status := fasthttp.StatusOK
 	if err != nil {
 		if res.status == "" {
@@ -144,7 +170,7 @@ func (p *Proxy) infer(ctx context.Context, rc *fasthttp.RequestCtx, m *model, v 
 				res.status = cacheMiss
 			}
 		}
-		p.replyCache(rc, name, res.status, start, err)
+		p.replyIn(rc, m.cfg.Protocol, name, res.status, start, err)
 		status = inference.HTTPStatus(err)
 		if k := inference.KindOf(err); k == inference.KindOverloaded || k == inference.KindUnavailable {
 			rc.Response.Header.Set("Retry-After", strconv.Itoa(int(v.lane.RetryAfter().Round(time.Second)/time.Second)))

@@ -8,12 +8,14 @@ import (
 	"sync"
 	"time"
 
+	"github.com/valyala/fasthttp"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/batchmesh/batchmesh/internal/batch"
+	"github.com/batchmesh/batchmesh/internal/config"
 	"github.com/batchmesh/batchmesh/internal/inference"
 	"github.com/batchmesh/batchmesh/internal/loadreport"
 	"github.com/batchmesh/batchmesh/internal/upstream"
@@ -147,6 +149,31 @@ type caller struct {
 	// lane, when not nil, is told each answer's runtime queue (weights:
 	// adaptive). Set once, before the lane takes requests.
 	lane *batch.Lane
+	// protocol is the runtime's API: config.ProtocolV2 (v2 infer),
+	// ProtocolOpenAI (/v1/embeddings) or ProtocolTFServing (:predict).
+	protocol string
+}
+
+// send makes one upstream call in the runtime's protocol. OpenAI and TF
+// Serving runtimes that answer 429 are backed off from and retried within
+// ctx's deadline (retryOverloaded).
+func (c *caller) send(ctx context.Context, endpoint string, req *inference.Request, headers []upstream.Header) (upstream.Reply, error) {
+	call := c.up.Embed
+	switch c.protocol {
+	case config.ProtocolOpenAI:
+	case config.ProtocolTFServing:
+		call = c.up.Predict
+	default:
+		return c.up.Infer(ctx, endpoint, req, headers)
+	}
+	return retryOverloaded(ctx, endpoint, func() (upstream.Reply, error) {
+		start := time.Now()
+		reply, err := call(ctx, endpoint, req, headers)
+		if reply.Status == fasthttp.StatusTooManyRequests {
+			c.m.upstream(c.model, endpoint, reply.Status, time.Since(start)) // each refused try; Call records the last
+		}
+		return reply, err
+	})
 }
 
 func (c *caller) Call(ctx context.Context, endpoint string, req *inference.Request) ([]inference.Tensor, error) {
@@ -155,7 +182,7 @@ func (c *caller) Call(ctx context.Context, endpoint string, req *inference.Reque
 		c.prop.Inject(ctx, headersCarrier{&headers})
 	}
 	start := time.Now()
-	reply, err := c.up.Infer(ctx, endpoint, req, headers)
+	reply, err := c.send(ctx, endpoint, req, headers)
 	code := reply.Status
 	if err != nil && code == 0 {
 		code = inference.HTTPStatus(err)

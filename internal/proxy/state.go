@@ -98,9 +98,6 @@ func (p *Proxy) buildState(cfg *config.Config, old *state) (*state, []func(), er
 	st := &state{cfg: cfg, models: make(map[string]*model)}
 	var reweigh []func()
 	for i, mc := range cfg.Models {
-		if mc.Protocol != config.ProtocolV2 {
-			return nil, nil, fmt.Errorf("proxy: model %q: protocol %q is not supported yet; only v2 (the Open Inference Protocol) is", mc.Name, mc.Protocol)
-		}
 		if mc.Cache.Enabled && !mc.Batching.Enabled() {
 			return nil, nil, fmt.Errorf("proxy: model %q: the cache needs batching (max_batch_size > 0): pass-through requests are not decoded", mc.Name)
 		}
@@ -125,7 +122,7 @@ func (p *Proxy) buildState(cfg *config.Config, old *state) (*state, []func(), er
 				for k, e := range vc.Endpoints {
 					eps[k] = batch.Endpoint{Address: e.Address, Weight: e.Weight, Slots: e.Slots}
 				}
-				c := &caller{up: p.up, m: p.m, model: mc.Name, prop: p.cfg.Propagator,
+				c := &caller{up: p.up, m: p.m, model: mc.Name, prop: p.cfg.Propagator, protocol: mc.Protocol,
 					load: p.cfg.Load, cluster: config.ClusterName(mc.Name, vc.Version)}
 				adaptive := cfg.Weights == config.WeightsAdaptive
 				var err error

@@ -136,7 +136,8 @@ func (c *Client) deadline(ctx context.Context) time.Time {
 }
 
 // Probe asks endpoint for GET /v2, learning whether it speaks the binary
-// tensor extension (Binary), then for GET /v2/health/ready, and returns nil
+// tensor extension (Binary), then for GET /v2/health/ready (GET /health when
+// that is a 404, for OpenAI-compatible runtimes), and returns nil
 // when it is ready. Each request ends at ctx's deadline or after
 // Config.ProbeTimeout, whichever is first. A runtime that does not answer GET
 // /v2 with its metadata is taken to lack the extension. Errors are as Infer's;
@@ -168,6 +169,13 @@ func (c *Client) Probe(ctx context.Context, endpoint string) error {
 
 	if err := c.get(ctx, ep, req, resp, "/v2/health/ready"); err != nil {
 		return transportError(endpoint, err)
+	}
+	if resp.StatusCode() == fasthttp.StatusNotFound {
+		// Not a v2 runtime: OpenAI-compatible ones (text-embeddings-
+		// inference, vLLM, Infinity, llama.cpp) answer GET /health.
+		if err := c.get(ctx, ep, req, resp, "/health"); err != nil {
+			return transportError(endpoint, err)
+		}
 	}
 	if st := resp.StatusCode(); st != fasthttp.StatusOK {
 		return inference.Errorf(inference.KindUnavailable, "upstream %s: not ready: %d: %s", endpoint, st, errorText(resp.Body()))

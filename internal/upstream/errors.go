@@ -12,6 +12,7 @@ import (
 
 	"github.com/valyala/fasthttp"
 
+	"github.com/batchmesh/batchmesh/internal/codec"
 	"github.com/batchmesh/batchmesh/internal/inference"
 )
 
@@ -48,6 +49,8 @@ func errorText(body []byte) string {
 	text := string(body)
 	if json.Unmarshal(body, &e) == nil && e.Error != nil {
 		text = *e.Error
+	} else if m := codec.OpenAIErrorText(body); m != "" {
+		text = m // OpenAI's {"error": {"message": ...}}
 	}
 	if text == "" {
 		return "empty body"

@@ -25,6 +25,9 @@ type Reply struct {
 	Status int
 	// LoadReport is the raw ORCA endpoint-load-metrics header, "" if absent.
 	LoadReport string
+	// RetryAfter is the runtime's Retry-After header (Embed and Predict),
+	// "" if absent.
+	RetryAfter string
 }
 
 // HeaderLoadReport is the ORCA per-response load report header.
