@@ -189,10 +189,18 @@ func TestProxylessGRPC(t *testing.T) {
 	nope := dial("xds:///nope")
 	nopeErr := make(chan error, 1)
 	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		_, err := nope.Check(ctx, &healthpb.HealthCheckRequest{})
-		nopeErr <- err
+		// Until then calls fail fast with "produced zero addresses".
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			_, err := nope.Check(ctx, &healthpb.HealthCheckRequest{})
+			cancel()
+			if err == nil || strings.Contains(err.Error(), `"nope"`) || time.Now().After(deadline) {
+				nopeErr <- err
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
 	}()
 
 	const n = 2000
