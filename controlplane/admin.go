@@ -9,9 +9,10 @@ import (
 
 // snapshotState is the JSON of /snapshot.
 type snapshotState struct {
-	Version string                 `json:"version"`
-	Groups  []xdsserver.GroupState `json:"groups"`
-	NACKs   map[string]uint64      `json:"nacks"`
+	Version string `json:"version"`
+	// Resources is what every node is served, by type.
+	Resources map[string]xdsserver.TypeState `json:"resources"`
+	NACKs     map[string]uint64              `json:"nacks"`
 	// Adaptive has the capacity estimate and pushed weight per endpoint.
 	Adaptive []xdsserver.EndpointWeight `json:"adaptive,omitempty"`
 	Reload   struct {
@@ -39,7 +40,7 @@ func adminHandler(srv *xdsserver.Server, rl *reloader, lrs *xdsserver.LRS, metri
 	})
 	mux.HandleFunc("GET /snapshot", func(w http.ResponseWriter, _ *http.Request) {
 		var s snapshotState
-		s.Version, s.Groups, s.NACKs = srv.Version(), srv.Groups(), srv.NACKs()
+		s.Version, s.Resources, s.NACKs = srv.Version(), srv.Served(), srv.NACKs()
 		s.Reload.Refused, s.Reload.LastError = rl.state()
 		if lrs != nil {
 			s.Adaptive = lrs.Weights()

@@ -200,7 +200,7 @@ func TestRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
-	if snap.Version == "" || len(snap.Groups) != 1 || len(snap.Groups[0].Resources["clusters"]) != 2 {
+	if c := snap.Resources["clusters"]; snap.Version == "" || c.Version != snap.Version || len(c.Names) != 2 {
 		t.Errorf("snapshot = %+v", snap)
 	}
 

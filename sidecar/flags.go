@@ -14,6 +14,7 @@ import (
 
 	"github.com/batchmesh/batchmesh/internal/config"
 	"github.com/batchmesh/batchmesh/internal/sidecar"
+	"github.com/batchmesh/batchmesh/internal/xdsclient"
 )
 
 // parseFlags turns the command line into the sidecar's Config, with its
@@ -30,7 +31,8 @@ func parseFlags(args []string, stderr io.Writer) (sidecar.Config, error) {
 	cfgPath := fs.String("config", "", "YAML file of models, versions, endpoints, batching and cache (required unless -xds)")
 	fs.StringVar(&cfg.XDS.Server, "xds", "", "control plane ADS address host:port; its configuration replaces -config's when it arrives")
 	fs.StringVar(&cfg.XDS.NodeID, "node-id", "", "xDS node id (default: the host name)")
-	fs.StringVar(&cfg.XDS.NodeCluster, "node-cluster", "batchmesh-sidecars", "xDS node cluster: sidecars of one cluster share the control plane's snapshot")
+	fs.StringVar(&cfg.XDS.NodeCluster, "node-cluster", "batchmesh-sidecars", "xDS node cluster, sent to the control plane (it shows in its logs)")
+	fs.StringVar(&cfg.XDS.Protocol, "xds-protocol", xdsclient.ProtocolSotW, "ADS variant: sotw (state of the world) or delta (incremental: only changed resources are sent)")
 	fs.StringVar(&cfg.Proxy.Zone, "zone", "", "this sidecar's zone: sent to the control plane, and endpoints of this zone are preferred while they have capacity")
 	fs.StringVar(&cfg.Proxy.Balancer, "balancer", "p2c", "endpoint policy: p2c (weighted least-request), wrr (weighted round robin) or ring_hash (affinity on X-Batchmesh-Tenant, bounded load)")
 	maxBody := fs.String("max-body", "64MiB", "largest application request body; more is a 413")
@@ -48,6 +50,9 @@ func parseFlags(args []string, stderr io.Writer) (sidecar.Config, error) {
 		return cfg, errors.New("-config FILE or -xds ADDR is required (docs/config.md describes the file)")
 	}
 	setListeners(fs, &cfg, *besideIstio)
+	if p := cfg.XDS.Protocol; p != xdsclient.ProtocolSotW && p != xdsclient.ProtocolDelta {
+		return cfg, fmt.Errorf("-xds-protocol %q: want %s or %s", p, xdsclient.ProtocolSotW, xdsclient.ProtocolDelta)
+	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
 		return cfg, fmt.Errorf("-log-level: %w", err)

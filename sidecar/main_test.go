@@ -44,6 +44,10 @@ func TestBadConfigFailsStartup(t *testing.T) {
 	if err := run(nil, &stderr); err == nil || !strings.Contains(err.Error(), "-config") {
 		t.Errorf("run without -config: %v, want an error asking for it", err)
 	}
+	err = run([]string{"-xds", "127.0.0.1:1", "-xds-protocol", "incremental"}, &stderr)
+	if err == nil || !strings.Contains(err.Error(), `-xds-protocol "incremental": want sotw or delta`) {
+		t.Errorf("run with -xds-protocol incremental: %v, want an error naming the choices", err)
+	}
 }
 
 // TestSIGTERMUnderLoad runs the real main loop, sends the process SIGTERM

@@ -102,15 +102,22 @@ func countVersions(t *testing.T, url string, n int) map[string]int {
 // -config against a real control plane on loopback: not ready until the
 // first configuration arrives, then a 90/10 version split within ±3% over
 // 5,000 requests, a change to 10/90 followed, and a control-plane restart
-// during which every request still succeeds on the last good config.
+// during which every request still succeeds on the last good config; with
+// -xds-protocol sotw and delta.
 func TestSidecarFollowsControlPlane(t *testing.T) {
+	for _, p := range []string{"sotw", "delta"} {
+		t.Run(p, func(t *testing.T) { testSidecarFollowsControlPlane(t, p) })
+	}
+}
+
+func testSidecarFollowsControlPlane(t *testing.T, protocol string) {
 	v1, v2 := startRuntime(t, "1"), startRuntime(t, "2")
 	cp, cpAddr, stopCP := controlPlane(t, "127.0.0.1:0", 1)
 	listen, admin := freeAddr(t), freeAddr(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- runCtx(ctx, []string{"-xds", cpAddr, "-node-id", "t1", "-listen", listen, "-admin", admin, "-log-level", "error"}, io.Discard)
+		done <- runCtx(ctx, []string{"-xds", cpAddr, "-xds-protocol", protocol, "-node-id", "t1", "-listen", listen, "-admin", admin, "-log-level", "error"}, io.Discard)
 	}()
 	t.Cleanup(func() {
 		cancel()

@@ -217,7 +217,7 @@ func TestQuickStart(t *testing.T) {
 	}
 
 	// The control plane's admin: a snapshot with the model's cluster.
-	snap := find("the control plane's /snapshot", func(o string) bool { return strings.Contains(o, `"groups"`) })
+	snap := find("the control plane's /snapshot", func(o string) bool { return strings.Contains(o, `"resources"`) })
 	for _, want := range []string{`"version"`, `batchmesh|bert|1`, `batchmesh-outbound`} {
 		if snap != "" && !strings.Contains(snap, want) {
 			t.Errorf("the control plane's /snapshot lacks %q:\n%s", want, snap)

@@ -40,6 +40,12 @@ type Config struct {
 	// discards them.
 	Logger *slog.Logger
 
+	// Protocol is the ADS variant: ProtocolSotW (state of the world, the
+	// default when empty) or ProtocolDelta (incremental: a change sends
+	// only the resources that changed, and a reconnection only those that
+	// changed since).
+	Protocol string
+
 	// BackoffMin and BackoffMax bound the wait before reconnecting after
 	// the stream fails: it doubles from BackoffMin up to BackoffMax, with
 	// jitter, and starts again from BackoffMin once a stream has received
@@ -91,6 +97,13 @@ func New(cfg Config) (*Client, error) {
 	}
 	if cfg.NodeID == "" {
 		return nil, errors.New("xdsclient: no node id")
+	}
+	switch cfg.Protocol {
+	case "":
+		cfg.Protocol = ProtocolSotW
+	case ProtocolSotW, ProtocolDelta:
+	default:
+		return nil, fmt.Errorf("xdsclient: protocol %q: want %s or %s", cfg.Protocol, ProtocolSotW, ProtocolDelta)
 	}
 	if cfg.BackoffMin <= 0 {
 		cfg.BackoffMin = DefaultBackoffMin
@@ -156,21 +169,39 @@ func (c *Client) stream(ctx context.Context, s *state) (progress bool, err error
 	}
 	defer conn.Close()
 	ctx, cancel := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	defer func() {
-		cancel() // Recv fails once the stream's context ends
-		wg.Wait()
-	}()
-	st, err := discovery.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+	defer cancel() // Recv fails once the stream's context ends
+	ads := discovery.NewAggregatedDiscoveryServiceClient(conn)
+	if c.cfg.Protocol == ProtocolDelta {
+		st, err := ads.DeltaAggregatedResources(ctx)
+		if err != nil {
+			return false, fmt.Errorf("xdsclient: %w", err)
+		}
+		s.begin(newDeltaWire(c.node, st.Send))
+		return pump(ctx, cancel, s, st.Recv, s.receiveDelta)
+	}
+	st, err := ads.StreamAggregatedResources(ctx)
 	if err != nil {
 		return false, fmt.Errorf("xdsclient: %w", err)
 	}
+	s.begin(sotwWire{node: c.node, send: st.Send})
+	return pump(ctx, cancel, s, st.Recv, s.receive)
+}
 
-	responses := make(chan *discovery.DiscoveryResponse)
+// pump sends the first requests of s, then receives responses with recv
+// and hands them to receive, then acts on them, until the stream fails or
+// ctx ends. cancel ends the stream's context, so that recv fails: pump
+// calls it before it returns.
+func pump[R any](ctx context.Context, cancel context.CancelFunc, s *state, recv func() (R, error), receive func(R)) (progress bool, err error) {
+	var wg sync.WaitGroup
+	defer func() {
+		cancel()
+		wg.Wait()
+	}()
+	responses := make(chan R)
 	recvErr := make(chan error, 1)
 	wg.Go(func() {
 		for {
-			resp, err := st.Recv()
+			resp, err := recv()
 			if err != nil {
 				recvErr <- err
 				return
@@ -182,13 +213,11 @@ func (c *Client) stream(ctx context.Context, s *state) (progress bool, err error
 			}
 		}
 	})
-
-	s.begin(st.Send)
 	if err := s.start(); err != nil {
 		return false, err
 	}
 	for {
-		var batch []*discovery.DiscoveryResponse
+		var batch []R
 		select {
 		case <-ctx.Done():
 			return progress, ctx.Err()
@@ -210,7 +239,7 @@ func (c *Client) stream(ctx context.Context, s *state) (progress bool, err error
 		}
 		progress = true
 		for _, resp := range batch {
-			s.receive(resp)
+			receive(resp)
 		}
 		if err := s.sync(); err != nil {
 			return progress, err

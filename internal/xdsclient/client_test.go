@@ -165,11 +165,11 @@ func waitLog(t *testing.T, msgs <-chan string, msg string) {
 
 // runClient runs a client of addr until the test ends. Its log messages go
 // to the returned channel.
-func runClient(t *testing.T, addr string, apply ApplyFunc) (*Client, <-chan string) {
+func runClient(t *testing.T, protocol, addr string, apply ApplyFunc) (*Client, <-chan string) {
 	t.Helper()
 	msgs := make(chan string, 256)
 	c, err := New(Config{
-		Server: addr, NodeID: "sidecar-1", NodeCluster: "test", Zone: "a",
+		Server: addr, NodeID: "sidecar-1", NodeCluster: "test", Zone: "a", Protocol: protocol,
 		Logger:     slog.New(logEvents{Handler: slog.DiscardHandler, msgs: msgs}),
 		BackoffMin: 10 * time.Millisecond, BackoffMax: 100 * time.Millisecond,
 	})
@@ -213,11 +213,19 @@ func allAt(v Versions, version string) bool {
 		v.Clusters.Version == version && v.Endpoints.Version == version
 }
 
+// bothProtocols runs test as a subtest for SotW and for delta.
+func bothProtocols(t *testing.T, test func(*testing.T, string)) {
+	for _, p := range []string{ProtocolSotW, ProtocolDelta} {
+		t.Run(p, func(t *testing.T) { test(t, p) })
+	}
+}
+
 func TestNew(t *testing.T) {
 	for _, cfg := range []Config{
 		{NodeID: "n"},
 		{Server: "127.0.0.1:1"},
 		{Server: "127.0.0.1:1", NodeID: "n", BackoffMin: time.Second, BackoffMax: time.Millisecond},
+		{Server: "127.0.0.1:1", NodeID: "n", Protocol: "incremental"},
 	} {
 		if _, err := New(cfg); err == nil {
 			t.Errorf("New(%+v): no error", cfg)
@@ -237,12 +245,14 @@ func TestNew(t *testing.T) {
 
 // Happy path and hot reload: the client applies the served config, then the
 // config of an Update that changes weights, with versions that move.
-func TestApplyAndUpdate(t *testing.T) {
+func TestApplyAndUpdate(t *testing.T) { bothProtocols(t, testApplyAndUpdate) }
+
+func testApplyAndUpdate(t *testing.T, protocol string) {
 	cp := startControlPlane(t, "127.0.0.1:0", 1)
 	first := testConfig(90, 10, 3)
 	v1 := cp.update(t, first)
 	rec := newRecorder()
-	c, _ := runClient(t, cp.addr, rec.apply)
+	c, _ := runClient(t, protocol, cp.addr, rec.apply)
 
 	a := rec.next(t)
 	if d := diffConfig(a.cfg, first); d != "" {
@@ -262,7 +272,11 @@ func TestApplyAndUpdate(t *testing.T) {
 	if a.v.Routes.Version != v2 || a.v.Endpoints.Version != v2 {
 		t.Fatalf("apply got versions %+v, want routes and endpoints at %q", a.v, v2)
 	}
-	waitFor(t, "Versions at v2", func() bool { return allAt(c.Versions(), v2) })
+	// Only the routes and endpoints changed; the others were not sent again.
+	waitFor(t, "routes and endpoints at v2", func() bool {
+		v := c.Versions()
+		return v.Routes.Version == v2 && v.Endpoints.Version == v2 && v.Listeners.Version == v1 && v.Clusters.Version == v1
+	})
 	if n := cp.srv.NACKs(); len(n) != 0 {
 		t.Errorf("NACKs %v", n)
 	}
@@ -270,12 +284,14 @@ func TestApplyAndUpdate(t *testing.T) {
 
 // The control plane goes away and comes back on the same address: the
 // client keeps its config meanwhile, reconnects and applies the new one.
-func TestControlPlaneRestart(t *testing.T) {
+func TestControlPlaneRestart(t *testing.T) { bothProtocols(t, testControlPlaneRestart) }
+
+func testControlPlaneRestart(t *testing.T, protocol string) {
 	cp := startControlPlane(t, "127.0.0.1:0", 1)
 	first := testConfig(90, 10, 3)
 	v1 := cp.update(t, first)
 	rec := newRecorder()
-	c, logs := runClient(t, cp.addr, rec.apply)
+	c, logs := runClient(t, protocol, cp.addr, rec.apply)
 	rec.until(t, first)
 	waitFor(t, "Versions at v1", func() bool { return allAt(c.Versions(), v1) })
 
@@ -292,13 +308,25 @@ func TestControlPlaneRestart(t *testing.T) {
 	second := testConfig(20, 80, 1)
 	v2 := cp2.update(t, second)
 	rec.until(t, second)
-	waitFor(t, "Versions at v2", func() bool { return allAt(c.Versions(), v2) })
+	if protocol == ProtocolSotW {
+		waitFor(t, "Versions at v2", func() bool { return allAt(c.Versions(), v2) })
+		return
+	}
+	// Delta: the client said which resources it had, at which version
+	// (resource versions are content hashes), so the unchanged listener is
+	// not sent again.
+	waitFor(t, "routes and endpoints at v2, the listener kept", func() bool {
+		v := c.Versions()
+		return v.Routes.Version == v2 && v.Endpoints.Version == v2 && v.Listeners.Version == v1
+	})
 }
 
 // A config apply refuses is NACKed with the reason, never applied again,
 // and the versions stay those of the last good config until a good one
 // comes.
-func TestApplyErrorNACKs(t *testing.T) {
+func TestApplyErrorNACKs(t *testing.T) { bothProtocols(t, testApplyErrorNACKs) }
+
+func testApplyErrorNACKs(t *testing.T, protocol string) {
 	cp := startControlPlane(t, "127.0.0.1:0", 1)
 	first := testConfig(90, 10, 3)
 	v1 := cp.update(t, first)
@@ -310,7 +338,7 @@ func TestApplyErrorNACKs(t *testing.T) {
 		return nil
 	}
 	rec.refuse.Store(&refuse)
-	c, _ := runClient(t, cp.addr, rec.apply)
+	c, _ := runClient(t, protocol, cp.addr, rec.apply)
 	rec.until(t, first)
 	waitFor(t, "Versions at v1", func() bool { return allAt(c.Versions(), v1) })
 
@@ -350,7 +378,10 @@ func TestApplyErrorNACKs(t *testing.T) {
 			t.Fatal("the good config was not applied")
 		}
 	}
-	waitFor(t, "Versions at the good version", func() bool { return allAt(c.Versions(), vGood) })
+	waitFor(t, "routes at the good version", func() bool {
+		v := c.Versions()
+		return v.Routes.Version == vGood && v.Listeners.Version == v1 && v.Clusters.Version == v1 && v.Endpoints.Version == v1
+	})
 	if v := c.Versions(); v.Routes.Rejected != "" || v.Routes.Error != "" {
 		t.Errorf("rejection %q %q still shown after a good config", v.Routes.Rejected, v.Routes.Error)
 	}

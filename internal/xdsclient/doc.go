@@ -1,15 +1,17 @@
 // Package xdsclient is the sidecar's ADS client: it
-// subscribes to the control plane over one SotW ADS stream, turns the
+// subscribes to the control plane over one ADS stream, state of the world
+// (SotW, the default) or delta (incremental, Config.Protocol), turns the
 // resources into a config.Config and hands each new consistent config to
 // the caller.
 //
-// Subscriptions: every Listener (only batchmesh-outbound is used, and it
-// must take its routes from RouteConfiguration "batchmesh" over RDS), the
-// RouteConfiguration "batchmesh", every Cluster, and the
-// ClusterLoadAssignments of the EDS clusters received. Listeners and
-// clusters are asked for by wildcard because go-control-plane's snapshot
-// cache in ADS mode answers a request by name only when it names every
-// resource of the type.
+// Subscriptions: the Listener batchmesh-outbound (which must take its
+// routes from RouteConfiguration "batchmesh" over RDS), the
+// RouteConfiguration "batchmesh", every Cluster (wildcard), and the
+// ClusterLoadAssignments of the EDS clusters received. A SotW response of
+// routes or load assignments, and every delta response, carries only what
+// changed (delta also names what was removed); it is merged into what the
+// client has. On reconnection a delta client tells the server the version
+// of every resource it has, so that only what changed is sent again.
 //
 // Translation: clusters batchmesh|{model}|{version} carry the model's
 // protocol, batching and cache settings in filter_metadata["batchmesh"];
@@ -27,7 +29,10 @@
 // validate or apply refuses it, every held response is NACKed with the
 // reason, the last good config stays, and a config equal to a refused one
 // is refused again without calling apply. A config equal to the one last
-// applied is ACKed without calling apply.
+// applied is ACKed without calling apply. Held responses that leave the
+// set incomplete when nothing else is on its way are ACKed (the server
+// sends a type again only after that) and the config is applied once the
+// rest has come.
 //
 // Reconnection: when the stream fails, Run reconnects after an exponential
 // backoff with jitter and re-subscribes with the versions it has accepted;

@@ -31,10 +31,13 @@ const (
 // leaving them out.
 const maxReasks = 2
 
-// response is a decoded DiscoveryResponse.
+// response is a decoded DiscoveryResponse or DeltaDiscoveryResponse: once
+// held, the whole of its type as the client would have it on ACK.
 type response struct {
 	version, nonce string
 	resources      map[string]proto.Message
+	// versions are the resource versions of a delta response, by name.
+	versions map[string]string
 }
 
 // typeState is the client's state of one resource type.
@@ -44,6 +47,7 @@ type typeState struct {
 	// Kept across streams: the last accepted response, and the last
 	// rejection since.
 	accepted         map[string]proto.Message
+	versions         map[string]string // delta: resource versions of accepted
 	version, nonce   string
 	rejected, reason string
 
@@ -52,6 +56,7 @@ type typeState struct {
 	lastNonce string    // of the last response received
 	sentNames []string  // of the last request sent
 	reasks    int       // requests in a row for load assignments a response left out
+	awaiting  bool      // the subscription changed; its answer has not come
 }
 
 // state is the ADS state machine of a Client. It is used by Run's
@@ -62,14 +67,17 @@ type typeState struct {
 // accepted one, make a consistent config. That config is then applied and
 // every held response ACKed, or, if it cannot be used, every held response
 // NACKed. If a resource is missing that only a held response could supply,
-// nothing more will arrive for it (the server waits for our ACK), so the
-// held responses are NACKed as inconsistent.
+// nothing more will arrive for it until the held responses are ACKed (the
+// server waits for that), so they are ACKed without applying anything:
+// the config is applied once the rest arrives. Responses of routes and
+// load assignments (SotW) and every delta response carry changes only;
+// they are merged into what the client has of their type.
 type state struct {
 	c     *Client
 	apply ApplyFunc
 	types []*typeState // in the order of typeListener, typeRoute, typeCluster, typeEndpoint
 
-	send    func(*discovery.DiscoveryRequest) error
+	wire    wire // the stream's requests: SotW or delta
 	sendErr error
 
 	applied     *config.Config // last config apply accepted
@@ -94,11 +102,18 @@ func (s *state) typ(url string) *typeState {
 	return nil
 }
 
-// begin resets the per-stream state for a new stream that sends with send.
-func (s *state) begin(send func(*discovery.DiscoveryRequest) error) {
-	s.send, s.sendErr = send, nil
+// wire sends the requests of one stream. A request of type t asks for
+// names (nil: every resource of the type), and ACKs (detail nil) or NACKs
+// the response of nonce; version is the last accepted version of t.
+type wire interface {
+	request(t *typeState, names []string, version, nonce string, detail *status.Status) error
+}
+
+// begin resets the per-stream state for a new stream that sends with w.
+func (s *state) begin(w wire) {
+	s.wire, s.sendErr = w, nil
 	for _, t := range s.types {
-		t.pending, t.lastNonce, t.sentNames, t.reasks = nil, "", nil, 0
+		t.pending, t.lastNonce, t.sentNames, t.reasks, t.awaiting = nil, "", nil, 0, false
 	}
 }
 
@@ -114,16 +129,13 @@ func (s *state) start() error {
 	return s.sendErr
 }
 
-// names returns the resource names to request for t: the route by name,
-// every listener and cluster (wildcard), and the load assignments of the
-// EDS clusters in view.
-//
-// Listeners are asked for by wildcard although only OutboundListener is
-// used: go-control-plane's snapshot cache in ADS mode answers a request by
-// name only if it names every resource of the type in the snapshot, and the
-// snapshot also holds an api_listener per model for gRPC clients.
+// names returns the resource names to request for t: the listener and
+// the route by name, every cluster (wildcard), and the load assignments of
+// the EDS clusters in view.
 func (s *state) names(t *typeState) []string {
 	switch t.url {
+	case typeListener:
+		return []string{OutboundListener}
 	case typeRoute:
 		return []string{RouteName}
 	case typeEndpoint:
@@ -142,70 +154,54 @@ func (s *state) request(t *typeState, version, nonce string, detail *status.Stat
 		}
 		names = t.sentNames
 	}
-	req := &discovery.DiscoveryRequest{
-		Node:          s.c.node,
-		TypeUrl:       t.url,
-		VersionInfo:   version,
-		ResponseNonce: nonce,
-		ResourceNames: names,
-		ErrorDetail:   detail,
-	}
 	if !slices.Equal(names, t.sentNames) {
 		t.reasks = 0
 	}
 	t.sentNames = names
-	if err := s.send(req); err != nil && s.sendErr == nil {
+	if err := s.wire.request(t, names, version, nonce, detail); err != nil && s.sendErr == nil {
 		s.sendErr = fmt.Errorf("xdsclient: send: %w", err)
 	}
 }
 
-// receive decodes a response and holds it. One that cannot be decoded is
-// NACKed at once.
+// receive decodes a SotW response and holds it. One that cannot be
+// decoded is NACKed at once. Listeners and clusters come whole; a response
+// of routes or load assignments holds only those that changed (SotW sends
+// the full state of those two types only), so it is merged into what the
+// client has of the type.
 func (s *state) receive(resp *discovery.DiscoveryResponse) {
 	t := s.typ(resp.GetTypeUrl())
 	if t == nil {
 		s.c.log.Warn("xds response of an unknown type", "type", resp.GetTypeUrl())
 		return
 	}
-	t.lastNonce = resp.GetNonce()
-	t.pending = nil // superseded
 	r, err := decode(t.url, resp)
+	s.hold(t, resp.GetVersionInfo(), resp.GetNonce(), r, nil, err, t.url == typeRoute || t.url == typeEndpoint)
+}
+
+// hold holds r, a response of type t, or NACKs it at once if it could not
+// be decoded (err). With merge, r holds changes only: it is laid over what
+// the client has of t (the held response, or else the accepted one), less
+// removed, and restricted to the names subscribed.
+func (s *state) hold(t *typeState, version, nonce string, r *response, removed []string, err error, merge bool) {
+	t.lastNonce = nonce
+	t.awaiting = false
+	prev := t.pending
+	t.pending = nil // superseded
 	if err != nil {
-		s.reject(t, resp.GetVersionInfo(), err)
-		s.request(t, t.version, resp.GetNonce(), nack(err))
+		s.reject(t, version, err)
+		s.request(t, t.version, nonce, nack(err))
 		s.publish()
 		return
 	}
-	t.pending = r
-}
-
-func decode(url string, resp *discovery.DiscoveryResponse) (*response, error) {
-	r := &response{version: resp.GetVersionInfo(), nonce: resp.GetNonce(), resources: map[string]proto.Message{}}
-	for _, a := range resp.GetResources() {
-		if a.GetTypeUrl() != url {
-			return nil, fmt.Errorf("xdsclient: a resource of type %q in a response of type %q", a.GetTypeUrl(), url)
+	if merge {
+		base, versions := t.accepted, t.versions
+		if prev != nil {
+			base, versions = prev.resources, prev.versions
 		}
-		m, err := a.UnmarshalNew()
-		if err != nil {
-			return nil, fmt.Errorf("xdsclient: %s: %w", url, err)
-		}
-		var name string
-		switch m := m.(type) {
-		case *listener.Listener:
-			name = m.GetName()
-		case *route.RouteConfiguration:
-			name = m.GetName()
-		case *cluster.Cluster:
-			name = m.GetName()
-		case *endpoint.ClusterLoadAssignment:
-			name = m.GetClusterName()
-		}
-		if _, dup := r.resources[name]; dup {
-			return nil, fmt.Errorf("xdsclient: %s: resource %q twice", url, name)
-		}
-		r.resources[name] = m
+		r.resources = overlay(base, r.resources, removed, t.sentNames)
+		r.versions = overlayVersions(versions, r.versions, r.resources)
 	}
-	return r, nil
+	t.pending = r
 }
 
 // view returns the resources of each type: held, or else last accepted.
@@ -254,7 +250,12 @@ func (s *state) subscribe() {
 	default:
 		return
 	}
-	t.pending = nil // it answered other names; the answer to these follows
+	// What is held of names no longer wanted goes; the answer for the new
+	// names follows.
+	if t.pending != nil {
+		t.pending.resources = overlay(t.pending.resources, nil, nil, want)
+	}
+	t.awaiting = true
 	s.request(t, t.version, t.lastNonce, nil)
 }
 
@@ -278,12 +279,20 @@ func (s *state) sync() error {
 	cfg, err := translate(s.view())
 	if inc, ok := errors.AsType[*incompleteError](err); ok {
 		for _, url := range inc.types {
-			if s.typ(url).pending == nil {
+			if t := s.typ(url); t.pending == nil || t.awaiting {
 				s.c.log.Debug("xds config incomplete; waiting", "missing", inc.what)
 				return s.sendErr
 			}
 		}
-		// Only held responses could supply what is missing.
+		// Only held responses could supply what is missing, and the
+		// server sends a type again only once its last response is ACKed
+		// (or NACKed, which it would not send again). Each is valid on its
+		// own: ACK them, keep the applied config, and apply once the rest
+		// has come.
+		s.c.log.Debug("xds config incomplete; ACKed, waiting for the rest", "missing", inc.what)
+		s.ackAll()
+		s.publish()
+		return s.sendErr
 	}
 	if err == nil {
 		if verr := cfg.Validate(); verr != nil {
@@ -329,7 +338,7 @@ func (s *state) ackAll() {
 	var acked []*typeState
 	for _, t := range s.types {
 		if r := t.pending; r != nil {
-			t.accepted, t.version, t.nonce = r.resources, r.version, r.nonce
+			t.accepted, t.versions, t.version, t.nonce = r.resources, r.versions, r.version, r.nonce
 			t.rejected, t.reason = "", ""
 			t.pending = nil
 			acked = append(acked, t)

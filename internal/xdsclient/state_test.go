@@ -44,7 +44,7 @@ func TestStateInvalidConfigNACKed(t *testing.T) {
 	var applies int
 	s := newState(c, func(*config.Config, Versions) error { applies++; return nil })
 	var sent []*discovery.DiscoveryRequest
-	s.begin(func(r *discovery.DiscoveryRequest) error { sent = append(sent, r); return nil })
+	s.begin(sotwWire{node: c.node, send: func(r *discovery.DiscoveryRequest) error { sent = append(sent, r); return nil }})
 
 	rs, err := xdsserver.Resources(testConfig(90, 10, 3))
 	if err != nil {

@@ -231,13 +231,12 @@ func waitCounts(t *testing.T, r *sdkmetric.ManualReader, name string, want map[s
 }
 
 // TestDeltaADS checks the incremental variant of ADS end to end over
-// loopback gRPC, for a node of its own group (node.cluster) that only ever
-// speaks delta:
-//   - subscribing type by type as Envoy does, it gets the group's snapshot:
+// loopback gRPC, for a node that only ever speaks delta:
+//   - subscribing type by type as Envoy does, it gets every resource:
 //     the clusters batchmesh|bert|{1,2}, their ClusterLoadAssignments with
 //     the config's addresses, zones and weights, both listeners and the
 //     route config with the 90/10 split, each response at the server's
-//     version; the group appears in Groups();
+//     version, as Served() reports;
 //   - its ACKs (nonce, no error_detail) are timed by type in
 //     batchmesh_xds_push_ack_seconds, and batchmesh_xds_updates counts one
 //     response per type;
@@ -246,7 +245,8 @@ func waitCounts(t *testing.T, r *sdkmetric.ManualReader, name string, want map[s
 //     no other type is sent (the update counters do not move for them);
 //   - after an update that removes a version, its cluster and
 //     ClusterLoadAssignment are named in removed_resources, and only the
-//     listener and route config that changed are sent again;
+//     route config that changed is sent again (the api_listener refers to
+//     its route by name, so it does not change);
 //   - closing the stream drops what the server recorded of it.
 func TestDeltaADS(t *testing.T) {
 	reader := sdkmetric.NewManualReader()
@@ -292,9 +292,8 @@ func TestDeltaADS(t *testing.T) {
 	if got := weights(rc.GetVirtualHosts()[0].GetRoutes()[0].GetRoute()); !slices.Equal(got, []string{"batchmesh|bert|1=90", "batchmesh|bert|2=10"}) {
 		t.Errorf("route weights = %v", got)
 	}
-	i := slices.IndexFunc(s.Groups(), func(g GroupState) bool { return g.Group == "delta-sidecars" })
-	if i < 0 || s.Groups()[i].Version != v1 {
-		t.Errorf("groups = %+v, want delta-sidecars at %q", s.Groups(), v1)
+	if st := s.Served()["clusters"]; st.Version != v1 || len(st.Names) != 2 {
+		t.Errorf("served clusters = %+v, want 2 at %q", st, v1)
 	}
 
 	for _, typ := range allTypes {
@@ -338,31 +337,27 @@ func TestDeltaADS(t *testing.T) {
 	}
 
 	// Version 2 leaves: its cluster and load assignment are removed; the
-	// api_listener and route config change (their split), the outbound
-	// listener does not.
+	// route config changes (its split), no listener does.
 	cfg.Models[0].Versions = cfg.Models[0].Versions[:1]
 	v3, err := s.Update(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	rs = c.nextAll(v3, allTypes...)
+	rs = c.nextAll(v3, resource.ClusterType, resource.EndpointType, resource.RouteType)
 	for _, typ := range []string{resource.ClusterType, resource.EndpointType} {
 		if got := rs[typ].GetRemovedResources(); !slices.Equal(got, []string{"batchmesh|bert|2"}) || len(rs[typ].GetResources()) != 0 {
 			t.Errorf("%s after removal: resources %v, removed %v; want only batchmesh|bert|2 removed", typ, deltaNames(rs[typ]), got)
 		}
 	}
-	if got := deltaNames(rs[resource.ListenerType]); !slices.Equal(got, []string{"bert"}) || len(rs[resource.ListenerType].GetRemovedResources()) != 0 {
-		t.Errorf("listeners after removal: resources %v, removed %v; want bert only", got, rs[resource.ListenerType].GetRemovedResources())
-	}
 	rc = deltaUnpack[*route.RouteConfiguration](t, rs[resource.RouteType])[RouteName]
 	if got := weights(rc.GetVirtualHosts()[0].GetRoutes()[0].GetRoute()); !slices.Equal(got, []string{"batchmesh|bert|1=90"}) {
 		t.Errorf("route weights after removal = %v", got)
 	}
-	for _, typ := range allTypes {
-		c.ack(rs[typ])
+	for _, r := range rs {
+		c.ack(r)
 	}
-	waitCounts(t, reader, "batchmesh_xds_push_ack_seconds", counts(2, 3, 2, 2))
-	if got := byType(t, reader, "batchmesh_xds_updates"); !equalCounts(got, counts(2, 3, 2, 2)) {
+	waitCounts(t, reader, "batchmesh_xds_push_ack_seconds", counts(2, 3, 1, 2))
+	if got := byType(t, reader, "batchmesh_xds_updates"); !equalCounts(got, counts(2, 3, 1, 2)) {
 		t.Errorf("updates after removal = %v", got)
 	}
 
@@ -466,7 +461,7 @@ func (h *logRecords) find(msg string) map[string]string {
 }
 
 // TestDeltaNACKLogsNode checks that the log of a delta NACK names the node
-// and group that sent it when, as Envoy does on delta streams, the node is
+// and its cluster when, as Envoy does on delta streams, the node is
 // set on the stream's first request only.
 func TestDeltaNACKLogsNode(t *testing.T) {
 	logs := &logRecords{}
@@ -479,7 +474,7 @@ func TestDeltaNACKLogsNode(t *testing.T) {
 	c.subscribe(resource.ClusterType, "*")
 	c.nack(c.next(resource.ClusterType, v1), "bad clusters")
 	waitFor(t, func() bool { return logs.find("xds delta NACK") != nil })
-	if m := logs.find("xds delta NACK"); m["node"] != "d3" || m["group"] != "delta-log" {
-		t.Errorf("NACK logged as node %q group %q, want d3 of delta-log", m["node"], m["group"])
+	if m := logs.find("xds delta NACK"); m["node"] != "d3" || m["cluster"] != "delta-log" {
+		t.Errorf("NACK logged as node %q cluster %q, want d3 of delta-log", m["node"], m["cluster"])
 	}
 }

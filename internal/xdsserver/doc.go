@@ -1,16 +1,25 @@
-// Package xdsserver turns a batchmesh config into xDS resources
-// and serves them over ADS with go-control-plane v0.14: one snapshot
-// per node group (node.cluster), versions that only move forward, and NACK
-// detection that keeps a rejected version from being re-sent in a loop
-// (go-control-plane#962).
+// Package xdsserver turns a batchmesh config into xDS resources and serves
+// them over ADS (SotW and delta) with go-control-plane v0.14: one
+// LinearCache per resource type behind a MuxCache, so that any client is
+// answered with exactly the resources it names, whatever its node says.
+// Versions only move forward, and NACK handling keeps a rejected version
+// from being re-sent in a loop (go-control-plane#962).
 //
-// gRPC proxyless clients (xds:///{model}) that set the node metadata field
-// ModelMetadataKey get a group of their own per model (ProxylessGroupPrefix
-// + model), whose snapshot holds only that model's Listener (api_listener
-// using RDS over ADS), RouteConfiguration (weighted_clusters over its
-// versions), Clusters and ClusterLoadAssignments: exactly the names such a
-// client subscribes to, which go-control-plane's ADS snapshot cache needs
-// to answer it.
+// Sidecars and Envoy subscribe to every listener and cluster (wildcard),
+// the route "batchmesh" and the load assignments of their clusters. A gRPC
+// proxyless client (xds:///{model}, any bootstrap) names the Listener
+// {model}, whose api_listener takes the RouteConfiguration
+// ProxylessRouteName(model) over RDS, and then the Clusters and
+// ClusterLoadAssignments of the model's weighted versions. One client can
+// follow several models on one stream. A name that does not exist is left
+// out of the response (for listeners and clusters, whose SotW responses
+// carry the full state, a response is sent at once, so that gRPC reports
+// "resource does not exist"), and logged at debug with the node id.
+//
+// An Update sends only what changed: the resources of a type that differ
+// from the last Update (SotW: all the subscribed listeners or clusters if
+// one of them changed), in the order clusters, endpoints, listeners,
+// routes.
 //
 // Metrics (through the metric.Meter in Config), each labelled {type}:
 // listeners, routes, clusters or endpoints:

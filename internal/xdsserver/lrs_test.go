@@ -55,7 +55,7 @@ func loadRequest(eps ...*endpoint.UpstreamEndpointStats) *lrsv3.LoadStatsRequest
 func weightsOf(t *testing.T, s *Server) map[string]uint32 {
 	t.Helper()
 	out := map[string]uint32{}
-	for _, r := range s.snapshotOf(DefaultGroup).GetResources(resource.EndpointType) {
+	for _, r := range s.resourcesOf(resource.EndpointType) {
 		for _, loc := range r.(*endpoint.ClusterLoadAssignment).GetEndpoints() {
 			for _, e := range loc.GetLbEndpoints() {
 				sa := e.GetEndpoint().GetAddress().GetSocketAddress()

@@ -76,29 +76,26 @@ func TestMetrics(t *testing.T) {
 		t.Errorf("nacks = %v, want none", got)
 	}
 
-	// An update: ACKed except for the routes, which are NACKed.
+	// An update of a version weight and an endpoint weight: only routes
+	// and endpoints are sent; the endpoints are ACKed, the routes NACKed.
 	cfg := mustParse(t, splitYAML)
 	cfg.Models[0].Versions[0].Weight = 50
+	cfg.Models[0].Versions[1].Endpoints[0].Weight = 4
 	v2, err := s.Update(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	rs = c.nextN(4)
-	for _, typ := range allTypes {
-		names := map[string][]string{resource.EndpointType: {"batchmesh|bert|1", "batchmesh|bert|2"}, resource.RouteType: {RouteName}}[typ]
-		if typ == resource.RouteType {
-			c.send(typ, names, "", rs[typ].GetNonce(), &status.Status{Code: 3, Message: "no"})
-			continue
-		}
-		c.send(typ, names, v2, rs[typ].GetNonce(), nil)
-	}
-	want := all(2)
-	want["routes"] = 1
+	rs = c.nextN(2)
+	c.send(resource.EndpointType, []string{"batchmesh|bert|1", "batchmesh|bert|2"}, v2, rs[resource.EndpointType].GetNonce(), nil)
+	c.send(resource.RouteType, []string{RouteName}, "", rs[resource.RouteType].GetNonce(), &status.Status{Code: 3, Message: "no"})
+	want := all(1)
+	want["endpoints"] = 2
 	waitFor(t, func() bool { return equalCounts(byType(t, reader, "batchmesh_xds_push_ack_seconds"), want) })
 	waitFor(t, func() bool {
 		return equalCounts(byType(t, reader, "batchmesh_xds_nacks"), map[string]int64{"routes": 1})
 	})
-	if got := byType(t, reader, "batchmesh_xds_updates"); !equalCounts(got, all(2)) {
-		t.Errorf("updates = %v, want two per type", got)
+	want["routes"] = 2
+	if got := byType(t, reader, "batchmesh_xds_updates"); !equalCounts(got, want) {
+		t.Errorf("updates = %v, want %v", got, want)
 	}
 }

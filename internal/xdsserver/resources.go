@@ -14,7 +14,6 @@ import (
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	matcher "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
-	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/wellknown"
 	"google.golang.org/protobuf/proto"
@@ -57,8 +56,11 @@ func ClusterName(model, version string) string { return config.ClusterName(model
 //   - the RouteConfiguration RouteName with one virtual host and, per model,
 //     routes to weighted_clusters over its versions;
 //   - the Listener OutboundListener (0.0.0.0:15001) using RouteName over
-//     RDS on ADS, and per model an api_listener named after the model, with
-//     an inline route, for gRPC clients that dial xds:///{model}.
+//     RDS on ADS;
+//   - per model, for gRPC clients that dial xds:///{model}, an
+//     api_listener named after the model that uses the RouteConfiguration
+//     ProxylessRouteName(model) over RDS on ADS: any domain, prefix "/",
+//     weighted_clusters over the model's versions.
 //
 // Versions of weight 0 are left out of weighted_clusters (their clusters
 // stay), and endpoints of weight 0 out of lb_endpoints: Envoy's validation
@@ -72,6 +74,7 @@ func Resources(cfg *config.Config) (map[resource.Type][]types.Resource, error) {
 	}
 	var (
 		listeners = []types.Resource{outboundListener()}
+		routes    []types.Resource
 		clusters  []types.Resource
 		loads     []types.Resource
 		vhost     = &route.VirtualHost{Name: RouteName, Domains: []string{"*"}}
@@ -83,11 +86,12 @@ func Resources(cfg *config.Config) (map[resource.Type][]types.Resource, error) {
 		}
 		wc := weightedClusters(m)
 		vhost.Routes = append(vhost.Routes, modelRoutes(m, wc)...)
-		api, err := apiListener(m, wc)
+		api, err := apiListener(m)
 		if err != nil {
 			return nil, err
 		}
 		listeners = append(listeners, api)
+		routes = append(routes, proxylessRoute(m, wc))
 		for j := range m.Versions {
 			v := &m.Versions[j]
 			c, err := modelCluster(cfg, m, v)
@@ -98,7 +102,7 @@ func Resources(cfg *config.Config) (map[resource.Type][]types.Resource, error) {
 			loads = append(loads, loadAssignment(m, v))
 		}
 	}
-	routes := []types.Resource{&route.RouteConfiguration{Name: RouteName, VirtualHosts: []*route.VirtualHost{vhost}}}
+	routes = append(routes, &route.RouteConfiguration{Name: RouteName, VirtualHosts: []*route.VirtualHost{vhost}})
 	out := map[resource.Type][]types.Resource{
 		resource.ListenerType: listeners,
 		resource.RouteType:    routes,
@@ -167,23 +171,14 @@ func outboundListener() *listener.Listener {
 }
 
 // apiListener is the Listener a gRPC client dialing xds:///{model} asks
-// for. Its route is inline: go-control-plane's Consistent does not look
-// into api_listeners for RDS references, and an inline route keeps a gRPC
-// client's subscription to one Listener plus the model's clusters.
-func apiListener(m *config.Model, wc *route.WeightedCluster) (*listener.Listener, error) {
+// for: an api_listener that takes its routes over RDS on ADS from
+// ProxylessRouteName(model), the shape of grpc-go's own test resources.
+func apiListener(m *config.Model) (*listener.Listener, error) {
 	manager := &hcm.HttpConnectionManager{
 		StatPrefix: "batchmesh_grpc",
-		RouteSpecifier: &hcm.HttpConnectionManager_RouteConfig{RouteConfig: &route.RouteConfiguration{
-			Name: m.Name,
-			VirtualHosts: []*route.VirtualHost{{
-				Name:    m.Name,
-				Domains: []string{"*"},
-				Routes: []*route.Route{{
-					Name:   m.Name + "|grpc",
-					Match:  &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/"}},
-					Action: routeTo(wc),
-				}},
-			}},
+		RouteSpecifier: &hcm.HttpConnectionManager_Rds{Rds: &hcm.Rds{
+			ConfigSource:    adsSource(),
+			RouteConfigName: ProxylessRouteName(m.Name),
 		}},
 		HttpFilters: []*hcm.HttpFilter{routerFilter()},
 	}
@@ -192,6 +187,23 @@ func apiListener(m *config.Model, wc *route.WeightedCluster) (*listener.Listener
 		return nil, fmt.Errorf("xdsserver: model %q: %w", m.Name, err)
 	}
 	return &listener.Listener{Name: m.Name, ApiListener: &listener.ApiListener{ApiListener: a}}, nil
+}
+
+// proxylessRoute is the RouteConfiguration of a model's api_listener: any
+// domain, prefix "/", weighted_clusters over the model's versions.
+func proxylessRoute(m *config.Model, wc *route.WeightedCluster) *route.RouteConfiguration {
+	return &route.RouteConfiguration{
+		Name: ProxylessRouteName(m.Name),
+		VirtualHosts: []*route.VirtualHost{{
+			Name:    m.Name,
+			Domains: []string{"*"},
+			Routes: []*route.Route{{
+				Name:   m.Name + "|grpc",
+				Match:  &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/"}},
+				Action: routeTo(wc),
+			}},
+		}},
+	}
 }
 
 // weightedClusters splits a model's traffic over its versions of non-zero
@@ -342,83 +354,5 @@ func mustAny(m proto.Message) *anypb.Any {
 }
 
 // ProxylessRouteName returns the name of the RouteConfiguration that the
-// api_listener of a model's proxyless group refers to over RDS:
-// batchmesh|{model}.
+// api_listener of a model refers to over RDS: batchmesh|{model}.
 func ProxylessRouteName(model string) string { return "batchmesh|" + model }
-
-// proxylessResources returns, per model of cfg, the resources of its
-// proxyless group: what a gRPC client dialing xds:///{model} subscribes to,
-// and nothing else, since an ADS snapshot cache answers a request that
-// names resources only if it names every resource of that type in the
-// snapshot. They are
-//
-//   - the Listener {model}, whose api_listener refers over RDS on ADS to
-//     ProxylessRouteName(model) (so that the client ACKs all four types);
-//     the same HttpConnectionManager sits in a filter chain, where
-//     go-control-plane's Consistent looks for RDS references, as grpc-go's
-//     own test resources do;
-//   - that RouteConfiguration: any domain, prefix "/", weighted_clusters
-//     over the model's versions;
-//   - the Cluster and ClusterLoadAssignment of each version in
-//     weighted_clusters, shared with rs (the result of Resources(cfg)).
-func proxylessResources(cfg *config.Config, rs map[resource.Type][]types.Resource) (map[string]map[resource.Type][]types.Resource, error) {
-	byName := map[resource.Type]map[string]types.Resource{}
-	for typ, list := range rs {
-		byName[typ] = map[string]types.Resource{}
-		for _, r := range list {
-			byName[typ][cache.GetResourceName(r)] = r
-		}
-	}
-	out := make(map[string]map[resource.Type][]types.Resource, len(cfg.Models))
-	for i := range cfg.Models {
-		m := &cfg.Models[i]
-		wc := weightedClusters(m)
-		rname := ProxylessRouteName(m.Name)
-		manager := &hcm.HttpConnectionManager{
-			StatPrefix: "batchmesh_grpc",
-			RouteSpecifier: &hcm.HttpConnectionManager_Rds{Rds: &hcm.Rds{
-				ConfigSource:    adsSource(),
-				RouteConfigName: rname,
-			}},
-			HttpFilters: []*hcm.HttpFilter{routerFilter()},
-		}
-		lis := &listener.Listener{
-			Name:        m.Name,
-			ApiListener: &listener.ApiListener{ApiListener: mustAny(manager)},
-			FilterChains: []*listener.FilterChain{{
-				Name: m.Name,
-				Filters: []*listener.Filter{{
-					Name:       wellknown.HTTPConnectionManager,
-					ConfigType: &listener.Filter_TypedConfig{TypedConfig: mustAny(manager)},
-				}},
-			}},
-		}
-		rc := &route.RouteConfiguration{
-			Name: rname,
-			VirtualHosts: []*route.VirtualHost{{
-				Name:    m.Name,
-				Domains: []string{"*"},
-				Routes: []*route.Route{{
-					Name:   m.Name + "|grpc",
-					Match:  &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/"}},
-					Action: routeTo(wc),
-				}},
-			}},
-		}
-		mr := map[resource.Type][]types.Resource{
-			resource.ListenerType: {lis},
-			resource.RouteType:    {rc},
-		}
-		for _, r := range mr {
-			if err := validate(r[0]); err != nil {
-				return nil, fmt.Errorf("xdsserver: model %q: %w", m.Name, err)
-			}
-		}
-		for _, c := range wc.GetClusters() {
-			mr[resource.ClusterType] = append(mr[resource.ClusterType], byName[resource.ClusterType][c.GetName()])
-			mr[resource.EndpointType] = append(mr[resource.EndpointType], byName[resource.EndpointType][c.GetName()])
-		}
-		out[m.Name] = mr
-	}
-	return out, nil
-}

@@ -175,21 +175,17 @@ func TestResources(t *testing.T) {
 					}
 				}
 			}
-			snap, err := cache.NewSnapshot("1", rs)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := snap.Consistent(); err != nil {
-				t.Errorf("Consistent: %v", err)
-			}
-
 			ls := byName[*listener.Listener](rs[resource.ListenerType])
+			rcs := byName[*route.RouteConfiguration](rs[resource.RouteType])
 			if got := slices.Sorted(maps.Keys(ls)); !slices.Equal(got, tt.wantListeners) {
 				t.Errorf("listeners = %v, want %v", got, tt.wantListeners)
 			}
 			checkOutbound(t, ls[OutboundListener])
 			for _, name := range tt.wantListeners[1:] {
-				checkAPIListener(t, ls[name])
+				checkAPIListener(t, ls[name], rcs)
+			}
+			if len(rcs) != len(tt.wantListeners) {
+				t.Errorf("%d route configs, want one per listener", len(rcs))
 			}
 
 			cs := byName[*cluster.Cluster](rs[resource.ClusterType])
@@ -312,22 +308,31 @@ func checkOutbound(t *testing.T, l *listener.Listener) {
 	checkRouterLast(t, m, l.GetName())
 }
 
-func checkAPIListener(t *testing.T, l *listener.Listener) {
+// checkAPIListener checks a model's api_listener and the route config it
+// names over RDS: prefix "/" to weighted clusters of that model only.
+func checkAPIListener(t *testing.T, l *listener.Listener, rcs map[string]*route.RouteConfiguration) {
 	t.Helper()
 	if l == nil {
 		t.Fatal("missing api listener")
 	}
 	m := hcmOf(t, l.GetApiListener().GetApiListener().GetValue(), l.GetName())
-	vh := m.GetRouteConfig().GetVirtualHosts()
-	if len(vh) != 1 || len(vh[0].GetRoutes()) != 1 || vh[0].GetRoutes()[0].GetMatch().GetPrefix() != "/" {
-		t.Errorf("%s: inline route = %v, want one route with prefix /", l.GetName(), m.GetRouteConfig())
+	if m.GetRds().GetConfigSource().GetAds() == nil || m.GetRds().GetRouteConfigName() != ProxylessRouteName(l.GetName()) {
+		t.Fatalf("%s: rds = %v, want ads and %s", l.GetName(), m.GetRds(), ProxylessRouteName(l.GetName()))
 	}
-	for _, c := range vh[0].GetRoutes()[0].GetRoute().GetWeightedClusters().GetClusters() {
+	checkRouterLast(t, m, l.GetName())
+	vh := rcs[ProxylessRouteName(l.GetName())].GetVirtualHosts()
+	if len(vh) != 1 || len(vh[0].GetRoutes()) != 1 || vh[0].GetRoutes()[0].GetMatch().GetPrefix() != "/" {
+		t.Fatalf("%s: route config = %v, want one route with prefix /", l.GetName(), rcs[ProxylessRouteName(l.GetName())])
+	}
+	cs := vh[0].GetRoutes()[0].GetRoute().GetWeightedClusters().GetClusters()
+	if len(cs) == 0 {
+		t.Errorf("%s: no weighted clusters", l.GetName())
+	}
+	for _, c := range cs {
 		if !strings.HasPrefix(c.GetName(), "batchmesh|"+l.GetName()+"|") {
 			t.Errorf("%s routes to %s", l.GetName(), c.GetName())
 		}
 	}
-	checkRouterLast(t, m, l.GetName())
 }
 
 func hcmOf(t *testing.T, b []byte, name string) *hcm.HttpConnectionManager {

@@ -2,6 +2,7 @@ package xdsserver
 
 import (
 	"context"
+	"log/slog"
 	"maps"
 	"net"
 	"slices"
@@ -23,7 +24,6 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
-	"google.golang.org/protobuf/types/known/structpb"
 )
 
 // startServer serves s over ADS on a loopback port and returns its address.
@@ -231,12 +231,12 @@ func TestADSLoopback(t *testing.T) {
 	if v2 == v1 || !versionAfter(v2, v1) {
 		t.Errorf("version %q does not move forward from %q", v2, v1)
 	}
-	rs = c.nextN(4)
-	for _, typ := range allTypes {
-		if got := rs[typ].GetVersionInfo(); got != v2 {
-			t.Errorf("%s version after update = %q, want %q", typ, got, v2)
-		}
+	// Only the route config changed: no other type is sent.
+	rs = c.nextN(1)
+	if got := rs[resource.RouteType].GetVersionInfo(); got != v2 {
+		t.Fatalf("after update: %v, want routes at %q", slices.Collect(maps.Keys(rs)), v2)
 	}
+	c.quiet(100 * time.Millisecond)
 	rc = unpack[*route.RouteConfiguration](t, rs[resource.RouteType].GetResources())[RouteName]
 	if got := weights(rc.GetVirtualHosts()[0].GetRoutes()[0].GetRoute()); !slices.Equal(got, []string{"batchmesh|bert|1=20", "batchmesh|bert|2=80"}) {
 		t.Errorf("weights after update = %v", got)
@@ -244,14 +244,7 @@ func TestADSLoopback(t *testing.T) {
 
 	// A NACK of the routes: counted, and the rejected version is not sent
 	// again; the next update is.
-	for _, typ := range allTypes {
-		if typ == resource.RouteType {
-			c.send(typ, []string{RouteName}, v1, rs[typ].GetNonce(), &status.Status{Code: 3, Message: "bad weights"})
-			continue
-		}
-		names := map[string][]string{resource.EndpointType: {"batchmesh|bert|1", "batchmesh|bert|2"}}[typ]
-		c.send(typ, names, v2, rs[typ].GetNonce(), nil)
-	}
+	c.send(resource.RouteType, []string{RouteName}, v1, rs[resource.RouteType].GetNonce(), &status.Status{Code: 3, Message: "bad weights"})
 	waitFor(t, func() bool { return s.NACKs()[resource.RouteType] == 1 })
 	c.quiet(300 * time.Millisecond)
 	if n := s.NACKs(); len(n) != 1 {
@@ -262,7 +255,7 @@ func TestADSLoopback(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rs = c.nextN(4)
+	rs = c.nextN(1)
 	if got := rs[resource.RouteType].GetVersionInfo(); got != v3 {
 		t.Errorf("route version after NACK and update = %q, want %q", got, v3)
 	}
@@ -284,34 +277,27 @@ func TestBadUpdateKeepsSnapshot(t *testing.T) {
 	if got := s.Version(); got != v1 {
 		t.Errorf("version after a bad update = %q, want %q", got, v1)
 	}
-	gs := s.Groups()
-	if len(gs) != 1 || gs[0].Group != DefaultGroup || gs[0].Version != v1 || len(gs[0].Resources["clusters"]) != 2 {
-		t.Errorf("groups = %+v", gs)
+	st := s.Served()
+	if c := st["clusters"]; c.Version != v1 || len(c.Names) != 2 {
+		t.Errorf("served clusters = %+v", c)
 	}
 }
 
-// TestGroups: nodes of a new group get the current snapshot at once, and
-// both groups follow updates.
-func TestGroups(t *testing.T) {
+// TestAnyNode: nodes of any cluster, or none, are served the same
+// resources at once.
+func TestAnyNode(t *testing.T) {
 	s := New(Config{})
 	if _, err := s.Update(context.Background(), mustParse(t, splitYAML)); err != nil {
 		t.Fatal(err)
 	}
 	addr := startServer(t, s)
 	a := dialADS(t, addr, &core.Node{Id: "a1", Cluster: "group-a"})
-	b := dialADS(t, addr, &core.Node{Id: "b1"}) // no cluster: the default group
+	b := dialADS(t, addr, &core.Node{Id: "b1"})
 	for _, c := range []*adsClient{a, b} {
 		c.send(resource.ClusterType, nil, "", "", nil)
 		if r := c.next(); len(r.GetResources()) != 2 || r.GetVersionInfo() != s.Version() {
 			t.Fatalf("%s: %d clusters at %q", c.node.GetId(), len(r.GetResources()), r.GetVersionInfo())
 		}
-	}
-	var names []string
-	for _, g := range s.Groups() {
-		names = append(names, g.Group)
-	}
-	if !slices.Equal(names, []string{"default", "group-a"}) {
-		t.Errorf("groups = %v", names)
 	}
 }
 
@@ -338,28 +324,29 @@ func versionAfter(a, b string) bool {
 	return na > nb || na == nb && ia > ib
 }
 
-// TestProxylessGroup: a node naming a model in its metadata is served a
-// snapshot of that model's resources only, so that the ADS cache answers
-// the names a gRPC client asks for; a model that leaves the config leaves
-// the group with an empty snapshot.
-func TestProxylessGroup(t *testing.T) {
-	s := New(Config{})
+// TestNamedRequests: a node with no metadata that names resources, as a
+// gRPC client does, gets exactly those, for two models on one stream; a
+// listener that does not exist is answered at once without it (and logged
+// with the node id); a model that leaves the config leaves the listener
+// and cluster responses.
+func TestNamedRequests(t *testing.T) {
+	logs := &logRecords{}
+	s := New(Config{Logger: slog.New(logs)})
 	if _, err := s.Update(context.Background(), mustParse(t, threeModelsYAML)); err != nil {
 		t.Fatal(err)
 	}
-	md, err := structpb.NewStruct(map[string]any{ModelMetadataKey: "bert"})
-	if err != nil {
-		t.Fatal(err)
+	c := dialADS(t, startServer(t, s), &core.Node{Id: "g1", Cluster: "apps"})
+	names := map[string][]string{
+		resource.ListenerType: {"bert"}, resource.RouteType: {ProxylessRouteName("bert")},
+		resource.ClusterType: {"batchmesh|bert|1"}, resource.EndpointType: {"batchmesh|bert|1"},
 	}
-	c := dialADS(t, startServer(t, s), &core.Node{Id: "g1", Cluster: "apps", Metadata: md})
-	c.send(resource.ListenerType, []string{"bert"}, "", "", nil)
-	c.send(resource.RouteType, []string{ProxylessRouteName("bert")}, "", "", nil)
-	c.send(resource.ClusterType, []string{"batchmesh|bert|1"}, "", "", nil)
-	c.send(resource.EndpointType, []string{"batchmesh|bert|1"}, "", "", nil)
+	for _, typ := range allTypes {
+		c.send(typ, names[typ], "", "", nil)
+	}
 	rs := c.nextN(4)
 	for _, typ := range allTypes {
-		if n := len(rs[typ].GetResources()); n != 1 || rs[typ].GetVersionInfo() != s.Version() {
-			t.Errorf("%s: %d resources at %q", typ, n, rs[typ].GetVersionInfo())
+		if got := resourceNames(t, rs[typ]); !slices.Equal(got, names[typ]) || rs[typ].GetVersionInfo() != s.Version() {
+			t.Errorf("%s: %v at %q, want %v at %q", typ, got, rs[typ].GetVersionInfo(), names[typ], s.Version())
 		}
 	}
 	l := unpack[*listener.Listener](t, rs[resource.ListenerType].GetResources())["bert"]
@@ -371,30 +358,59 @@ func TestProxylessGroup(t *testing.T) {
 		t.Errorf("api_listener RDS name = %q", got)
 	}
 	rc := unpack[*route.RouteConfiguration](t, rs[resource.RouteType].GetResources())[ProxylessRouteName("bert")]
-	r := rc.GetVirtualHosts()[0].GetRoutes()[0]
-	if r.GetMatch().GetPrefix() != "/" || !slices.Equal(weights(r.GetRoute()), []string{"batchmesh|bert|1=1"}) {
+	if r := rc.GetVirtualHosts()[0].GetRoutes()[0]; r.GetMatch().GetPrefix() != "/" || !slices.Equal(weights(r.GetRoute()), []string{"batchmesh|bert|1=1"}) {
 		t.Errorf("route = %v", r)
 	}
-	if !slices.ContainsFunc(s.Groups(), func(g GroupState) bool { return g.Group == ProxylessGroupPrefix+"bert" }) {
-		t.Errorf("groups = %+v", s.Groups())
-	}
-
-	// bert leaves the config: its group gets empty responses of a newer
-	// version (gRPC then reports the listener removed).
 	for _, typ := range allTypes {
-		c.send(typ, map[string][]string{
-			resource.ListenerType: {"bert"}, resource.RouteType: {ProxylessRouteName("bert")},
-			resource.ClusterType: {"batchmesh|bert|1"}, resource.EndpointType: {"batchmesh|bert|1"},
-		}[typ], rs[typ].GetVersionInfo(), rs[typ].GetNonce(), nil)
+		c.send(typ, names[typ], rs[typ].GetVersionInfo(), rs[typ].GetNonce(), nil)
 	}
+	c.quiet(100 * time.Millisecond)
+
+	// A second model on the same stream, and a listener that does not
+	// exist: the listeners are answered at once, without "nope".
+	names[resource.ListenerType] = []string{"bert", "embed", "nope"}
+	c.send(resource.ListenerType, names[resource.ListenerType], rs[resource.ListenerType].GetVersionInfo(), rs[resource.ListenerType].GetNonce(), nil)
+	r := c.next()
+	if got := resourceNames(t, r); r.GetTypeUrl() != resource.ListenerType || !slices.Equal(got, []string{"bert", "embed"}) {
+		t.Fatalf("%s response %v, want listeners bert and embed", r.GetTypeUrl(), got)
+	}
+	waitFor(t, func() bool { return logs.find("xds resource does not exist") != nil })
+	if m := logs.find("xds resource does not exist"); m["node"] != "g1" || m["names"] != "[nope]" || m["type"] != "listeners" {
+		t.Errorf("log = %v, want node g1, listeners [nope]", m)
+	}
+	c.send(resource.ListenerType, names[resource.ListenerType], r.GetVersionInfo(), r.GetNonce(), nil)
+	c.quiet(100 * time.Millisecond) // the ACK gets no answer: no loop
+
+	// bert leaves the config: listeners and clusters (full state) are sent
+	// without it.
 	cfg := mustParse(t, threeModelsYAML)
 	cfg.Models = cfg.Models[1:]
 	if _, err := s.Update(context.Background(), cfg); err != nil {
 		t.Fatal(err)
 	}
-	for typ, r := range c.nextN(4) {
-		if len(r.GetResources()) != 0 || r.GetVersionInfo() != s.Version() {
-			t.Errorf("after removal: %s with %d resources at %q", typ, len(r.GetResources()), r.GetVersionInfo())
-		}
+	got := c.nextN(2)
+	if l := resourceNames(t, got[resource.ListenerType]); !slices.Equal(l, []string{"embed"}) {
+		t.Errorf("listeners after removal = %v, want embed", l)
 	}
+	if cs := got[resource.ClusterType]; cs == nil || len(cs.GetResources()) != 0 || cs.GetVersionInfo() != s.Version() {
+		t.Errorf("clusters after removal = %v", cs)
+	}
+}
+
+// resourceNames returns the sorted names of the resources of r.
+func resourceNames(t *testing.T, r *discovery.DiscoveryResponse) []string {
+	t.Helper()
+	var out []string
+	switch r.GetTypeUrl() {
+	case resource.ListenerType:
+		out = slices.Collect(maps.Keys(unpack[*listener.Listener](t, r.GetResources())))
+	case resource.RouteType:
+		out = slices.Collect(maps.Keys(unpack[*route.RouteConfiguration](t, r.GetResources())))
+	case resource.ClusterType:
+		out = slices.Collect(maps.Keys(unpack[*cluster.Cluster](t, r.GetResources())))
+	case resource.EndpointType:
+		out = slices.Collect(maps.Keys(unpack[*endpoint.ClusterLoadAssignment](t, r.GetResources())))
+	}
+	slices.Sort(out)
+	return out
 }
