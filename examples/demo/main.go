@@ -48,6 +48,24 @@ type scenario struct {
 	about   string
 	clients int
 	cols    int
+	openai  bool // POST /v1/embeddings with one string, not v2 infer
+}
+
+// demoConfig is the sidecar's configuration: the three models of the
+// runtime at rtAddr, batched up to 64 rows.
+func demoConfig(rtAddr string) (*config.Config, error) {
+	return config.Parse("demo.yaml", []byte(fmt.Sprintf(`models:
+  - name: bert
+    batching: {max_batch_size: 64, max_queue_delay: 1ms, timeout: 5s}
+    versions: [{version: "1", endpoints: [{address: %[1]s, slots: 1}]}]
+  - name: mlp
+    batching: {max_batch_size: 64, max_queue_delay: 1ms, timeout: 5s}
+    versions: [{version: "1", endpoints: [{address: %[1]s, slots: 1}]}]
+  - name: embed
+    protocol: openai
+    batching: {max_batch_size: 64, max_queue_delay: 1ms, timeout: 5s}
+    versions: [{version: "1", endpoints: [{address: %[1]s, slots: 1}]}]
+`, rtAddr)))
 }
 
 func run(out io.Writer, quick bool) error {
@@ -70,21 +88,14 @@ func run(out io.Writer, quick bool) error {
 	}
 
 	fmt.Fprintln(out, "batchmesh demo: a reference runtime and a sidecar on loopback")
-	rtAddr, stopRuntime, err := startRuntime("bert=sim:h200/bert-base", "mlp=mlp:"+weights)
+	rtAddr, stopRuntime, err := startRuntime("bert=sim:h200/bert-base", "mlp=mlp:"+weights, "embed=embed:h200/minilm-l6")
 	if err != nil {
 		return err
 	}
 	defer stopRuntime()
-	fmt.Fprintf(out, "  runtime  %s  models: bert (simulated H200 BERT-base, 1 slot), mlp (real MLP on this CPU)\n", rtAddr)
-
-	cfg, err := config.Parse("demo.yaml", []byte(fmt.Sprintf(`models:
-  - name: bert
-    batching: {max_batch_size: 64, max_queue_delay: 1ms, timeout: 5s}
-    versions: [{version: "1", endpoints: [{address: %[1]s, slots: 1}]}]
-  - name: mlp
-    batching: {max_batch_size: 64, max_queue_delay: 1ms, timeout: 5s}
-    versions: [{version: "1", endpoints: [{address: %[1]s, slots: 1}]}]
-`, rtAddr)))
+	fmt.Fprintf(out, "  runtime  %s  models: bert (simulated H200 BERT-base, 1 slot), mlp (real MLP on this CPU),\n", rtAddr)
+	fmt.Fprintf(out, "           %s  embed (simulated H200 MiniLM-L6 behind the OpenAI embeddings API)\n", strings.Repeat(" ", len(rtAddr)))
+	cfg, err := demoConfig(rtAddr)
 	if err != nil {
 		return err
 	}
@@ -98,6 +109,7 @@ func run(out io.Writer, quick bool) error {
 	scenarios := []scenario{
 		{model: "bert", about: "simulated H200 BERT-base", clients: 128, cols: 16},
 		{model: "mlp", about: "real MLP on this CPU", clients: 64, cols: mlpIn},
+		{model: "embed", about: "OpenAI embeddings, MiniLM", clients: 64, openai: true},
 	}
 	type row struct {
 		sc              scenario
@@ -123,7 +135,7 @@ func run(out io.Writer, quick bool) error {
 			r.sidecar.RowsPerSec, r.direct.RowsPerSec, ratio(r.sidecar.RowsPerSec, r.direct.RowsPerSec),
 			ms(r.sidecar.P99), ms(r.direct.P99), r.sidecar.Errors+r.direct.Errors)
 	}
-	fmt.Fprintln(out, "\nThe sidecar gathers the clients' rows into batches of up to 64; the runtime computes a batch in about the")
+	fmt.Fprintln(out, "\nThe sidecar gathers the clients' rows (embed: their input strings) into batches of up to 64; the runtime computes a batch in about the")
 	fmt.Fprintln(out, "time of one row, so rows/s multiply while latency falls. Try `go run ./examples/bench -h` for your own loads.")
 	return nil
 }
@@ -134,16 +146,18 @@ func run(out io.Writer, quick bool) error {
 func measure(out io.Writer, sc scenario, via, base, metricsURL, prefix string, phase time.Duration) (loadgen.Result, error) {
 	batchMetric, queueMetric := prefix+"_batch_rows", prefix+"_queue_depth"
 	before := scrape(metricsURL)
-	res, err := loadgen.Run(context.Background(), loadgen.Config{
-		URL: base + "/v2/models/" + sc.model + "/infer", Clients: sc.clients, Duration: phase, Cols: sc.cols,
-		OnProgress: func(s loadgen.Snapshot) {
-			now := scrape(metricsURL)
-			meanBatch := ratio(now[batchMetric+"_sum"]-before[batchMetric+"_sum"], now[batchMetric+"_count"]-before[batchMetric+"_count"])
-			before = now
-			fmt.Fprintf(out, "%-6s %-8s %5.0fs %10.0f %10s %10s %11.1f %7.0f\n", sc.model, via, s.Elapsed.Seconds(),
-				s.RowsPerSec, ms(s.P50), ms(s.P99), meanBatch, now[queueMetric])
-		},
-	})
+	lc := loadgen.Config{URL: base + "/v2/models/" + sc.model + "/infer", Clients: sc.clients, Duration: phase, Cols: sc.cols}
+	if sc.openai {
+		lc = loadgen.Config{URL: base + "/v1/embeddings", Clients: sc.clients, Duration: phase, Protocol: "openai", Model: sc.model}
+	}
+	lc.OnProgress = func(s loadgen.Snapshot) {
+		now := scrape(metricsURL)
+		meanBatch := ratio(now[batchMetric+"_sum"]-before[batchMetric+"_sum"], now[batchMetric+"_count"]-before[batchMetric+"_count"])
+		before = now
+		fmt.Fprintf(out, "%-6s %-8s %5.0fs %10.0f %10s %10s %11.1f %7.0f\n", sc.model, via, s.Elapsed.Seconds(),
+			s.RowsPerSec, ms(s.P50), ms(s.P99), meanBatch, now[queueMetric])
+	}
+	res, err := loadgen.Run(context.Background(), lc)
 	if err != nil {
 		return res, fmt.Errorf("%s via %s: %w", sc.model, via, err)
 	}
