@@ -200,3 +200,34 @@ func TestEmbeddingsRetryOverloadedRuntime(t *testing.T) {
 		t.Error("the runtime never answered 429: the back-off was not exercised")
 	}
 }
+
+// TestPredictCached: TF predict rows go through the row cache like v2 rows:
+// a repeated row is answered from the cache (the runtime sees no new row),
+// a request mixing cached and new rows sends only the new ones, and every
+// answer equals the runtime's direct one.
+func TestPredictCached(t *testing.T) {
+	rt := startRuntime(t, modelrt.Config{Slots: 1}, "s=sim:linear/1ms+0s")
+	sc := startSidecar(t, protocolYAML("s", "tfserving", rt.addr, "max_batch_size: 16, timeout: 5s", "enabled: true, ttl: 1m"))
+	url := sc.url + "/v1/models/s:predict"
+	check := func(body, wantCache string) {
+		t.Helper()
+		got := post(url, []byte(body), nil)
+		want := post("http://"+rt.addr+"/v1/models/s:predict", []byte(body), nil)
+		if got.err != nil || got.status != 200 || want.status != 200 {
+			t.Fatalf("%s: sidecar %d %s %v, direct %d %s", body, got.status, got.body, got.err, want.status, want.body)
+		}
+		if !reflect.DeepEqual(jsonValue(t, got.body), jsonValue(t, want.body)) {
+			t.Errorf("%s: sidecar %s, direct %s", body, got.body, want.body)
+		}
+		if c := got.header.Get(HeaderCache); c != wantCache {
+			t.Errorf("%s: X-Batchmesh-Cache %q, want %q", body, c, wantCache)
+		}
+	}
+	check(`{"instances":[[1,2],[3,4]]}`, "miss")
+	check(`{"instances":[[1,2],[3,4]]}`, "hit")
+	check(`{"inputs":[[3,4],[5,6]]}`, "partial") // columnar, one row cached
+	// Direct calls above computed 6 rows; the sidecar only 2 + 0 + 1.
+	if sent := metricValue(t, rt.URL+"/metrics", "model_rows_total"); sent != 6+3 {
+		t.Errorf("the runtime computed %v rows, want 9 (6 direct, 3 through the sidecar)", sent)
+	}
+}
