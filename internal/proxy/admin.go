@@ -146,6 +146,7 @@ func (p *Proxy) configDump() map[string]any {
 type clusterStatus struct {
 	Cluster   string                 `json:"cluster"`
 	Batching  bool                   `json:"batching"`
+	Available bool                   `json:"available"` // some endpoint healthy: in the split
 	Queued    int                    `json:"queued_rows"`
 	Endpoints []batch.EndpointStatus `json:"endpoints"`
 }
@@ -155,7 +156,7 @@ func (p *Proxy) clusters() []clusterStatus {
 	st := p.st.Load()
 	for _, name := range st.names {
 		for _, v := range st.models[name].versions {
-			cs := clusterStatus{Cluster: config.ClusterName(name, v.cfg.Version), Batching: v.lane != nil}
+			cs := clusterStatus{Cluster: config.ClusterName(name, v.cfg.Version), Batching: v.lane != nil, Available: p.versionUp(v)}
 			if v.lane != nil {
 				cs.Endpoints, cs.Queued = v.lane.Status()
 			} else {

@@ -28,6 +28,7 @@ type metrics struct {
 	upDuration   metric.Float64Histogram
 	attrs        sync.Map // labels → metric.MeasurementOption
 	weightGauge  metric.Int64ObservableGauge
+	availGauge   metric.Int64ObservableGauge
 	registration metric.Registration
 }
 
@@ -39,9 +40,15 @@ type endpointWeight struct {
 	weight                   int64
 }
 
-func newMetrics(m metric.Meter, weights func() []endpointWeight) (*metrics, error) {
+// versionAvailable is one sample of batchmesh_version_available.
+type versionAvailable struct {
+	model, version string
+	available      bool
+}
+
+func newMetrics(m metric.Meter, weights func() []endpointWeight, available func() []versionAvailable) (*metrics, error) {
 	pm := &metrics{}
-	var errs [5]error
+	var errs [6]error
 	pm.requests, errs[0] = m.Int64Counter("batchmesh_requests",
 		metric.WithDescription("Application requests answered, by status code and cache result."))
 	pm.duration, errs[1] = m.Float64Histogram("batchmesh_request_duration_seconds",
@@ -54,6 +61,8 @@ func newMetrics(m metric.Meter, weights func() []endpointWeight) (*metrics, erro
 		metric.WithExplicitBucketBoundaries(latencyBuckets...))
 	pm.weightGauge, errs[4] = m.Int64ObservableGauge("batchmesh_endpoint_weight",
 		metric.WithDescription("The weight each endpoint is picked with."))
+	pm.availGauge, errs[5] = m.Int64ObservableGauge("batchmesh_version_available",
+		metric.WithDescription("1 while some endpoint of the version is healthy and it takes its share of the split; 0 while it is out of it."))
 	if err := errors.Join(errs[:]...); err != nil {
 		return nil, fmt.Errorf("proxy: metrics: %w", err)
 	}
@@ -64,8 +73,16 @@ func newMetrics(m metric.Meter, weights func() []endpointWeight) (*metrics, erro
 				attribute.String("model", w.model), attribute.String("version", w.version),
 				attribute.String("endpoint", w.endpoint))))
 		}
+		for _, a := range available() {
+			v := int64(0)
+			if a.available {
+				v = 1
+			}
+			o.ObserveInt64(pm.availGauge, v, metric.WithAttributeSet(attribute.NewSet(
+				attribute.String("model", a.model), attribute.String("version", a.version))))
+		}
 		return nil
-	}, pm.weightGauge)
+	}, pm.weightGauge, pm.availGauge)
 	if err != nil {
 		return nil, fmt.Errorf("proxy: metrics: %w", err)
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -131,7 +132,7 @@ func New(cfg Config) (*Proxy, error) {
 		OnChange: p.healthChanged, Logger: cfg.Logger,
 	})
 	var err error
-	if p.m, err = newMetrics(cfg.Meter, p.currentWeights); err != nil {
+	if p.m, err = newMetrics(cfg.Meter, p.currentWeights, p.versionsAvailable); err != nil {
 		return nil, err
 	}
 	cacheBytes := config.DefaultCacheBytes
@@ -211,17 +212,5 @@ func (p *Proxy) ready() string {
 }
 
 func (p *Proxy) modelHealthy(m *model) bool {
-	for _, v := range m.versions {
-		if v.lane != nil && v.lane.Healthy() {
-			return true
-		}
-		if v.lane == nil {
-			for _, e := range v.cfg.Endpoints {
-				if p.health.Up(e.Address) {
-					return true
-				}
-			}
-		}
-	}
-	return false
+	return slices.ContainsFunc(m.versions, p.versionUp)
 }

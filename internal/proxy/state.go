@@ -207,6 +207,23 @@ func (p *Proxy) currentWeights() []endpointWeight {
 	return out
 }
 
+// versionsAvailable lists whether each version of the applied
+// configuration takes its share of the split, for the
+// batchmesh_version_available gauge.
+func (p *Proxy) versionsAvailable() []versionAvailable {
+	st := p.st.Load()
+	if st == nil {
+		return nil
+	}
+	var out []versionAvailable
+	for _, name := range st.names {
+		for _, v := range st.models[name].versions {
+			out = append(out, versionAvailable{model: name, version: v.cfg.Version, available: p.versionUp(v)})
+		}
+	}
+	return out
+}
+
 // laneEndpoint is one endpoint of one lane.
 type laneEndpoint struct {
 	lane    *batch.Lane
