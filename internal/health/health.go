@@ -40,7 +40,9 @@ type Config struct {
 	// the order of the changes: the table's lock is held, so it must not
 	// call the Table's other methods except Up.
 	OnChange func(address string, up bool)
-	// Logger receives a line per change and per failed probe; nil discards.
+	// Logger receives a line per change (up at info, down at warn, with the
+	// failed probes in a row) and one per probe at debug; nil discards. A
+	// dead endpoint logs one warning, not one per probe.
 	Logger *slog.Logger
 }
 
@@ -143,17 +145,16 @@ func (t *Table) record(address string, err error) {
 			e.seen, e.failures = true, 0
 			return true
 		}, "source", "probe")
+		t.cfg.Logger.Debug("endpoint probe", "endpoint", address, "ok", true)
 		return
 	}
-	var failures int
 	t.set(address, func(e *endpoint) bool {
 		e.failures++
-		failures = e.failures
 		down := !e.seen || e.failures >= t.cfg.FailAfter
 		e.seen = true
 		return e.up && !down
 	}, "err", err, "source", "probe")
-	t.cfg.Logger.Warn("endpoint probe failed", "endpoint", address, "failures", failures, "err", err)
+	t.cfg.Logger.Debug("endpoint probe", "endpoint", address, "ok", false, "err", err)
 }
 
 // set applies update to address's state under the lock; update returns
@@ -183,7 +184,7 @@ func (t *Table) set(address string, update func(*endpoint) bool, attrs ...any) {
 	if e.up {
 		t.cfg.Logger.Info("endpoint up", append([]any{"endpoint", address}, attrs...)...)
 	} else {
-		t.cfg.Logger.Warn("endpoint down", append([]any{"endpoint", address}, attrs...)...)
+		t.cfg.Logger.Warn("endpoint down", append([]any{"endpoint", address, "failed_probes", e.failures}, attrs...)...)
 	}
 	if t.cfg.OnChange != nil {
 		t.cfg.OnChange(address, e.up)
