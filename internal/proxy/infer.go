@@ -141,6 +141,9 @@ func (p *Proxy) forward(ctx context.Context, rc *fasthttp.RequestCtx, m *model, 
 		}
 	}
 	p.m.upstream(m.cfg.Name, ep, code, time.Since(t0))
+	if !errors.Is(ctx.Err(), context.Canceled) {
+		p.health.ReportCall(ep, callFailed(err, code))
+	}
 	if err != nil {
 		p.reply(rc, m.cfg.Name, start, err)
 		return

@@ -16,6 +16,7 @@ import (
 
 	"github.com/batchmesh/batchmesh/internal/batch"
 	"github.com/batchmesh/batchmesh/internal/config"
+	"github.com/batchmesh/batchmesh/internal/health"
 	"github.com/batchmesh/batchmesh/internal/inference"
 	"github.com/batchmesh/batchmesh/internal/loadreport"
 	"github.com/batchmesh/batchmesh/internal/upstream"
@@ -152,6 +153,15 @@ func (pm *metrics) upstream(model, endpoint string, code int, d time.Duration) {
 	pm.upDuration.Record(ctx, d.Seconds(), pm.opt(labels{model: model, endpoint: endpoint}))
 }
 
+// callFailed reports whether an upstream call counts as a failure for
+// outlier detection: no answer (connection error, timeout) or a 5xx.
+func callFailed(err error, code int) bool {
+	if err != nil {
+		return errors.Is(err, inference.ErrUpstream) || errors.Is(err, inference.ErrUnavailable) || errors.Is(err, inference.ErrDeadline)
+	}
+	return code >= 500
+}
+
 // caller sends the lane's batches through the upstream client and records
 // each call.
 type caller struct {
@@ -166,6 +176,8 @@ type caller struct {
 	// lane, when not nil, is told each answer's runtime queue (weights:
 	// adaptive). Set once, before the lane takes requests.
 	lane *batch.Lane
+	// health counts each call's outcome for outlier detection.
+	health *health.Table
 	// protocol is the runtime's API: config.ProtocolV2 (v2 infer),
 	// ProtocolOpenAI (/v1/embeddings) or ProtocolTFServing (:predict).
 	protocol string
@@ -206,6 +218,9 @@ func (c *caller) Call(ctx context.Context, endpoint string, req *inference.Reque
 	}
 	elapsed := time.Since(start)
 	c.m.upstream(c.model, endpoint, code, elapsed)
+	if !errors.Is(ctx.Err(), context.Canceled) { // a caller gone says nothing of the endpoint
+		c.health.ReportCall(endpoint, callFailed(err, code))
+	}
 	if c.load != nil || c.lane != nil {
 		var rep *loadreport.Report
 		if reply.LoadReport != "" {

@@ -129,7 +129,7 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	p.health = health.New(health.Config{
 		Probe: p.up.Probe, Timeout: cfg.Upstream.ProbeTimeout, Interval: cfg.ProbeInterval,
-		OnChange: p.healthChanged, Logger: cfg.Logger,
+		OnChange: p.healthChanged, Logger: cfg.Logger, Peers: p.peers, Outlier: outlierOf(cfg.Models),
 	})
 	var err error
 	if p.m, err = newMetrics(cfg.Meter, p.currentWeights, p.versionsAvailable); err != nil {
