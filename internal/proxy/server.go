@@ -55,6 +55,7 @@ func (p *Proxy) NewServer() *fasthttp.Server {
 	return &fasthttp.Server{
 		Handler:               p.Guard(p.Handler),
 		HeaderReceived:        p.headerReceived,
+		ExpectHandler:         p.expect,
 		ErrorHandler:          p.transportError,
 		Logger:                fasthttpLogger{p.cfg.Logger},
 		Name:                  "batchmesh",
@@ -123,6 +124,21 @@ func (p *Proxy) headerReceived(h *fasthttp.RequestHeader) fasthttp.RequestConfig
 		rc.MaxRequestBodySize = 1
 	}
 	return rc
+}
+
+// expect answers a request with Expect: 100-continue before its body is
+// sent: one refused on its headers (over the body limit, both framing
+// headers, the budget spent) gets its answer instead of 100 Continue.
+func (p *Proxy) expect(ctx *fasthttp.RequestCtx) int {
+	if ctx.Request.Header.ContentLength() > p.cfg.MaxBodyBytes {
+		writeRefusal(ctx, inference.Errorf(inference.KindTooLarge, "proxy: request body is over the limit of %d bytes", p.cfg.MaxBodyBytes))
+		return ctx.Response.StatusCode()
+	}
+	if err := p.body.refusal(&ctx.Request.Header); err != nil {
+		writeRefusal(ctx, err)
+		return ctx.Response.StatusCode()
+	}
+	return fasthttp.StatusContinue
 }
 
 // hasContentLength reports whether raw request headers have a
@@ -212,6 +228,20 @@ func (b *bodyBudget) release(h *fasthttp.RequestHeader) error {
 	hd, _ := v.(hold)
 	b.used.Add(-hd.bytes)
 	return hd.refused
+}
+
+// refusal returns h's refusal, if any, and forgets it; a request that was
+// not refused keeps its bytes.
+func (b *bodyBudget) refusal(h *fasthttp.RequestHeader) error {
+	v, ok := b.held.Load(h)
+	if !ok {
+		return nil
+	}
+	if hd, _ := v.(hold); hd.refused != nil {
+		b.held.Delete(h)
+		return hd.refused
+	}
+	return nil
 }
 
 // inFlight returns the body bytes taken now.

@@ -178,6 +178,33 @@ func TestBodyBudget(t *testing.T) {
 		t.Errorf("body over the limit: %d, want 413", resp.StatusCode)
 	}
 
+	// With Expect: 100-continue the refusal comes instead of 100 Continue,
+	// before the body is sent.
+	c = rawConn(t, sc)
+	fmt.Fprint(c, "POST /v2/health/live HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 800\r\n\r\n")
+	if resp, body := readReply(t, c); resp.StatusCode != http.StatusTooManyRequests {
+		t.Errorf("Expect: 100-continue past the budget: %d %s, want 429 instead of 100 Continue", resp.StatusCode, body)
+	}
+	c = rawConn(t, sc)
+	fmt.Fprint(c, "POST /v2/health/live HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5000\r\n\r\n")
+	if resp, _ := readReply(t, c); resp.StatusCode != http.StatusRequestEntityTooLarge {
+		t.Errorf("Expect: 100-continue over the body limit: %d, want 413 instead of 100 Continue", resp.StatusCode)
+	}
+	c = rawConn(t, sc)
+	fmt.Fprint(c, "POST /v2/health/live HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n")
+	br := bufio.NewReader(c)
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if line, err := br.ReadString('\n'); err != nil || !strings.Contains(line, "100 Continue") {
+		t.Fatalf("Expect: 100-continue within the budget: %q %v, want 100 Continue", line, err)
+	}
+	_, _ = br.ReadString('\n') // the blank line after 100 Continue
+	fmt.Fprint(c, "abc")
+	if resp, err := http.ReadResponse(br, nil); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("body after 100 Continue: %v %v, want 200", resp, err)
+	} else {
+		resp.Body.Close()
+	}
+
 	fmt.Fprint(slow, strings.Repeat("a", 700))
 	if resp, body := readReply(t, slow); resp.StatusCode != http.StatusOK {
 		t.Fatalf("held request once its body arrived: %d %s", resp.StatusCode, body)
