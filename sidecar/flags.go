@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/batchmesh/batchmesh/internal/config"
+	"github.com/batchmesh/batchmesh/internal/proxy"
 	"github.com/batchmesh/batchmesh/internal/sidecar"
 	"github.com/batchmesh/batchmesh/internal/xdsclient"
 )
@@ -36,6 +37,11 @@ func parseFlags(args []string, stderr io.Writer) (sidecar.Config, error) {
 	fs.StringVar(&cfg.Proxy.Zone, "zone", "", "this sidecar's zone: sent to the control plane, and endpoints of this zone are preferred while they have capacity")
 	fs.StringVar(&cfg.Proxy.Balancer, "balancer", "p2c", "endpoint policy: p2c (weighted least-request), wrr (weighted round robin) or ring_hash (affinity on X-Batchmesh-Tenant, bounded load)")
 	maxBody := fs.String("max-body", "64MiB", "largest application request body; more is a 413")
+	maxInFlight := fs.String("max-body-in-flight", "", "budget of request body bytes read and not yet answered, over every connection; past it a request gets 429 (default 4 × -max-body)")
+	fs.DurationVar(&cfg.Proxy.HeaderTimeout, "header-timeout", proxy.DefaultHeaderTimeout, "time allowed to send a request's headers; a slower client is disconnected")
+	fs.DurationVar(&cfg.Proxy.BodyTimeout, "body-timeout", proxy.DefaultBodyTimeout, "time allowed to send a request's body, after its headers")
+	fs.DurationVar(&cfg.Proxy.IdleTimeout, "idle-timeout", proxy.DefaultIdleTimeout, "an idle keep-alive connection is closed, quietly, after this")
+	fs.IntVar(&cfg.Proxy.MaxConns, "max-conns", 0, "inference listener connection limit (default: half the file-descriptor limit, less 64)")
 	fs.DurationVar(&cfg.Proxy.ProbeInterval, "probe-interval", time.Second, "how often every endpoint's readiness is probed")
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, how long to wait for queued and in-flight requests")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
@@ -62,6 +68,13 @@ func parseFlags(args []string, stderr io.Writer) (sidecar.Config, error) {
 		return cfg, fmt.Errorf("-max-body %q: want a positive size below 2GiB, like 64MiB", *maxBody)
 	}
 	cfg.Proxy.MaxBodyBytes = int(bodyLimit)
+	if *maxInFlight != "" {
+		n, err := config.ParseSize(*maxInFlight)
+		if err != nil || n < bodyLimit || n > 1<<40 {
+			return cfg, fmt.Errorf("-max-body-in-flight %q: want a size of at least -max-body (%d bytes), like 256MiB", *maxInFlight, bodyLimit)
+		}
+		cfg.Proxy.MaxBodyBytesInFlight = int(n)
+	}
 	cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	cfg.XDS.Zone = cfg.Proxy.Zone
 	if cfg.XDS.Server != "" && cfg.XDS.NodeID == "" {

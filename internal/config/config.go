@@ -73,6 +73,11 @@ type Config struct {
 	// value "" is invalid.
 	Weights string
 
+	// OutlierDetection ejects endpoints whose calls fail in a row. Parse
+	// sets DefaultOutlierDetection's values for keys absent from the file; the zero
+	// value (a Config built in code, or from xDS) means the defaults too.
+	OutlierDetection OutlierDetection
+
 	// Models lists the models served; at least one, with unique names.
 	Models []Model
 }

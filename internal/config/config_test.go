@@ -19,6 +19,9 @@ func TestLoadFull(t *testing.T) {
 	want := &Config{
 		CacheBytes: 512 << 20,
 		Weights:    WeightsAdaptive,
+		OutlierDetection: OutlierDetection{
+			ConsecutiveFailures: 3, BaseEjectionTime: 10 * time.Second, MaxEjectionTime: time.Minute, MaxEjectionPercent: 50,
+		},
 		Models: []Model{
 			{
 				Name:     "bert-base",
@@ -71,8 +74,9 @@ func TestLoadDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := &Config{
-		CacheBytes: 256 << 20,
-		Weights:    WeightsStatic,
+		CacheBytes:       256 << 20,
+		Weights:          WeightsStatic,
+		OutlierDetection: DefaultOutlierDetection(),
 		Models: []Model{{
 			Name:     "bert-base",
 			Protocol: ProtocolV2,

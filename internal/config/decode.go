@@ -17,7 +17,7 @@ import (
 
 // Keys allowed at each level of the file, in the order errors list them.
 var (
-	configKeys   = []string{"cache_bytes", "weights", "models"}
+	configKeys   = []string{"cache_bytes", "weights", "outlier_detection", "models"}
 	modelKeys    = []string{"name", "protocol", "batching", "cache", "versions"}
 	batchingKeys = []string{"max_batch_size", "max_queue_delay", "max_queue_size", "timeout"}
 	cacheKeys    = []string{"enabled", "ttl", "granularity", "scope"}
@@ -83,13 +83,15 @@ func (d *decoder) decode(data []byte) *Config {
 	}
 	d.lines[""] = root.Line
 	d.limit = 2*len(data) + aliasNodes
-	c := &Config{CacheBytes: DefaultCacheBytes, Weights: DefaultWeights}
+	c := &Config{CacheBytes: DefaultCacheBytes, Weights: DefaultWeights, OutlierDetection: DefaultOutlierDetection()}
 	ok := d.mapping(root, "", configKeys, func(key string, v *yaml.Node, path string) {
 		switch key {
 		case "cache_bytes":
 			c.CacheBytes = d.size(v, path, c.CacheBytes)
 		case "weights":
 			c.Weights = d.str(v, path, c.Weights)
+		case "outlier_detection":
+			d.outlier(v, path, &c.OutlierDetection)
 		case "models":
 			for i, n := range d.list(v, path, "models") {
 				c.Models = append(c.Models, d.model(n, index(path, i)))

@@ -87,7 +87,7 @@ func TestParseErrors(t *testing.T) {
 		{
 			name: "unknown top-level key",
 			file: "cache_byte: 1MiB\n" + oneModel,
-			want: []string{"bad.yaml:1: cache_byte: unknown key; did you mean cache_bytes? allowed keys: cache_bytes, weights, models"},
+			want: []string{"bad.yaml:1: cache_byte: unknown key; did you mean cache_bytes? allowed keys: cache_bytes, weights, outlier_detection, models"},
 		},
 		{
 			name: "unknown key in batching",

@@ -70,6 +70,7 @@ func (c *checker) config(cfg *Config) {
 		c.errorf("cache_bytes", "%d is negative; must be 0 or more", cfg.CacheBytes)
 	}
 	c.oneOf("weights", cfg.Weights, "weights mode", WeightsStatic, WeightsAdaptive)
+	c.outlier(cfg.OutlierDetection, "outlier_detection")
 	if len(cfg.Models) == 0 {
 		c.errorf("models", "at least one model is required")
 	}

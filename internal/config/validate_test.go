@@ -33,6 +33,29 @@ func TestValidate(t *testing.T) {
 		want   []string // each a substring of the error; none for a valid config
 	}{
 		{name: "valid", change: func(*Config) {}},
+		{name: "outlier detection defaults", change: func(c *Config) { c.OutlierDetection = DefaultOutlierDetection() }},
+		{name: "outlier detection off", change: func(c *Config) {
+			c.OutlierDetection = DefaultOutlierDetection()
+			c.OutlierDetection.ConsecutiveFailures = 0
+		}},
+		{
+			name: "outlier detection out of range",
+			change: func(c *Config) {
+				c.OutlierDetection = OutlierDetection{ConsecutiveFailures: -1, BaseEjectionTime: time.Minute, MaxEjectionTime: time.Second, MaxEjectionPercent: 101}
+			},
+			want: []string{
+				"outlier_detection.consecutive_failures: -1 is negative; must be 1 or more, or 0 to turn outlier detection off",
+				"outlier_detection.max_ejection_time: 1s is shorter than base_ejection_time (1m0s); must be at least as long",
+				"outlier_detection.max_ejection_percent: 101 is not a percentage; must be 1 to 100",
+			},
+		},
+		{
+			name: "outlier detection base ejection time",
+			change: func(c *Config) {
+				c.OutlierDetection = OutlierDetection{ConsecutiveFailures: 5, MaxEjectionTime: time.Minute, MaxEjectionPercent: 10}
+			},
+			want: []string{"outlier_detection.base_ejection_time: 0s is too short; must be more than 0"},
+		},
 		{
 			name:   "pass-through needs no queue",
 			change: func(c *Config) { c.Models[0].Batching.MaxBatchSize, c.Models[0].Batching.MaxQueueSize = 0, 0 },

@@ -13,6 +13,13 @@
 // on the data path takes it down at once. One successful probe brings it
 // back.
 //
+// Outlier detection (outlier.go) works beside the probes: ReportCall
+// counts each data-path call's outcome, and ConsecutiveFailures failures
+// in a row eject the endpoint for BaseEjectionTime × its ejections (at most
+// MaxEjectionTime), whatever the probes say, unless that would eject more
+// than MaxEjectionPercent of its peers or the last of them. An ejection
+// ends at Run's first tick after its time.
+//
 // This package exports no metrics; the proxy's /clusters page shows each
 // endpoint's state.
 package health
@@ -40,7 +47,17 @@ type Config struct {
 	// the order of the changes: the table's lock is held, so it must not
 	// call the Table's other methods except Up.
 	OnChange func(address string, up bool)
-	// Logger receives a line per change and per failed probe; nil discards.
+	// Outlier configures outlier detection on the data path (ReportCall);
+	// zero fields take the defaults of Outlier.WithDefaults.
+	Outlier Outlier
+	// Peers, when set, returns the endpoints that share traffic with
+	// address (itself included), among which Outlier.MaxEjectionPercent
+	// applies; by default every endpoint of the table. Called with the
+	// table's lock held: it must not call the Table's methods.
+	Peers func(address string) []string
+	// Logger receives a line per change (up at info, down at warn, with the
+	// failed probes in a row) and one per probe at debug; nil discards. A
+	// dead endpoint logs one warning, not one per probe.
 	Logger *slog.Logger
 }
 
@@ -61,7 +78,12 @@ type endpoint struct {
 	up       bool
 	seen     bool // a probe answered, or the data path failed
 	failures int  // failed probes in a row
+	outlier       // outlier detection's state: see outlier.go
 }
+
+// serving reports whether the endpoint may get traffic: up, and not
+// ejected by outlier detection.
+func (e *endpoint) serving() bool { return e.up && !e.ejected }
 
 // New builds a table. It starts nothing: call Probe once, then Run.
 func New(cfg Config) *Table {
@@ -77,6 +99,7 @@ func New(cfg Config) *Table {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	cfg.Outlier = cfg.Outlier.WithDefaults()
 	t := &Table{cfg: cfg, eps: make(map[string]*endpoint)}
 	t.up.Store(&map[string]bool{})
 	return t
@@ -132,6 +155,7 @@ func (t *Table) Run(ctx context.Context, targets func() []string) {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
+			t.expire(time.Now())
 			t.Probe(ctx, targets())
 		}
 	}
@@ -143,51 +167,61 @@ func (t *Table) record(address string, err error) {
 			e.seen, e.failures = true, 0
 			return true
 		}, "source", "probe")
+		t.cfg.Logger.Debug("endpoint probe", "endpoint", address, "ok", true)
 		return
 	}
-	var failures int
 	t.set(address, func(e *endpoint) bool {
 		e.failures++
-		failures = e.failures
 		down := !e.seen || e.failures >= t.cfg.FailAfter
 		e.seen = true
 		return e.up && !down
 	}, "err", err, "source", "probe")
-	t.cfg.Logger.Warn("endpoint probe failed", "endpoint", address, "failures", failures, "err", err)
+	t.cfg.Logger.Debug("endpoint probe", "endpoint", address, "ok", false, "err", err)
 }
 
 // set applies update to address's state under the lock; update returns
-// whether the endpoint is up afterwards. A change is published, logged with
-// attrs and reported to OnChange.
+// whether the endpoint is up afterwards (probes and data-path failures).
 func (t *Table) set(address string, update func(*endpoint) bool, attrs ...any) {
 	t.mu.Lock()
-	e := t.eps[address]
-	if e == nil {
-		e = &endpoint{up: true}
-		t.eps[address] = e
-	}
 	defer t.mu.Unlock()
-	was := e.up
-	e.up = update(e)
-	changed := e.up != was
+	t.changeLocked(address, func(e *endpoint) { e.up = update(e) }, attrs...)
+}
+
+// changeLocked applies mutate to address's state; t.mu is held. A change
+// of whether it serves is published, logged with attrs and reported to
+// OnChange.
+func (t *Table) changeLocked(address string, mutate func(*endpoint), attrs ...any) {
+	e := t.endpointLocked(address)
+	was := e.serving()
+	mutate(e)
+	changed := e.serving() != was
 	if changed || !t.known(address) {
 		m := make(map[string]bool, len(t.eps))
 		for a, s := range t.eps {
-			m[a] = s.up
+			m[a] = s.serving()
 		}
 		t.up.Store(&m)
 	}
 	if !changed {
 		return
 	}
-	if e.up {
+	if e.serving() {
 		t.cfg.Logger.Info("endpoint up", append([]any{"endpoint", address}, attrs...)...)
 	} else {
-		t.cfg.Logger.Warn("endpoint down", append([]any{"endpoint", address}, attrs...)...)
+		t.cfg.Logger.Warn("endpoint down", append([]any{"endpoint", address, "failed_probes", e.failures}, attrs...)...)
 	}
 	if t.cfg.OnChange != nil {
-		t.cfg.OnChange(address, e.up)
+		t.cfg.OnChange(address, e.serving())
 	}
+}
+
+func (t *Table) endpointLocked(address string) *endpoint {
+	e := t.eps[address]
+	if e == nil {
+		e = &endpoint{up: true}
+		t.eps[address] = e
+	}
+	return e
 }
 
 // Sync calls apply with Up while no change can happen, so that a consumer

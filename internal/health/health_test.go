@@ -1,10 +1,13 @@
 package health
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -155,5 +158,36 @@ func TestSyncSeesEveryChange(t *testing.T) {
 		if view[a] != tab.Up(a) {
 			t.Errorf("%s: consumer sees %v, table %v", a, view[a], tab.Up(a))
 		}
+	}
+}
+
+// TestLogsChangesOnly: a dead endpoint probed many times logs one warning
+// (with its failed probes), a probe line each at debug only, and one info
+// line when it comes back.
+func TestLogsChangesOnly(t *testing.T) {
+	var buf bytes.Buffer
+	f := &fakeProbe{fail: map[string]error{}, calls: map[string]int{}}
+	tab := New(Config{Probe: f.probe, Logger: slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	ctx := context.Background()
+	tab.Probe(ctx, []string{"a"})
+	f.set("a", errors.New("connection refused"))
+	for range 10 {
+		tab.Probe(ctx, []string{"a"})
+	}
+	f.set("a", nil)
+	tab.Probe(ctx, []string{"a"})
+	tab.Probe(ctx, []string{"a"})
+	count := func(s string) int { return strings.Count(buf.String(), s) }
+	if n := count("level=WARN"); n != 1 {
+		t.Errorf("%d warnings for one endpoint going down, want 1:\n%s", n, buf.String())
+	}
+	if n := count(`level=WARN msg="endpoint down" endpoint=a failed_probes=2`); n != 1 {
+		t.Errorf("the down line does not name the endpoint and its 2 failed probes:\n%s", buf.String())
+	}
+	if n := count(`level=INFO msg="endpoint up" endpoint=a`); n != 1 {
+		t.Errorf("%d up lines, want 1 (the recovery):\n%s", n, buf.String())
+	}
+	if n := count(`level=DEBUG msg="endpoint probe" endpoint=a`); n != 13 {
+		t.Errorf("%d debug probe lines, want 13 (one per probe):\n%s", n, buf.String())
 	}
 }

@@ -2,11 +2,9 @@ package proxy
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http/pprof"
 	"strings"
-	"time"
 
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fasthttp/fasthttpadaptor"
@@ -148,6 +146,7 @@ func (p *Proxy) configDump() map[string]any {
 type clusterStatus struct {
 	Cluster   string                 `json:"cluster"`
 	Batching  bool                   `json:"batching"`
+	Available bool                   `json:"available"` // some endpoint healthy: in the split
 	Queued    int                    `json:"queued_rows"`
 	Endpoints []batch.EndpointStatus `json:"endpoints"`
 }
@@ -157,7 +156,7 @@ func (p *Proxy) clusters() []clusterStatus {
 	st := p.st.Load()
 	for _, name := range st.names {
 		for _, v := range st.models[name].versions {
-			cs := clusterStatus{Cluster: config.ClusterName(name, v.cfg.Version), Batching: v.lane != nil}
+			cs := clusterStatus{Cluster: config.ClusterName(name, v.cfg.Version), Batching: v.lane != nil, Available: p.versionUp(v)}
 			if v.lane != nil {
 				cs.Endpoints, cs.Queued = v.lane.Status()
 			} else {
@@ -185,37 +184,4 @@ func writeAdminError(ctx *fasthttp.RequestCtx, err error) {
 	ctx.SetStatusCode(inference.HTTPStatus(err))
 	ctx.SetContentType("application/json")
 	ctx.SetBody(codec.AppendError(nil, err.Error()))
-}
-
-// NewServer returns the fasthttp server for the inference listener, with the
-// body limit and JSON errors for requests fasthttp itself refuses.
-func (p *Proxy) NewServer() *fasthttp.Server {
-	return &fasthttp.Server{
-		Handler:               p.Handler,
-		ErrorHandler:          p.transportError,
-		Name:                  "batchmesh",
-		MaxRequestBodySize:    p.cfg.MaxBodyBytes,
-		ReadTimeout:           5 * time.Minute,
-		IdleTimeout:           2 * time.Minute,
-		NoDefaultServerHeader: true,
-		NoDefaultContentType:  true,
-		CloseOnShutdown:       true,
-		Concurrency:           1 << 16,
-	}
-}
-
-// NewAdminServer returns the fasthttp server for the admin listener.
-func (p *Proxy) NewAdminServer() *fasthttp.Server {
-	return &fasthttp.Server{
-		Handler: p.AdminHandler, Name: "batchmesh-admin",
-		NoDefaultServerHeader: true, ReadTimeout: time.Minute, CloseOnShutdown: true,
-	}
-}
-
-func (p *Proxy) transportError(ctx *fasthttp.RequestCtx, err error) {
-	if errors.Is(err, fasthttp.ErrBodyTooLarge) {
-		writeAdminError(ctx, inference.Errorf(inference.KindTooLarge, "proxy: request body is over the limit of %d bytes", p.cfg.MaxBodyBytes))
-		return
-	}
-	writeAdminError(ctx, inference.Errorf(inference.KindInvalid, "proxy: cannot read request: %v", err))
 }

@@ -72,7 +72,7 @@ func (p *Proxy) serveModel(rc *fasthttp.RequestCtx, route codec.Route, start tim
 			"proxy: model %q speaks protocol %s, not %s; %s", route.Model, m.cfg.Protocol, want, protocolRoutes(m.cfg.Protocol)))
 		return
 	}
-	v, err := pickVersion(m, route.Version)
+	v, err := p.pickVersion(m, route.Version)
 	if err != nil {
 		p.reply(rc, m.cfg.Name, start, err)
 		return
@@ -141,6 +141,9 @@ func (p *Proxy) forward(ctx context.Context, rc *fasthttp.RequestCtx, m *model, 
 		}
 	}
 	p.m.upstream(m.cfg.Name, ep, code, time.Since(t0))
+	if !errors.Is(ctx.Err(), context.Canceled) {
+		p.health.ReportCall(ep, callFailed(err, code))
+	}
 	if err != nil {
 		p.reply(rc, m.cfg.Name, start, err)
 		return

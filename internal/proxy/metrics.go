@@ -16,6 +16,7 @@ import (
 
 	"github.com/batchmesh/batchmesh/internal/batch"
 	"github.com/batchmesh/batchmesh/internal/config"
+	"github.com/batchmesh/batchmesh/internal/health"
 	"github.com/batchmesh/batchmesh/internal/inference"
 	"github.com/batchmesh/batchmesh/internal/loadreport"
 	"github.com/batchmesh/batchmesh/internal/upstream"
@@ -28,6 +29,7 @@ type metrics struct {
 	upDuration   metric.Float64Histogram
 	attrs        sync.Map // labels → metric.MeasurementOption
 	weightGauge  metric.Int64ObservableGauge
+	availGauge   metric.Int64ObservableGauge
 	registration metric.Registration
 }
 
@@ -39,9 +41,15 @@ type endpointWeight struct {
 	weight                   int64
 }
 
-func newMetrics(m metric.Meter, weights func() []endpointWeight) (*metrics, error) {
+// versionAvailable is one sample of batchmesh_version_available.
+type versionAvailable struct {
+	model, version string
+	available      bool
+}
+
+func newMetrics(m metric.Meter, weights func() []endpointWeight, available func() []versionAvailable) (*metrics, error) {
 	pm := &metrics{}
-	var errs [5]error
+	var errs [6]error
 	pm.requests, errs[0] = m.Int64Counter("batchmesh_requests",
 		metric.WithDescription("Application requests answered, by status code and cache result."))
 	pm.duration, errs[1] = m.Float64Histogram("batchmesh_request_duration_seconds",
@@ -54,6 +62,8 @@ func newMetrics(m metric.Meter, weights func() []endpointWeight) (*metrics, erro
 		metric.WithExplicitBucketBoundaries(latencyBuckets...))
 	pm.weightGauge, errs[4] = m.Int64ObservableGauge("batchmesh_endpoint_weight",
 		metric.WithDescription("The weight each endpoint is picked with."))
+	pm.availGauge, errs[5] = m.Int64ObservableGauge("batchmesh_version_available",
+		metric.WithDescription("1 while some endpoint of the version is healthy and it takes its share of the split; 0 while it is out of it."))
 	if err := errors.Join(errs[:]...); err != nil {
 		return nil, fmt.Errorf("proxy: metrics: %w", err)
 	}
@@ -64,8 +74,16 @@ func newMetrics(m metric.Meter, weights func() []endpointWeight) (*metrics, erro
 				attribute.String("model", w.model), attribute.String("version", w.version),
 				attribute.String("endpoint", w.endpoint))))
 		}
+		for _, a := range available() {
+			v := int64(0)
+			if a.available {
+				v = 1
+			}
+			o.ObserveInt64(pm.availGauge, v, metric.WithAttributeSet(attribute.NewSet(
+				attribute.String("model", a.model), attribute.String("version", a.version))))
+		}
 		return nil
-	}, pm.weightGauge)
+	}, pm.weightGauge, pm.availGauge)
 	if err != nil {
 		return nil, fmt.Errorf("proxy: metrics: %w", err)
 	}
@@ -135,6 +153,15 @@ func (pm *metrics) upstream(model, endpoint string, code int, d time.Duration) {
 	pm.upDuration.Record(ctx, d.Seconds(), pm.opt(labels{model: model, endpoint: endpoint}))
 }
 
+// callFailed reports whether an upstream call counts as a failure for
+// outlier detection: no answer (connection error, timeout) or a 5xx.
+func callFailed(err error, code int) bool {
+	if err != nil {
+		return errors.Is(err, inference.ErrUpstream) || errors.Is(err, inference.ErrUnavailable) || errors.Is(err, inference.ErrDeadline)
+	}
+	return code >= 500
+}
+
 // caller sends the lane's batches through the upstream client and records
 // each call.
 type caller struct {
@@ -149,6 +176,8 @@ type caller struct {
 	// lane, when not nil, is told each answer's runtime queue (weights:
 	// adaptive). Set once, before the lane takes requests.
 	lane *batch.Lane
+	// health counts each call's outcome for outlier detection.
+	health *health.Table
 	// protocol is the runtime's API: config.ProtocolV2 (v2 infer),
 	// ProtocolOpenAI (/v1/embeddings) or ProtocolTFServing (:predict).
 	protocol string
@@ -189,6 +218,9 @@ func (c *caller) Call(ctx context.Context, endpoint string, req *inference.Reque
 	}
 	elapsed := time.Since(start)
 	c.m.upstream(c.model, endpoint, code, elapsed)
+	if !errors.Is(ctx.Err(), context.Canceled) { // a caller gone says nothing of the endpoint
+		c.health.ReportCall(endpoint, callFailed(err, code))
+	}
 	if c.load != nil || c.lane != nil {
 		var rep *loadreport.Report
 		if reply.LoadReport != "" {

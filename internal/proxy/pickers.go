@@ -67,13 +67,21 @@ func (z zonedKey) PickKey(key string, loads []inference.EndpointLoad) int {
 	return z.ring.PickKey(key, loads)
 }
 
-// pickVersion chooses a version by weight, or the one the route names.
-func pickVersion(m *model, want string) (*version, error) {
+// pickVersion chooses a version by weight among those that can serve (a
+// version with no healthy endpoint drops out of the split and its weight
+// goes to the others), or the one the route names, which must be able to
+// serve. When no version can serve, the configured split applies and the
+// request meets the unhealthy version's 503.
+func (p *Proxy) pickVersion(m *model, want string) (*version, error) {
 	if want != "" {
 		for _, v := range m.versions {
-			if v.cfg.Version == want {
-				return v, nil
+			if v.cfg.Version != want {
+				continue
 			}
+			if !p.versionUp(v) {
+				return nil, inference.Errorf(inference.KindUnavailable, "proxy: version %q of model %q has no healthy endpoint", want, m.cfg.Name)
+			}
+			return v, nil
 		}
 		names := make([]string, len(m.versions))
 		for i, v := range m.versions {
@@ -84,14 +92,45 @@ func pickVersion(m *model, want string) (*version, error) {
 	if len(m.versions) == 1 {
 		return m.versions[0], nil
 	}
-	r := rand.IntN(m.totalWeight) // the runtime's per-thread generator: no lock
+	total := 0
 	for _, v := range m.versions {
+		if p.versionUp(v) {
+			total += v.cfg.Weight
+		}
+	}
+	if total == 0 { // none can serve (or only weight-0 ones): the configured split
+		return weighted(m.versions, m.totalWeight, func(*version) bool { return true }), nil
+	}
+	return weighted(m.versions, total, p.versionUp), nil
+}
+
+// weighted picks one of the versions for which ok holds, by weight; total
+// is the sum of their weights and is above 0.
+func weighted(vs []*version, total int, ok func(*version) bool) *version {
+	r := rand.IntN(total) // the runtime's per-thread generator: no lock
+	var last *version
+	for _, v := range vs {
+		if !ok(v) {
+			continue
+		}
 		if r < v.cfg.Weight {
-			return v, nil
+			return v
 		}
 		r -= v.cfg.Weight
+		last = v
 	}
-	return m.versions[len(m.versions)-1], nil
+	return last
+}
+
+// versionUp reports whether some endpoint of v is healthy: the version
+// takes its share of the split. It reads the health table without a lock.
+func (p *Proxy) versionUp(v *version) bool {
+	for _, e := range v.cfg.Endpoints {
+		if p.health.Up(e.Address) {
+			return true
+		}
+	}
+	return false
 }
 
 // pickEndpoint chooses a healthy endpoint of v for a pass-through call, by

@@ -2,6 +2,9 @@ package proxy
 
 import (
 	"context"
+	"slices"
+
+	"github.com/batchmesh/batchmesh/internal/config"
 )
 
 // Probe checks every endpoint of the applied configuration once, at the
@@ -49,4 +52,31 @@ func (p *Proxy) syncHealth(st *state) {
 	p.health.Sync(func(up func(string) bool) {
 		st.eachLane(func(l laneEndpoint) { l.lane.SetHealthy(l.address, up(l.address)) })
 	})
+}
+
+// peers lists the endpoints that share a version with address, itself
+// included: outlier detection keeps one of them in rotation. It reads the
+// applied configuration without a lock (the health table calls it with its
+// own held).
+func (p *Proxy) peers(address string) []string {
+	st := p.st.Load()
+	if st == nil {
+		return []string{address}
+	}
+	seen := map[string]bool{address: true}
+	out := []string{address}
+	for _, name := range st.names {
+		for _, v := range st.models[name].versions {
+			if !slices.ContainsFunc(v.cfg.Endpoints, func(e config.Endpoint) bool { return e.Address == address }) {
+				continue
+			}
+			for _, e := range v.cfg.Endpoints {
+				if !seen[e.Address] {
+					seen[e.Address] = true
+					out = append(out, e.Address)
+				}
+			}
+		}
+	}
+	return out
 }

@@ -121,7 +121,7 @@ func (p *Proxy) serveEmbeddings(rc *fasthttp.RequestCtx, start time.Time) {
 			Msg: "proxy: model " + strconv.Quote(req.Model) + " is not an embeddings model served here; models with protocol openai: " + strconv.Quote(joinComma(names))})
 		return
 	}
-	v, err := pickVersion(m, "")
+	v, err := p.pickVersion(m, "")
 	if err != nil {
 		fail(m.cfg.Name, err)
 		return

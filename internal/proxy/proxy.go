@@ -1,11 +1,13 @@
 package proxy
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -25,14 +27,24 @@ import (
 
 // Config configures a Proxy. Zero values are the defaults noted.
 type Config struct {
-	Models        *config.Config // required, validated
-	Source        string         // where Models came from, for /config_dump (e.g. the file name)
-	MaxBodyBytes  int            // largest application request body; default 64 MiB
-	ProbeInterval time.Duration  // health probes of every endpoint; default 1s
-	Meter         metric.Meter   // nil records nothing
-	Metrics       http.Handler   // served at the admin /metrics when set
-	Logger        *slog.Logger   // nil discards
-	Upstream      upstream.Config
+	Models       *config.Config // required, validated
+	Source       string         // where Models came from, for /config_dump (e.g. the file name)
+	MaxBodyBytes int            // largest application request body; default 64 MiB
+	// MaxBodyBytesInFlight is the budget of request body bytes read and
+	// not yet answered, over every connection; a request past it gets 429.
+	// Default 4 × MaxBodyBytes; at least MaxBodyBytes.
+	MaxBodyBytesInFlight int
+	// HeaderTimeout, BodyTimeout and IdleTimeout bound the listeners' reads
+	// (see DefaultHeaderTimeout and the others); MaxConns is the inference
+	// listener's connection limit, default DefaultMaxConns (the sidecar
+	// sets ConnLimit of its file-descriptor limit).
+	HeaderTimeout, BodyTimeout, IdleTimeout time.Duration
+	MaxConns                                int
+	ProbeInterval                           time.Duration // health probes of every endpoint; default 1s
+	Meter                                   metric.Meter  // nil records nothing
+	Metrics                                 http.Handler  // served at the admin /metrics when set
+	Logger                                  *slog.Logger  // nil discards
+	Upstream                                upstream.Config
 	// Tracer and Propagator trace requests and batches; a nil Tracer traces
 	// nothing and costs nothing.
 	Tracer     trace.Tracer
@@ -70,6 +82,7 @@ type Proxy struct {
 	admin    fasthttp.RequestHandler
 	cache    *cache.Cache
 	tracing  bool
+	body     *bodyBudget // request body bytes in flight
 }
 
 // New builds the proxy from a validated config. It starts nothing. With
@@ -78,6 +91,16 @@ func New(cfg Config) (*Proxy, error) {
 	if cfg.MaxBodyBytes == 0 {
 		cfg.MaxBodyBytes = 64 << 20
 	}
+	if cfg.MaxBodyBytesInFlight == 0 {
+		cfg.MaxBodyBytesInFlight = 4 * cfg.MaxBodyBytes
+	}
+	if cfg.MaxBodyBytesInFlight < cfg.MaxBodyBytes {
+		return nil, fmt.Errorf("proxy: max body bytes in flight %d: want at least the body limit, %d", cfg.MaxBodyBytesInFlight, cfg.MaxBodyBytes)
+	}
+	cfg.HeaderTimeout = cmp.Or(cfg.HeaderTimeout, DefaultHeaderTimeout)
+	cfg.BodyTimeout = cmp.Or(cfg.BodyTimeout, DefaultBodyTimeout)
+	cfg.IdleTimeout = cmp.Or(cfg.IdleTimeout, DefaultIdleTimeout)
+	cfg.MaxConns = cmp.Or(cfg.MaxConns, DefaultMaxConns)
 	if cfg.ProbeInterval == 0 {
 		cfg.ProbeInterval = time.Second
 	}
@@ -102,13 +125,14 @@ func New(cfg Config) (*Proxy, error) {
 		cfg:     cfg,
 		up:      upstream.New(cfg.Upstream),
 		tracing: cfg.Tracer != nil,
+		body:    &bodyBudget{limit: int64(cfg.MaxBodyBytesInFlight)},
 	}
 	p.health = health.New(health.Config{
 		Probe: p.up.Probe, Timeout: cfg.Upstream.ProbeTimeout, Interval: cfg.ProbeInterval,
-		OnChange: p.healthChanged, Logger: cfg.Logger,
+		OnChange: p.healthChanged, Logger: cfg.Logger, Peers: p.peers, Outlier: outlierOf(cfg.Models),
 	})
 	var err error
-	if p.m, err = newMetrics(cfg.Meter, p.currentWeights); err != nil {
+	if p.m, err = newMetrics(cfg.Meter, p.currentWeights, p.versionsAvailable); err != nil {
 		return nil, err
 	}
 	cacheBytes := config.DefaultCacheBytes
@@ -188,17 +212,5 @@ func (p *Proxy) ready() string {
 }
 
 func (p *Proxy) modelHealthy(m *model) bool {
-	for _, v := range m.versions {
-		if v.lane != nil && v.lane.Healthy() {
-			return true
-		}
-		if v.lane == nil {
-			for _, e := range v.cfg.Endpoints {
-				if p.health.Up(e.Address) {
-					return true
-				}
-			}
-		}
-	}
-	return false
+	return slices.ContainsFunc(m.versions, p.versionUp)
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/batchmesh/batchmesh/internal/batch"
 	"github.com/batchmesh/batchmesh/internal/config"
+	"github.com/batchmesh/batchmesh/internal/health"
 )
 
 // model is one configured model: its settings and a lane per version.
@@ -48,6 +49,7 @@ func (p *Proxy) Apply(cfg *config.Config) error {
 		return err
 	}
 	p.st.Store(st)
+	p.health.SetOutlier(outlierOf(cfg))
 	p.syncHealth(st)
 	p.track(st)
 	for _, f := range reweigh {
@@ -123,7 +125,7 @@ func (p *Proxy) buildState(cfg *config.Config, old *state) (*state, []func(), er
 					eps[k] = batch.Endpoint{Address: e.Address, Weight: e.Weight, Slots: e.Slots}
 				}
 				c := &caller{up: p.up, m: p.m, model: mc.Name, prop: p.cfg.Propagator, protocol: mc.Protocol,
-					load: p.cfg.Load, cluster: config.ClusterName(mc.Name, vc.Version)}
+					load: p.cfg.Load, cluster: config.ClusterName(mc.Name, vc.Version), health: p.health}
 				adaptive := cfg.Weights == config.WeightsAdaptive
 				var err error
 				v.lane, err = batch.NewLane(batch.Config{
@@ -205,6 +207,37 @@ func (p *Proxy) currentWeights() []endpointWeight {
 		}
 	}
 	return out
+}
+
+// versionsAvailable lists whether each version of the applied
+// configuration takes its share of the split, for the
+// batchmesh_version_available gauge.
+func (p *Proxy) versionsAvailable() []versionAvailable {
+	st := p.st.Load()
+	if st == nil {
+		return nil
+	}
+	var out []versionAvailable
+	for _, name := range st.names {
+		for _, v := range st.models[name].versions {
+			out = append(out, versionAvailable{model: name, version: v.cfg.Version, available: p.versionUp(v)})
+		}
+	}
+	return out
+}
+
+// outlierOf returns cfg's outlier detection settings for the health
+// table: the zero value is the defaults, consecutive_failures 0 is off.
+func outlierOf(cfg *config.Config) health.Outlier {
+	if cfg == nil || cfg.OutlierDetection == (config.OutlierDetection{}) {
+		return health.Outlier{}
+	}
+	o := cfg.OutlierDetection
+	n := o.ConsecutiveFailures
+	if n == 0 {
+		n = -1
+	}
+	return health.Outlier{ConsecutiveFailures: n, BaseEjectionTime: o.BaseEjectionTime, MaxEjectionTime: o.MaxEjectionTime, MaxEjectionPercent: o.MaxEjectionPercent}
 }
 
 // laneEndpoint is one endpoint of one lane.

@@ -28,7 +28,7 @@ func (s *Sidecar) capture(ln net.Listener, srv *fasthttp.Server) (*capture.Liste
 	}
 	m := &capture.Matcher{}
 	router := &capture.Router{
-		Next:   srv.Handler,
+		Next:   s.proxy.Handler,
 		Logger: s.cfg.Logger,
 		Serves: func(path, host []byte, dst netip.AddrPort) bool {
 			route := codec.ParseRoute(string(path))
@@ -39,6 +39,6 @@ func (s *Sidecar) capture(ln net.Listener, srv *fasthttp.Server) (*capture.Liste
 			return len(eps) > 0 && m.Match(context.Background(), eps, host, dst)
 		},
 	}
-	srv.Handler = router.Handle
+	srv.Handler = s.proxy.Guard(router.Handle)
 	return cl, router, nil
 }

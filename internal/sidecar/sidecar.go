@@ -154,6 +154,7 @@ func (s *Sidecar) Run(ctx context.Context) error {
 	}
 	s.proxy.Probe(ctx)
 	srv, admin := s.proxy.NewServer(), s.proxy.NewAdminServer()
+	s.limitConns(srv)
 	cl, router, err := s.capture(ln, srv)
 	if err != nil {
 		closeAll(ln, aln)
@@ -225,6 +226,20 @@ func (s *Sidecar) apply(ctx context.Context) xdsclient.ApplyFunc {
 		s.proxy.Probe(ctx)
 		return nil
 	}
+}
+
+// limitConns raises the file-descriptor limit to its hard limit and, unless
+// Proxy.MaxConns is set, keeps the inference listener's connections below
+// it (proxy.ConnLimit).
+func (s *Sidecar) limitConns(srv *fasthttp.Server) {
+	nofile, err := raiseNoFile()
+	if err != nil {
+		s.cfg.Logger.Warn("file-descriptor limit", "err", err)
+	}
+	if s.cfg.Proxy.MaxConns == 0 && nofile > 0 {
+		srv.Concurrency = proxy.ConnLimit(nofile)
+	}
+	s.cfg.Logger.Debug("connection limit", "max_conns", srv.Concurrency, "nofile", nofile)
 }
 
 // listen opens the listeners Config does not provide.
