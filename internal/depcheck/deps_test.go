@@ -97,6 +97,20 @@ var rules = []rule{
 		deep:   true,
 		why:    "capture moves connections; what a request means is the proxy's, asked through Router.Serves",
 	},
+	{
+		pkgs:   []string{"./internal/inject/..."},
+		forbid: []string{"./internal/..."},
+		allow:  []string{"./internal/inject/...", "./internal/redirect/..."},
+		deep:   true,
+		why:    "inject is the pod template: it checks ports with redirect's parser and knows nothing else of the mesh",
+	},
+	{
+		pkgs:   []string{"./..."},
+		except: []string{"./internal/inject/...", "./controlplane/...", "./examples/..."},
+		forbid: []string{"k8s.io/...", "sigs.k8s.io/...", "gomodules.xyz/..."},
+		deep:   true,
+		why:    "the Kubernetes API types stay in the injector and the control plane: the sidecar and model binaries do without them",
+	},
 }
 
 // stageRule forbids stage to import any other stage but those in allowed;
