@@ -8,6 +8,9 @@
 //	-admin ADDR    admin HTTP address (default :18001): /healthz, /readyz, /metrics, /snapshot
 //	-config FILE   the config file (required); polled every second
 //
+// `controlplane inject -f IN [-o OUT]` applies the injection template of
+// internal/inject to a multi-document YAML file instead (docs/kubernetes.md).
+//
 // A bad edit of the file is refused with the reason in the log and on
 // /snapshot, and the last good snapshot keeps being served. SIGTERM or
 // SIGINT ends the streams and stops gracefully.
@@ -49,6 +52,17 @@ import (
 func main() {
 	if version.Requested(os.Args[1:]) {
 		fmt.Println("controlplane", version.String())
+		return
+	}
+	if len(os.Args) > 1 && os.Args[1] == "inject" {
+		err := runInject(os.Args[2:], os.Stdin, os.Stdout, os.Stderr)
+		if errors.Is(err, flag.ErrHelp) {
+			return
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "controlplane:", err)
+			os.Exit(2)
+		}
 		return
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
