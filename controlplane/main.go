@@ -78,9 +78,9 @@ func main() {
 	}
 }
 
-// run serves until ctx ends. If ready is not nil, it receives the bound ADS
-// and admin addresses once both listen.
-func run(ctx context.Context, args []string, stderr io.Writer, ready func(ads, admin net.Addr)) error {
+// run serves until ctx ends. If ready is not nil, it receives the bound ADS,
+// admin and webhook addresses once all listen (webhook nil when off).
+func run(ctx context.Context, args []string, stderr io.Writer, ready func(ads, admin, webhook net.Addr)) error {
 	f, err := parseFlags(args, stderr)
 	if err != nil {
 		return err
@@ -99,7 +99,7 @@ func run(ctx context.Context, args []string, stderr io.Writer, ready func(ads, a
 	if err != nil {
 		return err
 	}
-	adsLis, adminLis, err := listen(f.listen, f.admin)
+	servers, err := listen(f, rl, log)
 	if err != nil {
 		return err
 	}
@@ -108,11 +108,14 @@ func run(ctx context.Context, args []string, stderr io.Writer, ready func(ads, a
 	// The xDS streams end when ctx does, which lets GracefulStop finish.
 	srv.Register(ctx, g)
 	lrs.Register(g)
-	hs := &http.Server{Handler: adminHandler(srv, rl, lrs, metrics.Handler()), ReadHeaderTimeout: 5 * time.Second}
+	hs := &http.Server{Handler: adminHandler(srv, rl, lrs, metrics.Handler(), servers.caPEM()), ReadHeaderTimeout: 5 * time.Second}
 
-	errc := make(chan error, 2)
-	go func() { errc <- g.Serve(adsLis) }()
-	go func() { errc <- hs.Serve(adminLis) }()
+	errc := make(chan error, 3)
+	go func() { errc <- g.Serve(servers.ads) }()
+	go func() { errc <- hs.Serve(servers.admin) }()
+	if servers.webhook != nil {
+		go func() { errc <- servers.webhook.srv.Serve(servers.webhook.lis) }()
+	}
 	reloadDone := make(chan struct{})
 	go func() {
 		defer close(reloadDone)
@@ -123,9 +126,10 @@ func run(ctx context.Context, args []string, stderr io.Writer, ready func(ads, a
 		defer close(weightsDone)
 		lrs.Run(ctx)
 	}()
-	log.Info("controlplane serving", "ads", adsLis.Addr().String(), "admin", adminLis.Addr().String(), "version", srv.Version())
+	log.Info("controlplane serving", "ads", servers.ads.Addr().String(), "admin", servers.admin.Addr().String(),
+		"webhook", servers.webhookAddr(), "version", srv.Version())
 	if ready != nil {
-		ready(adsLis.Addr(), adminLis.Addr())
+		ready(servers.ads.Addr(), servers.admin.Addr(), servers.webhookAddr())
 	}
 
 	var serveErr error
@@ -135,7 +139,7 @@ func run(ctx context.Context, args []string, stderr io.Writer, ready func(ads, a
 	}
 	log.Info("controlplane stopping")
 	cancel()
-	stopServers(g, hs)
+	stopServers(g, hs, servers.webhook)
 	<-reloadDone
 	<-weightsDone
 	if errors.Is(serveErr, http.ErrServerClosed) || errors.Is(serveErr, grpc.ErrServerStopped) {
@@ -146,9 +150,10 @@ func run(ctx context.Context, args []string, stderr io.Writer, ready func(ads, a
 
 // flags are the command line's settings.
 type flags struct {
-	listen string // ADS gRPC address
-	admin  string // admin HTTP address
-	config string // config file
+	listen  string // ADS gRPC address
+	admin   string // admin HTTP address
+	config  string // config file
+	webhook *webhookFlags
 }
 
 func parseFlags(args []string, stderr io.Writer) (flags, error) {
@@ -157,6 +162,7 @@ func parseFlags(args []string, stderr io.Writer) (flags, error) {
 	listen := fs.String("listen", ":18000", "ADS gRPC `address`")
 	adminAddr := fs.String("admin", ":18001", "admin HTTP `address`: /healthz, /readyz, /metrics, /snapshot")
 	path := fs.String("config", "", "config `file` (required)")
+	webhook := registerWebhookFlags(fs)
 	fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		return flags{}, err
@@ -164,7 +170,7 @@ func parseFlags(args []string, stderr io.Writer) (flags, error) {
 	if *path == "" {
 		return flags{}, errors.New("-config is required")
 	}
-	return flags{listen: *listen, admin: *adminAddr, config: *path}, nil
+	return flags{listen: *listen, admin: *adminAddr, config: *path, webhook: webhook}, nil
 }
 
 // newControlPlane builds the xDS server, its LRS server and the reloader of
@@ -184,18 +190,47 @@ func newControlPlane(ctx context.Context, path string, log *slog.Logger, metrics
 	return srv, lrs, rl, nil
 }
 
-// listen opens the ADS and admin listeners, or neither.
-func listen(adsAddr, adminAddr string) (ads, admin net.Listener, err error) {
-	ads, err = net.Listen("tcp", adsAddr)
-	if err != nil {
-		return nil, nil, err
+// listeners are the control plane's open listeners.
+type listeners struct {
+	ads, admin net.Listener
+	webhook    *webhook // nil when -webhook is not given
+}
+
+func (l *listeners) webhookAddr() net.Addr {
+	if l.webhook == nil {
+		return nil
 	}
-	admin, err = net.Listen("tcp", adminAddr)
+	return l.webhook.lis.Addr()
+}
+
+func (l *listeners) caPEM() []byte {
+	if l.webhook == nil {
+		return nil
+	}
+	return l.webhook.caPEM
+}
+
+// listen opens the ADS, admin and (with -webhook) webhook listeners, or
+// none. The webhook's default captured ports are rl's current model ports.
+func listen(f flags, rl *reloader, log *slog.Logger) (*listeners, error) {
+	ads, err := net.Listen("tcp", f.listen)
+	if err != nil {
+		return nil, err
+	}
+	admin, err := net.Listen("tcp", f.admin)
 	if err != nil {
 		ads.Close()
-		return nil, nil, err
+		return nil, err
 	}
-	return ads, admin, nil
+	l := &listeners{ads: ads, admin: admin}
+	if f.webhook.addr != "" {
+		if l.webhook, err = newWebhook(f.webhook, rl.modelPorts, log); err != nil {
+			ads.Close()
+			admin.Close()
+			return nil, err
+		}
+	}
+	return l, nil
 }
 
 func newGRPCServer() *grpc.Server {
@@ -207,8 +242,9 @@ func newGRPCServer() *grpc.Server {
 }
 
 // stopServers stops g gracefully, or at once when that takes over 5
-// seconds, and then shuts hs down, waiting up to 5 seconds more.
-func stopServers(g *grpc.Server, hs *http.Server) {
+// seconds, and then shuts hs and the webhook (if any) down, waiting up to 5
+// seconds more.
+func stopServers(g *grpc.Server, hs *http.Server, wh *webhook) {
 	stopped := make(chan struct{})
 	go func() {
 		g.GracefulStop()
@@ -223,4 +259,7 @@ func stopServers(g *grpc.Server, hs *http.Server) {
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_ = hs.Shutdown(shutdownCtx)
+	if wh != nil {
+		_ = wh.srv.Shutdown(shutdownCtx)
+	}
 }
