@@ -99,7 +99,7 @@ func run(ctx context.Context, args []string, stderr io.Writer, ready func(ads, a
 	if err != nil {
 		return err
 	}
-	servers, err := listen(f, rl, log)
+	servers, err := listen(ctx, f, rl, log)
 	if err != nil {
 		return err
 	}
@@ -212,7 +212,7 @@ func (l *listeners) caPEM() []byte {
 
 // listen opens the ADS, admin and (with -webhook) webhook listeners, or
 // none. The webhook's default captured ports are rl's current model ports.
-func listen(f flags, rl *reloader, log *slog.Logger) (*listeners, error) {
+func listen(ctx context.Context, f flags, rl *reloader, log *slog.Logger) (*listeners, error) {
 	ads, err := net.Listen("tcp", f.listen)
 	if err != nil {
 		return nil, err
@@ -224,7 +224,7 @@ func listen(f flags, rl *reloader, log *slog.Logger) (*listeners, error) {
 	}
 	l := &listeners{ads: ads, admin: admin}
 	if f.webhook.addr != "" {
-		if l.webhook, err = newWebhook(f.webhook, rl.modelPorts, log); err != nil {
+		if l.webhook, err = newWebhook(ctx, f.webhook, rl.modelPorts, nil, log); err != nil {
 			ads.Close()
 			admin.Close()
 			return nil, err

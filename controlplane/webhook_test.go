@@ -6,11 +6,14 @@ import (
 	"crypto/ecdsa"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -165,6 +168,7 @@ func TestWebhookFlagErrors(t *testing.T) {
 	}{
 		{[]string{"-webhook-cert-dir", t.TempDir()}, "-webhook-cert-dir"},
 		{[]string{"-webhook-hosts", " , "}, "-webhook-hosts: want at least one"},
+		{[]string{"-webhook-cert-dir", t.TempDir(), "-webhook-config", "x"}, "with -webhook-cert-dir let cert-manager"},
 		{[]string{"-inject-ports", "x"}, `-inject-ports "x"`},
 		{[]string{"-webhook-ca-out", filepath.Join(t.TempDir(), "no", "such", "dir")}, "-webhook-ca-out"},
 	} {
@@ -173,5 +177,90 @@ func TestWebhookFlagErrors(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%q: error %v; want %q", tt.args, err, tt.want)
 		}
+	}
+}
+
+// fakeAPIServer stands in for the API server's mutatingwebhookconfigurations
+// endpoint over TLS on 127.0.0.1: it serves a configuration with two
+// webhooks and records the patch it receives.
+func fakeAPIServer(t *testing.T) (*kubeAPI, <-chan []byte) {
+	t.Helper()
+	patches := make(chan []byte, 1)
+	const path = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/batchmesh-sidecar-injector"
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != "Bearer t0ken" {
+			http.Error(w, `{"message":"no token"}`, http.StatusUnauthorized)
+			return
+		}
+		switch {
+		case r.Method == http.MethodGet && r.URL.Path == path:
+			_, _ = w.Write([]byte(`{"metadata":{"resourceVersion":"42"},"webhooks":[{"name":"a"},{"name":"b"}]}`))
+		case r.Method == http.MethodPatch && r.URL.Path == path && r.Header.Get("Content-Type") == "application/json-patch+json":
+			b, _ := io.ReadAll(r.Body)
+			patches <- b
+			_, _ = w.Write([]byte(`{}`))
+		default:
+			http.Error(w, `{"message":"not found"}`, http.StatusNotFound)
+		}
+	}))
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Listener = lis
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+
+	dir := t.TempDir()
+	ca := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw})
+	if err := os.WriteFile(filepath.Join(dir, "ca.crt"), ca, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "token"), []byte("t0ken\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	host, port, _ := net.SplitHostPort(lis.Addr().String())
+	env := map[string]string{"KUBERNETES_SERVICE_HOST": host, "KUBERNETES_SERVICE_PORT": port}
+	api, err := inClusterAPI(dir, func(k string) string { return env[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(api.client.CloseIdleConnections)
+	return api, patches
+}
+
+func TestWebhookFillsCABundle(t *testing.T) {
+	api, patches := fakeAPIServer(t)
+	f := &webhookFlags{addr: "127.0.0.1:0", hosts: "127.0.0.1", config: "batchmesh-sidecar-injector",
+		settings: func() (inject.Settings, error) {
+			return inject.Settings{Image: "i", XDS: "x:1"}, nil
+		}}
+	wh, err := newWebhook(context.Background(), f, func() string { return "" }, api, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wh.lis.Close()
+	var ops []struct {
+		Op, Path string
+		Value    any
+	}
+	if err := json.Unmarshal(<-patches, &ops); err != nil {
+		t.Fatal(err)
+	}
+	want := base64.StdEncoding.EncodeToString(wh.caPEM)
+	if len(ops) != 3 || ops[0].Op != "test" || ops[0].Value != "42" ||
+		ops[1].Path != "/webhooks/0/clientConfig/caBundle" || ops[2].Path != "/webhooks/1/clientConfig/caBundle" ||
+		ops[1].Value != want || ops[2].Value != want {
+		t.Fatalf("patch %+v; want the resourceVersion tested and both webhooks' caBundle set to the CA", ops)
+	}
+
+	// A configuration the API server does not have: the start fails, naming it.
+	f.config = "absent"
+	if _, err := newWebhook(context.Background(), f, nil, api, slog.New(slog.DiscardHandler)); err == nil ||
+		!strings.Contains(err.Error(), "-webhook-config absent") || !strings.Contains(err.Error(), "404") {
+		t.Fatalf("error %v; want -webhook-config absent ... 404", err)
+	}
+	if _, err := inClusterAPI(t.TempDir(), func(string) string { return "" }); err == nil || !strings.Contains(err.Error(), "not in a cluster") {
+		t.Fatalf("outside a cluster: %v", err)
 	}
 }
