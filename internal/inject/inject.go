@@ -113,16 +113,17 @@ type Scope struct {
 	// (or the caller, like `controlplane inject`, injects regardless).
 	NamespaceEnabled bool
 	// NamespaceIstio: the namespace has Istio injection on
-	// (istio-injection=enabled or istio.io/rev).
+	// (istio-injection=enabled).
 	NamespaceIstio bool
 }
 
-// ScopeOf returns the Scope of a namespace with the given labels.
+// ScopeOf returns the Scope of a namespace with the given labels: Istio
+// injection is on with istio-injection=enabled (what the install's webhook
+// selectors test).
 func ScopeOf(nsLabels map[string]string) Scope {
-	_, rev := nsLabels[labelIstioRev]
 	return Scope{
 		NamespaceEnabled: nsLabels[LabelInject] == NamespaceEnabled,
-		NamespaceIstio:   nsLabels["istio-injection"] == "enabled" || rev,
+		NamespaceIstio:   nsLabels["istio-injection"] == "enabled",
 	}
 }
 
