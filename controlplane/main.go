@@ -163,9 +163,13 @@ func parseFlags(args []string, stderr io.Writer) (flags, error) {
 	adminAddr := fs.String("admin", ":18001", "admin HTTP `address`: /healthz, /readyz, /metrics, /snapshot")
 	path := fs.String("config", "", "config `file` (required)")
 	webhook := registerWebhookFlags(fs)
+	kubernetes := fs.Bool("kubernetes", false, "discover runtimes from Services and EndpointSlices (not supported yet)")
 	fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		return flags{}, err
+	}
+	if *kubernetes {
+		return flags{}, errors.New("-kubernetes: discovering runtimes from EndpointSlices is not supported yet; list them in -config (docs/kubernetes.md)")
 	}
 	if *path == "" {
 		return flags{}, errors.New("-config is required")

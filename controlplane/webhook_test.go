@@ -159,6 +159,13 @@ func TestWebhookCertDir(t *testing.T) {
 	}
 }
 
+func TestKubernetesNotSupportedYet(t *testing.T) {
+	err := run(context.Background(), []string{"-kubernetes"}, io.Discard, nil)
+	if err == nil || !strings.Contains(err.Error(), "-kubernetes: discovering runtimes from EndpointSlices is not supported yet") {
+		t.Fatalf("-kubernetes: %v; want not supported yet", err)
+	}
+}
+
 func TestWebhookFlagErrors(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "config.yaml")
 	writeFile(t, path, goodYAML, time.Now())
