@@ -22,6 +22,7 @@ import (
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	sigsyaml "sigs.k8s.io/yaml"
 
+	"github.com/batchmesh/batchmesh/internal/apiservertest"
 	"github.com/batchmesh/batchmesh/internal/inject"
 )
 
@@ -86,7 +87,7 @@ func initNames(t *testing.T, body []byte) ([]string, *corev1.Pod) {
 // TestAPIServerInjection installs the real MutatingWebhookConfiguration,
 // pointed at a webhook of this test, in a real API server, and creates pods.
 func TestAPIServerInjection(t *testing.T) {
-	a := startAPIServer(t)
+	a := apiservertest.Start(t)
 	base, ca := startInjector(t)
 
 	mwc := readManifests(t, "install").webhook.DeepCopy()
@@ -98,16 +99,16 @@ func TestAPIServerInjection(t *testing.T) {
 	}
 	mwc.TypeMeta = metav1.TypeMeta{APIVersion: "admissionregistration.k8s.io/v1", Kind: "MutatingWebhookConfiguration"}
 	b, _ := json.Marshal(mwc)
-	a.create(t, restPath(t, "MutatingWebhookConfiguration", ""), b)
-	a.create(t, "/api/v1/namespaces", []byte(`{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"ml","labels":{"batchmesh.io/inject":"enabled"}}}`))
-	a.create(t, "/api/v1/namespaces", []byte(`{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"plain"}}`))
+	a.Create(t, apiservertest.RESTPath(t, "MutatingWebhookConfiguration", ""), b)
+	a.Create(t, "/api/v1/namespaces", []byte(`{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"ml","labels":{"batchmesh.io/inject":"enabled"}}}`))
+	a.Create(t, "/api/v1/namespaces", []byte(`{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"plain"}}`))
 
 	// The API server loads webhook configurations asynchronously: create
 	// probe pods until one comes back injected.
 	deadline := time.Now().Add(30 * time.Second)
 	for i := 0; ; i++ {
 		name := fmt.Sprintf("probe-%d", i)
-		names, _ := initNames(t, a.create(t, restPath(t, "Pod", "ml"), podJSON(t, "ml", name, nil)))
+		names, _ := initNames(t, a.Create(t, apiservertest.RESTPath(t, "Pod", "ml"), podJSON(t, "ml", name, nil)))
 		if len(names) > 0 {
 			break
 		}
@@ -140,7 +141,7 @@ func TestAPIServerInjection(t *testing.T) {
 		{"pod opted in", "plain", podJSON(t, "plain", "optin", func(p *corev1.Pod) { p.Labels[inject.LabelInject] = "true" }), injected},
 		{"already injected", "ml", alreadyJSON, injected},
 	} {
-		names, pod := initNames(t, a.create(t, restPath(t, "Pod", tt.ns), tt.body))
+		names, pod := initNames(t, a.Create(t, apiservertest.RESTPath(t, "Pod", tt.ns), tt.body))
 		if !slices.Equal(names, tt.want) {
 			t.Errorf("%s: stored init containers %v; want %v", tt.name, names, tt.want)
 			continue
@@ -162,7 +163,7 @@ func TestAPIServerInjection(t *testing.T) {
 // as a server-side dry run (the namespaces for real), and the example's
 // Deployments injected offline.
 func TestAPIServerAcceptsManifests(t *testing.T) {
-	a := startAPIServer(t)
+	a := apiservertest.Start(t)
 	for _, file := range []string{"install/namespace.yaml", "install/rbac.yaml", "install/controlplane.yaml", "install/webhook.yaml", "example/app.yaml"} {
 		data, err := os.ReadFile(filepath.FromSlash(file))
 		if err != nil {
@@ -188,20 +189,20 @@ func TestAPIServerAcceptsManifests(t *testing.T) {
 			if err != nil {
 				t.Fatalf("%s: %v", file, err)
 			}
-			kind, ns := objectMeta(t, obj)
+			kind, ns := apiservertest.ObjectMeta(t, obj)
 			if kind == "" {
 				continue
 			}
-			path := restPath(t, kind, ns)
+			path := apiservertest.RESTPath(t, kind, ns)
 			if kind == "Namespace" {
 				// Namespaced documents need theirs to exist; a second copy
 				// of the same namespace (the injected stream) is a 409.
-				if code, body, err := a.do(http.MethodPost, path, obj); err != nil || (code != http.StatusCreated && code != http.StatusConflict) {
+				if code, body, err := a.Do(http.MethodPost, path, obj); err != nil || (code != http.StatusCreated && code != http.StatusConflict) {
 					t.Fatalf("%s: namespace: %d %s %v", file, code, body, err)
 				}
 				continue
 			}
-			a.create(t, path+"?dryRun=All", obj)
+			a.Create(t, path+"?dryRun=All", obj)
 		}
 	}
 }

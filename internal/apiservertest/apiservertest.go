@@ -1,4 +1,9 @@
-package kubernetes_test
+// Package apiservertest starts a real kube-apiserver and its etcd on
+// 127.0.0.1 for tests (TEST_ASSET_KUBE_APISERVER, TEST_ASSET_ETCD, the
+// names controller-runtime's envtest uses), and talks to it over HTTP with
+// an admin token. Without the binaries, Start skips the test, saying how to
+// get them. Only test files import it.
+package apiservertest
 
 import (
 	"bytes"
@@ -29,16 +34,16 @@ const (
 	envEtcd      = "TEST_ASSET_ETCD"
 )
 
-// apiServer is a kube-apiserver and its etcd, started for one test.
-type apiServer struct {
-	url    string
-	token  string
-	client *http.Client
+// Server is a kube-apiserver and its etcd, started for one test.
+type Server struct {
+	URL    string // https://127.0.0.1:PORT
+	Token  string // a bearer token of group system:masters
+	Client *http.Client
 }
 
-// startAPIServer starts etcd and kube-apiserver on 127.0.0.1 until the test
-// ends, or skips the test when the binaries are not given.
-func startAPIServer(t *testing.T) *apiServer {
+// Start starts etcd and kube-apiserver on 127.0.0.1 until the test ends,
+// or skips the test when the binaries are not given.
+func Start(t *testing.T) *Server {
 	t.Helper()
 	kas, etcd := os.Getenv(envAPIServer), os.Getenv(envEtcd)
 	if kas == "" || etcd == "" {
@@ -80,19 +85,19 @@ func startAPIServer(t *testing.T) *apiServer {
 		// No controller manager creates the default service accounts.
 		"--disable-admission-plugins", "ServiceAccount")
 
-	a := &apiServer{
-		url:   fmt.Sprintf("https://127.0.0.1:%d", kasPort),
-		token: token,
+	a := &Server{
+		URL:   fmt.Sprintf("https://127.0.0.1:%d", kasPort),
+		Token: token,
 		// The API server's certificate is self-signed in --cert-dir; the
 		// test talks to the process it started, on loopback.
-		client: &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{
+		Client: &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{
 			TLSClientConfig: &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS12}, //nolint:gosec // a local API server the test started
 		}},
 	}
-	t.Cleanup(a.client.CloseIdleConnections)
+	t.Cleanup(a.Client.CloseIdleConnections)
 	deadline := time.Now().Add(90 * time.Second)
 	for {
-		code, body, err := a.do(http.MethodGet, "/readyz", nil)
+		code, body, err := a.Do(http.MethodGet, "/readyz", nil)
 		if err == nil && code == http.StatusOK {
 			break
 		}
@@ -104,16 +109,26 @@ func startAPIServer(t *testing.T) *apiServer {
 	return a
 }
 
-// do sends a request to the API server with the admin token.
-func (a *apiServer) do(method, path string, body []byte) (int, []byte, error) {
-	req, err := http.NewRequestWithContext(context.Background(), method, a.url+path, bytes.NewReader(body))
+// Do sends a request with a JSON body (or none) to the API server with the
+// admin token, and returns the status code and body.
+func (a *Server) Do(method, path string, body []byte) (int, []byte, error) {
+	return a.send(method, path, "application/json", body)
+}
+
+// DoPatch sends a JSON patch (RFC 6902) to the object at path.
+func (a *Server) DoPatch(path string, patch []byte) (int, []byte, error) {
+	return a.send(http.MethodPatch, path, "application/json-patch+json", patch)
+}
+
+func (a *Server) send(method, path, contentType string, body []byte) (int, []byte, error) {
+	req, err := http.NewRequestWithContext(context.Background(), method, a.URL+path, bytes.NewReader(body))
 	if err != nil {
 		return 0, nil, err
 	}
-	req.Header.Set("Authorization", "Bearer "+a.token)
-	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+a.Token)
+	req.Header.Set("Content-Type", contentType)
 	req.Header.Set("Accept", "application/json")
-	resp, err := a.client.Do(req)
+	resp, err := a.Client.Do(req)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -122,11 +137,12 @@ func (a *apiServer) do(method, path string, body []byte) (int, []byte, error) {
 	return resp.StatusCode, b, err
 }
 
-// create POSTs obj (JSON) to the collection path and fails the test unless
-// it is created (201), or accepted as a dry run (200).
-func (a *apiServer) create(t *testing.T, path string, obj []byte) []byte {
+// Create POSTs obj (JSON) to the collection path and fails the test unless
+// it is created (201), or accepted as a dry run (200); it returns the
+// object stored.
+func (a *Server) Create(t *testing.T, path string, obj []byte) []byte {
 	t.Helper()
-	code, body, err := a.do(http.MethodPost, path, obj)
+	code, body, err := a.Do(http.MethodPost, path, obj)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -180,8 +196,8 @@ func startProcess(t *testing.T, logPath, bin string, args ...string) {
 	})
 }
 
-// restPath returns the collection path of an object of kind in ns.
-func restPath(t *testing.T, kind, ns string) string {
+// RESTPath returns the collection path of an object of kind in ns.
+func RESTPath(t *testing.T, kind, ns string) string {
 	t.Helper()
 	paths := map[string]string{
 		"Namespace":                    "/api/v1/namespaces",
@@ -205,8 +221,8 @@ func restPath(t *testing.T, kind, ns string) string {
 	return p
 }
 
-// objectMeta reads the kind and namespace of a JSON object.
-func objectMeta(t *testing.T, obj []byte) (kind, ns string) {
+// ObjectMeta reads the kind and namespace of a JSON object.
+func ObjectMeta(t *testing.T, obj []byte) (kind, ns string) {
 	t.Helper()
 	var m struct {
 		Kind     string
