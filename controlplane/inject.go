@@ -28,8 +28,9 @@ func injectFlags(fs *flag.FlagSet) (settings func() (inject.Settings, error)) {
 	image := fs.String("image", defaultImage+":"+version.String(), "the batchmesh `image` injected (sidecar and redirect)")
 	xds := fs.String("inject-xds", defaultXDS, "the control plane's ADS `address` injected sidecars connect to (its Service)")
 	ports := fs.String("inject-ports", "", "captured `ports` of pods without the batchmesh.io/ports annotation (default: the model ports of -config)")
+	legacy := fs.Bool("inject-legacy-sidecar", false, "for Kubernetes before 1.29: the sidecar as a regular container, first, with a postStart `sidecar wait`, instead of a native sidecar")
 	return func() (inject.Settings, error) {
-		s := inject.Settings{Image: *image, Version: version.String(), XDS: *xds, Ports: *ports}
+		s := inject.Settings{Image: *image, Version: version.String(), XDS: *xds, Ports: *ports, LegacySidecar: *legacy}
 		switch {
 		case s.Image == "":
 			return s, errors.New("-image is required")

@@ -119,7 +119,14 @@ func TestInjectStdin(t *testing.T) {
 	if err := runInject([]string{"-f", "-", "-inject-ports", "8000"}, strings.NewReader(in), &stdout, &bytes.Buffer{}); err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(stdout.String(), "name: batchmesh-sidecar") {
-		t.Fatalf("pod from standard input not injected:\n%s", stdout.String())
+	if !strings.Contains(stdout.String(), "name: batchmesh-sidecar") || strings.Contains(stdout.String(), "postStart") {
+		t.Fatalf("pod from standard input not injected with a native sidecar:\n%s", stdout.String())
+	}
+	stdout.Reset()
+	if err := runInject([]string{"-f", "-", "-inject-ports", "8000", "-inject-legacy-sidecar"}, strings.NewReader(in), &stdout, &bytes.Buffer{}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(stdout.String(), "postStart") || strings.Contains(stdout.String(), "restartPolicy: Always") {
+		t.Fatalf("-inject-legacy-sidecar: no postStart wait, or a native sidecar:\n%s", stdout.String())
 	}
 }

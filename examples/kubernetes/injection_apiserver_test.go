@@ -161,7 +161,7 @@ func TestAPIServerInjection(t *testing.T) {
 
 // TestAPIServerAcceptsManifests creates every install and example document
 // as a server-side dry run (the namespaces for real), and the example's
-// Deployments injected offline.
+// Deployments injected offline, with native and with legacy sidecars.
 func TestAPIServerAcceptsManifests(t *testing.T) {
 	a := apiservertest.Start(t)
 	for _, file := range []string{"install/namespace.yaml", "install/rbac.yaml", "install/controlplane.yaml", "install/webhook.yaml", "example/app.yaml"} {
@@ -174,7 +174,13 @@ func TestAPIServerAcceptsManifests(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			data = append(append(data, "\n---\n"...), injected...)
+			legacySettings := apiTestSettings
+			legacySettings.LegacySidecar = true
+			legacy, _, err := inject.Documents(data, legacySettings, inject.Scope{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			data = slices.Concat(data, []byte("\n---\n"), injected, []byte("\n---\n"), legacy)
 		}
 		r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
 		for {

@@ -24,6 +24,7 @@ type Status struct {
 	Ports          string   `json:"ports"`
 	BesideIstio    bool     `json:"besideIstio"`
 	InitContainers []string `json:"initContainers"`
+	Containers     []string `json:"containers,omitempty"` // the sidecar with Settings.LegacySidecar
 	Volumes        []string `json:"volumes"`
 }
 
@@ -132,4 +133,19 @@ func sidecarContainer(s Settings, a settings) corev1.Container {
 			Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
 		},
 	}
+}
+
+// legacy turns the native sidecar c into a regular container whose
+// postStart hook waits for its /readyz: the kubelet starts the next
+// container only once the hook returns.
+func legacy(c corev1.Container, a settings) corev1.Container {
+	admin := AdminPort
+	if a.besideIstio {
+		admin = IstioAdmin
+	}
+	c.RestartPolicy = nil
+	c.Lifecycle = &corev1.Lifecycle{PostStart: &corev1.LifecycleHandler{Exec: &corev1.ExecAction{
+		Command: []string{"/usr/local/bin/sidecar", "wait", "-admin", fmt.Sprintf("127.0.0.1:%d", admin), "-timeout", "2m"},
+	}}}
+	return c
 }

@@ -89,6 +89,11 @@ type Settings struct {
 	// Ports are the captured ports when the pod has no AnnotationPorts:
 	// the model ports of the control plane's config, in -ports syntax.
 	Ports string
+	// LegacySidecar, for clusters without native sidecars (Kubernetes
+	// before 1.29), makes the sidecar a regular container, first in the
+	// list, whose postStart hook (`sidecar wait`) holds the application
+	// containers back until it is ready.
+	LegacySidecar bool
 }
 
 // Validate reports the first setting that cannot make a pod.
@@ -198,12 +203,17 @@ func Template(meta *metav1.ObjectMeta, spec *corev1.PodSpec, s Settings, scope S
 
 	st := Status{Version: s.Version, Image: s.Image, Ports: a.ports, BesideIstio: a.besideIstio,
 		InitContainers: []string{RedirectName, SidecarName}, Volumes: []string{TmpVolume}}
+	inits := []corev1.Container{redirectContainer(s, a), sidecarContainer(s, a)}
+	if s.LegacySidecar {
+		st.InitContainers, st.Containers = st.InitContainers[:1], []string{SidecarName}
+		spec.Containers = append([]corev1.Container{legacy(inits[1], a)}, spec.Containers...)
+		inits = inits[:1]
+	}
 	status, err := st.encode()
 	if err != nil {
 		return err
 	}
 
-	inits := []corev1.Container{redirectContainer(s, a), sidecarContainer(s, a)}
 	at := 0
 	for i := range spec.InitContainers {
 		if spec.InitContainers[i].Name == istioInitName {

@@ -150,6 +150,32 @@ func TestPodDefaultPortsZoneResources(t *testing.T) {
 	}
 }
 
+func TestPodLegacySidecar(t *testing.T) {
+	s := testSettings
+	s.LegacySidecar = true
+	out, ok, _, err := Pod(appPod(), s, Scope{NamespaceEnabled: true})
+	if err != nil || !ok {
+		t.Fatalf("Pod: %v, injected %v", err, ok)
+	}
+	if got := containerNames(out.Spec.InitContainers); !slices.Equal(got, []string{RedirectName}) {
+		t.Fatalf("init containers %v; want the redirect only", got)
+	}
+	if got := containerNames(out.Spec.Containers); !slices.Equal(got, []string{SidecarName, "app"}) {
+		t.Fatalf("containers %v; want the sidecar first", got)
+	}
+	sc := out.Spec.Containers[0]
+	if sc.RestartPolicy != nil || sc.Lifecycle == nil || sc.Lifecycle.PostStart == nil ||
+		!slices.Equal(sc.Lifecycle.PostStart.Exec.Command, []string{"/usr/local/bin/sidecar", "wait", "-admin", "127.0.0.1:15000", "-timeout", "2m"}) {
+		t.Fatalf("legacy sidecar %+v", sc)
+	}
+	if !strings.Contains(out.Annotations[AnnotationStatus], `"containers":["batchmesh-sidecar"]`) {
+		t.Errorf("status %s", out.Annotations[AnnotationStatus])
+	}
+	if ok, why := Decide(&out.ObjectMeta, &out.Spec, Scope{NamespaceEnabled: true}); ok {
+		t.Errorf("a legacy-injected pod is injected again (%s)", why)
+	}
+}
+
 func TestPodBesideIstio(t *testing.T) {
 	tests := []struct {
 		name  string
