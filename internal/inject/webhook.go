@@ -83,7 +83,8 @@ func (w *Webhook) serve(rw http.ResponseWriter, r *http.Request, istio bool) {
 // review answers one admission request.
 func (w *Webhook) review(req *admissionv1.AdmissionRequest, scope Scope) *admissionv1.AdmissionResponse {
 	allow := &admissionv1.AdmissionResponse{Allowed: true}
-	if req.Kind.Group != "" || req.Kind.Kind != "Pod" || req.SubResource != "" {
+	// Only a pod's creation is injected; its spec is immutable after.
+	if req.Kind.Group != "" || req.Kind.Kind != "Pod" || req.SubResource != "" || req.Operation != admissionv1.Create {
 		return allow
 	}
 	var pod corev1.Pod

@@ -158,10 +158,17 @@ func TestWebhookLeavesAlone(t *testing.T) {
 	optOut.Labels[LabelInject] = "false"
 	host := appPod()
 	host.Spec.HostNetwork = true
+	var review admissionv1.AdmissionReview
+	if err := json.Unmarshal(reviewOf(t, "Pod", appPod()), &review); err != nil {
+		t.Fatal(err)
+	}
+	review.Request.Operation = admissionv1.Update
+	update, _ := json.Marshal(review)
 	for name, body := range map[string][]byte{
 		"opted out":    reviewOf(t, "Pod", optOut),
 		"host network": reviewOf(t, "Pod", host),
 		"a ConfigMap":  reviewOf(t, "ConfigMap", map[string]any{"metadata": map[string]any{"name": "c"}}),
+		"an update":    update,
 	} {
 		code, resp := post(t, client, url+Path, body)
 		if code != http.StatusOK || !resp.Allowed || resp.Patch != nil || resp.PatchType != nil {
