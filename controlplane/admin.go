@@ -21,10 +21,16 @@ type snapshotState struct {
 	} `json:"reload"`
 }
 
-// adminHandler serves /healthz, /readyz, /snapshot and, with metrics,
-// /metrics.
-func adminHandler(srv *xdsserver.Server, rl *reloader, lrs *xdsserver.LRS, metrics http.Handler) http.Handler {
+// adminHandler serves /healthz, /readyz, /snapshot, with metrics /metrics,
+// and with caPEM (the webhook's self-generated CA) /webhook/ca.pem.
+func adminHandler(srv *xdsserver.Server, rl *reloader, lrs *xdsserver.LRS, metrics http.Handler, caPEM []byte) http.Handler {
 	mux := http.NewServeMux()
+	if caPEM != nil {
+		mux.HandleFunc("GET /webhook/ca.pem", func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "application/x-pem-file")
+			_, _ = w.Write(caPEM)
+		})
+	}
 	if metrics != nil {
 		mux.Handle("GET /metrics", metrics)
 	}

@@ -8,6 +8,9 @@
 //	-admin ADDR    admin HTTP address (default :18001): /healthz, /readyz, /metrics, /snapshot
 //	-config FILE   the config file (required); polled every second
 //
+// `controlplane inject -f IN [-o OUT]` applies the injection template of
+// internal/inject to a multi-document YAML file instead (docs/kubernetes.md).
+//
 // A bad edit of the file is refused with the reason in the log and on
 // /snapshot, and the last good snapshot keeps being served. SIGTERM or
 // SIGINT ends the streams and stops gracefully.
@@ -51,6 +54,17 @@ func main() {
 		fmt.Println("controlplane", version.String())
 		return
 	}
+	if len(os.Args) > 1 && os.Args[1] == "inject" {
+		err := runInject(os.Args[2:], os.Stdin, os.Stdout, os.Stderr)
+		if errors.Is(err, flag.ErrHelp) {
+			return
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "controlplane:", err)
+			os.Exit(2)
+		}
+		return
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	err := run(ctx, os.Args[1:], os.Stderr, nil)
@@ -64,9 +78,9 @@ func main() {
 	}
 }
 
-// run serves until ctx ends. If ready is not nil, it receives the bound ADS
-// and admin addresses once both listen.
-func run(ctx context.Context, args []string, stderr io.Writer, ready func(ads, admin net.Addr)) error {
+// run serves until ctx ends. If ready is not nil, it receives the bound ADS,
+// admin and webhook addresses once all listen (webhook nil when off).
+func run(ctx context.Context, args []string, stderr io.Writer, ready func(ads, admin, webhook net.Addr)) error {
 	f, err := parseFlags(args, stderr)
 	if err != nil {
 		return err
@@ -85,7 +99,7 @@ func run(ctx context.Context, args []string, stderr io.Writer, ready func(ads, a
 	if err != nil {
 		return err
 	}
-	adsLis, adminLis, err := listen(f.listen, f.admin)
+	servers, err := listen(ctx, f, rl, log)
 	if err != nil {
 		return err
 	}
@@ -94,11 +108,14 @@ func run(ctx context.Context, args []string, stderr io.Writer, ready func(ads, a
 	// The xDS streams end when ctx does, which lets GracefulStop finish.
 	srv.Register(ctx, g)
 	lrs.Register(g)
-	hs := &http.Server{Handler: adminHandler(srv, rl, lrs, metrics.Handler()), ReadHeaderTimeout: 5 * time.Second}
+	hs := &http.Server{Handler: adminHandler(srv, rl, lrs, metrics.Handler(), servers.caPEM()), ReadHeaderTimeout: 5 * time.Second}
 
-	errc := make(chan error, 2)
-	go func() { errc <- g.Serve(adsLis) }()
-	go func() { errc <- hs.Serve(adminLis) }()
+	errc := make(chan error, 3)
+	go func() { errc <- g.Serve(servers.ads) }()
+	go func() { errc <- hs.Serve(servers.admin) }()
+	if servers.webhook != nil {
+		go func() { errc <- servers.webhook.srv.Serve(servers.webhook.lis) }()
+	}
 	reloadDone := make(chan struct{})
 	go func() {
 		defer close(reloadDone)
@@ -109,9 +126,10 @@ func run(ctx context.Context, args []string, stderr io.Writer, ready func(ads, a
 		defer close(weightsDone)
 		lrs.Run(ctx)
 	}()
-	log.Info("controlplane serving", "ads", adsLis.Addr().String(), "admin", adminLis.Addr().String(), "version", srv.Version())
+	log.Info("controlplane serving", "ads", servers.ads.Addr().String(), "admin", servers.admin.Addr().String(),
+		"webhook", servers.webhookAddr(), "version", srv.Version())
 	if ready != nil {
-		ready(adsLis.Addr(), adminLis.Addr())
+		ready(servers.ads.Addr(), servers.admin.Addr(), servers.webhookAddr())
 	}
 
 	var serveErr error
@@ -121,7 +139,7 @@ func run(ctx context.Context, args []string, stderr io.Writer, ready func(ads, a
 	}
 	log.Info("controlplane stopping")
 	cancel()
-	stopServers(g, hs)
+	stopServers(g, hs, servers.webhook)
 	<-reloadDone
 	<-weightsDone
 	if errors.Is(serveErr, http.ErrServerClosed) || errors.Is(serveErr, grpc.ErrServerStopped) {
@@ -132,9 +150,10 @@ func run(ctx context.Context, args []string, stderr io.Writer, ready func(ads, a
 
 // flags are the command line's settings.
 type flags struct {
-	listen string // ADS gRPC address
-	admin  string // admin HTTP address
-	config string // config file
+	listen  string // ADS gRPC address
+	admin   string // admin HTTP address
+	config  string // config file
+	webhook *webhookFlags
 }
 
 func parseFlags(args []string, stderr io.Writer) (flags, error) {
@@ -143,14 +162,19 @@ func parseFlags(args []string, stderr io.Writer) (flags, error) {
 	listen := fs.String("listen", ":18000", "ADS gRPC `address`")
 	adminAddr := fs.String("admin", ":18001", "admin HTTP `address`: /healthz, /readyz, /metrics, /snapshot")
 	path := fs.String("config", "", "config `file` (required)")
+	webhook := registerWebhookFlags(fs)
+	kubernetes := fs.Bool("kubernetes", false, "discover runtimes from Services and EndpointSlices (not supported yet)")
 	fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		return flags{}, err
 	}
+	if *kubernetes {
+		return flags{}, errors.New("-kubernetes: discovering runtimes from EndpointSlices is not supported yet; list them in -config (docs/kubernetes.md)")
+	}
 	if *path == "" {
 		return flags{}, errors.New("-config is required")
 	}
-	return flags{listen: *listen, admin: *adminAddr, config: *path}, nil
+	return flags{listen: *listen, admin: *adminAddr, config: *path, webhook: webhook}, nil
 }
 
 // newControlPlane builds the xDS server, its LRS server and the reloader of
@@ -170,18 +194,47 @@ func newControlPlane(ctx context.Context, path string, log *slog.Logger, metrics
 	return srv, lrs, rl, nil
 }
 
-// listen opens the ADS and admin listeners, or neither.
-func listen(adsAddr, adminAddr string) (ads, admin net.Listener, err error) {
-	ads, err = net.Listen("tcp", adsAddr)
-	if err != nil {
-		return nil, nil, err
+// listeners are the control plane's open listeners.
+type listeners struct {
+	ads, admin net.Listener
+	webhook    *webhook // nil when -webhook is not given
+}
+
+func (l *listeners) webhookAddr() net.Addr {
+	if l.webhook == nil {
+		return nil
 	}
-	admin, err = net.Listen("tcp", adminAddr)
+	return l.webhook.lis.Addr()
+}
+
+func (l *listeners) caPEM() []byte {
+	if l.webhook == nil {
+		return nil
+	}
+	return l.webhook.caPEM
+}
+
+// listen opens the ADS, admin and (with -webhook) webhook listeners, or
+// none. The webhook's default captured ports are rl's current model ports.
+func listen(ctx context.Context, f flags, rl *reloader, log *slog.Logger) (*listeners, error) {
+	ads, err := net.Listen("tcp", f.listen)
+	if err != nil {
+		return nil, err
+	}
+	admin, err := net.Listen("tcp", f.admin)
 	if err != nil {
 		ads.Close()
-		return nil, nil, err
+		return nil, err
 	}
-	return ads, admin, nil
+	l := &listeners{ads: ads, admin: admin}
+	if f.webhook.addr != "" {
+		if l.webhook, err = newWebhook(ctx, f.webhook, rl.modelPorts, nil, log); err != nil {
+			ads.Close()
+			admin.Close()
+			return nil, err
+		}
+	}
+	return l, nil
 }
 
 func newGRPCServer() *grpc.Server {
@@ -193,8 +246,9 @@ func newGRPCServer() *grpc.Server {
 }
 
 // stopServers stops g gracefully, or at once when that takes over 5
-// seconds, and then shuts hs down, waiting up to 5 seconds more.
-func stopServers(g *grpc.Server, hs *http.Server) {
+// seconds, and then shuts hs and the webhook (if any) down, waiting up to 5
+// seconds more.
+func stopServers(g *grpc.Server, hs *http.Server, wh *webhook) {
 	stopped := make(chan struct{})
 	go func() {
 		g.GracefulStop()
@@ -209,4 +263,7 @@ func stopServers(g *grpc.Server, hs *http.Server) {
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_ = hs.Shutdown(shutdownCtx)
+	if wh != nil {
+		_ = wh.srv.Shutdown(shutdownCtx)
+	}
 }

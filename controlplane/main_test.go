@@ -172,7 +172,7 @@ func TestRun(t *testing.T) {
 	errc := make(chan error, 1)
 	go func() {
 		errc <- run(ctx, []string{"-listen", "127.0.0.1:0", "-admin", "127.0.0.1:0", "-config", path}, io.Discard,
-			func(ads, admin net.Addr) { ready <- addrs{ads, admin} })
+			func(ads, admin, _ net.Addr) { ready <- addrs{ads, admin} })
 	}()
 	var a addrs
 	select {

@@ -47,6 +47,7 @@ type reloader struct {
 	mu      sync.Mutex
 	refused int    // bad edits refused so far
 	lastErr string // why the last edit was refused; "" after a good one
+	ports   string // the model ports of the last good config (modelPorts)
 }
 
 // load reads the file and updates srv.
@@ -75,6 +76,7 @@ func (r *reloader) load(ctx context.Context) error {
 		return err
 	}
 	r.lastErr = ""
+	r.ports = modelPorts(cfg)
 	return nil
 }
 
@@ -121,4 +123,12 @@ func (r *reloader) state() (refused int, lastErr string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.refused, r.lastErr
+}
+
+// modelPorts returns the ports of the last good config's endpoints: the
+// webhook's default captured ports.
+func (r *reloader) modelPorts() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.ports
 }

@@ -8,6 +8,7 @@
 //	sidecar -xds HOST:PORT [-node-id ID] [-node-cluster NAME] [-zone ZONE]
 //	sidecar -capture -config FILE            (transparent: after sidecar redirect)
 //	sidecar redirect -ports 8000,8080 [-proxy-port 15001] [-proxy-uid 1337] [-clean] [-dry-run]
+//	sidecar wait [-admin 127.0.0.1:15000] [-timeout 2m]   (until /readyz answers 200)
 //	sidecar -version
 //
 // docs/config.md lists every flag; docs/capture.md describes capture and redirect.
@@ -34,6 +35,8 @@ func main() {
 	switch {
 	case len(args) > 0 && args[0] == "redirect":
 		err = runRedirect(args[1:], os.Stdout, os.Stderr)
+	case len(args) > 0 && args[0] == "wait":
+		err = runWait(context.Background(), args[1:], os.Stderr)
 	case version.Requested(args):
 		fmt.Println("sidecar", version.String())
 	default:

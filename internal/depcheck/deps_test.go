@@ -79,9 +79,9 @@ var rules = []rule{
 	},
 	{
 		pkgs:   []string{"./..."},
-		except: []string{"./internal/runtimetest/...", "./internal/sidecartest/...", "./internal/netnstest/..."},
-		forbid: []string{"./internal/runtimetest/...", "./internal/sidecartest/...", "./internal/netnstest/..."},
-		why:    "runtimetest, sidecartest and netnstest start runtimes, sidecars and network namespaces for tests; only _test.go files may import them",
+		except: []string{"./internal/runtimetest/...", "./internal/sidecartest/...", "./internal/netnstest/...", "./internal/apiservertest/..."},
+		forbid: []string{"./internal/runtimetest/...", "./internal/sidecartest/...", "./internal/netnstest/...", "./internal/apiservertest/..."},
+		why:    "runtimetest, sidecartest, netnstest and apiservertest start runtimes, sidecars, network namespaces and API servers for tests; only _test.go files may import them",
 	},
 	{
 		pkgs:   []string{"./internal/redirect/..."},
@@ -96,6 +96,20 @@ var rules = []rule{
 		allow:  []string{"./internal/capture/..."},
 		deep:   true,
 		why:    "capture moves connections; what a request means is the proxy's, asked through Router.Serves",
+	},
+	{
+		pkgs:   []string{"./internal/inject/..."},
+		forbid: []string{"./internal/..."},
+		allow:  []string{"./internal/inject/...", "./internal/redirect/..."},
+		deep:   true,
+		why:    "inject is the pod template: it checks ports with redirect's parser and knows nothing else of the mesh",
+	},
+	{
+		pkgs:   []string{"./..."},
+		except: []string{"./internal/inject/...", "./controlplane/...", "./examples/..."},
+		forbid: []string{"k8s.io/...", "sigs.k8s.io/...", "gomodules.xyz/..."},
+		deep:   true,
+		why:    "the Kubernetes API types stay in the injector and the control plane: the sidecar and model binaries do without them",
 	},
 }
 
