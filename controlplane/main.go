@@ -126,6 +126,8 @@ func run(ctx context.Context, args []string, stderr io.Writer, ready func(ads, a
 		defer close(weightsDone)
 		lrs.Run(ctx)
 	}()
+	warnIfExposed(log, "ADS and LRS", servers.ads.Addr())
+	warnIfExposed(log, "admin", servers.admin.Addr())
 	log.Info("controlplane serving", "ads", servers.ads.Addr().String(), "admin", servers.admin.Addr().String(),
 		"webhook", servers.webhookAddr(), "version", srv.Version())
 	if ready != nil {
@@ -159,8 +161,8 @@ type flags struct {
 func parseFlags(args []string, stderr io.Writer) (flags, error) {
 	fs := flag.NewFlagSet("controlplane", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	listen := fs.String("listen", ":18000", "ADS gRPC `address`")
-	adminAddr := fs.String("admin", ":18001", "admin HTTP `address`: /healthz, /readyz, /metrics, /snapshot")
+	listen := fs.String("listen", "127.0.0.1:18000", "ADS and LRS gRPC `address` (plaintext: set a reachable address, e.g. :18000, only behind a network policy)")
+	adminAddr := fs.String("admin", "127.0.0.1:18001", "admin HTTP `address`: /healthz, /readyz, /metrics, /snapshot")
 	path := fs.String("config", "", "config `file` (required)")
 	webhook := registerWebhookFlags(fs)
 	kubernetes := fs.Bool("kubernetes", false, "discover runtimes from Services and EndpointSlices (not supported yet)")
