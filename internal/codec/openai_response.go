@@ -167,6 +167,23 @@ const (
 	OpenAITimeout        = "timeout_error"
 )
 
+// OpenAIErrorType is the OpenAI error type that goes with an HTTP status.
+func OpenAIErrorType(status int) string {
+	switch {
+	case status == 404:
+		return OpenAINotFound
+	case status == 429:
+		return OpenAIRateLimit
+	case status == 503:
+		return OpenAIUnavailable
+	case status == 504:
+		return OpenAITimeout
+	case status < 500:
+		return OpenAIInvalidRequest
+	}
+	return OpenAIServerError
+}
+
 // AppendOpenAIError appends OpenAI's error shape
 // {"error":{"message","type","param","code"}}; an empty param or code is
 // null.

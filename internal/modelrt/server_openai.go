@@ -17,24 +17,7 @@ func writeOpenAIError(ctx *fasthttp.RequestCtx, err error) {
 	ctx.Response.Reset()
 	ctx.SetStatusCode(status)
 	ctx.SetContentType("application/json")
-	ctx.SetBody(codec.AppendOpenAIError(nil, err.Error(), OpenAIErrorType(status), codec.ParamOf(err), ""))
-}
-
-// OpenAIErrorType is the OpenAI error type of an HTTP status.
-func OpenAIErrorType(status int) string {
-	switch {
-	case status == http.StatusNotFound:
-		return codec.OpenAINotFound
-	case status == http.StatusTooManyRequests:
-		return codec.OpenAIRateLimit
-	case status == http.StatusServiceUnavailable:
-		return codec.OpenAIUnavailable
-	case status == http.StatusGatewayTimeout:
-		return codec.OpenAITimeout
-	case status < 500:
-		return codec.OpenAIInvalidRequest
-	}
-	return codec.OpenAIServerError
+	ctx.SetBody(codec.AppendOpenAIError(nil, err.Error(), codec.OpenAIErrorType(status), codec.ParamOf(err), ""))
 }
 
 // handleOpenAI serves GET /v1/models and POST /v1/embeddings.

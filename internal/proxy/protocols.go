@@ -53,24 +53,7 @@ func setOpenAIError(rc *fasthttp.RequestCtx, err error) {
 	if status == fasthttp.StatusTooManyRequests {
 		code = "rate_limit_exceeded"
 	}
-	rc.SetBody(codec.AppendOpenAIError(nil, err.Error(), openAIType(status), codec.ParamOf(err), code))
-}
-
-// openAIType is the OpenAI error type of a status.
-func openAIType(status int) string {
-	switch {
-	case status == fasthttp.StatusNotFound:
-		return codec.OpenAINotFound
-	case status == fasthttp.StatusTooManyRequests:
-		return codec.OpenAIRateLimit
-	case status == fasthttp.StatusServiceUnavailable:
-		return codec.OpenAIUnavailable
-	case status == fasthttp.StatusGatewayTimeout:
-		return codec.OpenAITimeout
-	case status < 500:
-		return codec.OpenAIInvalidRequest
-	}
-	return codec.OpenAIServerError
+	rc.SetBody(codec.AppendOpenAIError(nil, err.Error(), codec.OpenAIErrorType(status), codec.ParamOf(err), code))
 }
 
 // openAIModels answers GET /v1/models with the models of protocol openai.
