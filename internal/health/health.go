@@ -72,6 +72,10 @@ type Table struct {
 	// up mirrors each endpoint's state for lock-free reads: a
 	// map[string]bool replaced on every change (changes are rare).
 	up atomic.Pointer[map[string]bool]
+	// streaks maps each endpoint to its run of failed calls, for
+	// ReportCall's lock-free success path; replaced when an endpoint is
+	// added.
+	streaks atomic.Pointer[map[string]*atomic.Int32]
 }
 
 type endpoint struct {
@@ -102,6 +106,7 @@ func New(cfg Config) *Table {
 	cfg.Outlier = cfg.Outlier.WithDefaults()
 	t := &Table{cfg: cfg, eps: make(map[string]*endpoint)}
 	t.up.Store(&map[string]bool{})
+	t.streaks.Store(&map[string]*atomic.Int32{})
 	return t
 }
 
@@ -220,6 +225,11 @@ func (t *Table) endpointLocked(address string) *endpoint {
 	if e == nil {
 		e = &endpoint{up: true}
 		t.eps[address] = e
+		m := make(map[string]*atomic.Int32, len(t.eps))
+		for a, s := range t.eps {
+			m[a] = &s.consecutive
+		}
+		t.streaks.Store(&m)
 	}
 	return e
 }

@@ -1,6 +1,7 @@
 package health
 
 import (
+	"sync/atomic"
 	"time"
 )
 
@@ -46,7 +47,10 @@ func (o Outlier) WithDefaults() Outlier {
 
 // outlier is one endpoint's outlier detection state.
 type outlier struct {
-	consecutive int       // failed calls in a row
+	// consecutive counts failed calls in a row. A success resets it
+	// without the table's lock (the common case on the data path), through
+	// the Table's streaks snapshot; failures count under the lock.
+	consecutive atomic.Int32
 	ejected     bool      // out of rotation until until
 	until       time.Time // when the ejection ends
 	ejections   int       // the ejection multiplier; decays while not ejected
@@ -57,6 +61,13 @@ type outlier struct {
 // error, a 5xx or a timeout; a success ends a run of failures. A run of
 // ConsecutiveFailures ejects the endpoint (see the package comment).
 func (t *Table) ReportCall(address string, failed bool) {
+	if !failed {
+		// Lock-free: an endpoint the table does not know has no run to end.
+		if n := (*t.streaks.Load())[address]; n != nil && n.Load() != 0 {
+			n.Store(0)
+		}
+		return
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	o := t.cfg.Outlier
@@ -64,22 +75,18 @@ func (t *Table) ReportCall(address string, failed bool) {
 		return
 	}
 	e := t.endpointLocked(address)
-	if !failed {
-		e.consecutive = 0
-		return
-	}
-	e.consecutive++
-	if e.ejected || e.consecutive < o.ConsecutiveFailures {
+	failures := int(e.consecutive.Add(1))
+	if e.ejected || failures < o.ConsecutiveFailures {
 		return
 	}
 	if !t.mayEjectLocked(address) {
-		t.cfg.Logger.Debug("outlier not ejected: too many of its peers are", "endpoint", address, "consecutive_failures", e.consecutive)
+		t.cfg.Logger.Debug("outlier not ejected: too many of its peers are", "endpoint", address, "consecutive_failures", failures)
 		return
 	}
-	failures := e.consecutive
 	d := min(o.BaseEjectionTime*time.Duration(e.ejections+1), o.MaxEjectionTime)
 	t.changeLocked(address, func(e *endpoint) {
-		e.ejected, e.until, e.consecutive = true, time.Now().Add(d), 0
+		e.ejected, e.until = true, time.Now().Add(d)
+		e.consecutive.Store(0)
 		e.ejections++
 	}, "source", "outlier detection", "consecutive_failures", failures, "ejected_for", d)
 	if !e.up { // already down by probes: log the ejection all the same
