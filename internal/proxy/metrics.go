@@ -183,17 +183,17 @@ type caller struct {
 	protocol string
 }
 
-// send makes one upstream call in the runtime's protocol. OpenAI and TF
-// Serving runtimes that answer 429 are backed off from and retried within
-// ctx's deadline (retryOverloaded).
+// send makes one upstream call in the runtime's protocol. A runtime that
+// answers 429 (busy, not broken: text-embeddings-inference's "Model is
+// overloaded", a v2 server's full queue) is backed off from and retried
+// within ctx's deadline (retryOverloaded), whatever its protocol.
 func (c *caller) send(ctx context.Context, endpoint string, req *inference.Request, headers []upstream.Header) (upstream.Reply, error) {
-	call := c.up.Embed
+	call := c.up.Infer
 	switch c.protocol {
 	case config.ProtocolOpenAI:
+		call = c.up.Embed
 	case config.ProtocolTFServing:
 		call = c.up.Predict
-	default:
-		return c.up.Infer(ctx, endpoint, req, headers)
 	}
 	return retryOverloaded(ctx, endpoint, func() (upstream.Reply, error) {
 		start := time.Now()

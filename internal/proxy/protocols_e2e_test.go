@@ -162,42 +162,50 @@ func TestEmbeddingsThroughSidecar(t *testing.T) {
 	}
 }
 
-// TestEmbeddingsRetryOverloadedRuntime: a runtime that refuses with 429
-// ("Model is overloaded") is backed off from and retried within each
-// caller's deadline, so 32 concurrent callers all succeed.
-func TestEmbeddingsRetryOverloadedRuntime(t *testing.T) {
-	rt := startRuntime(t, modelrt.Config{Slots: 1, MaxQueue: 1}, "e=embed:linear/5ms+0s")
-	// max_batch_size 1: many batches at once, more than the runtime queues.
-	sc := startSidecar(t, fmt.Sprintf(`models:
+// TestRetryOverloadedRuntime: a runtime that refuses batches with 429
+// (busy, not broken) is backed off from and retried within the callers'
+// deadlines, whatever its protocol: no caller sees the refusals.
+func TestRetryOverloadedRuntime(t *testing.T) {
+	for _, tt := range []struct{ protocol, model, path, body string }{
+		{protocol: "openai", model: "e=embed:linear/5ms+0s", path: "/v1/embeddings", body: `{"model":"e","input":"x%d"}`},
+		{protocol: "v2", model: "e=sim:linear/5ms+0s", path: "/v2/models/e/infer",
+			body: `{"inputs":[{"name":"x","datatype":"FP32","shape":[1,2],"data":[%d,1]}]}`},
+	} {
+		t.Run(tt.protocol, func(t *testing.T) {
+			rt := startRuntime(t, modelrt.Config{Slots: 1, MaxQueue: 1}, tt.model)
+			// max_batch_size 1: many batches at once, more than the runtime queues.
+			sc := startSidecar(t, fmt.Sprintf(`models:
   - name: e
-    protocol: openai
+    protocol: %s
     batching: {max_batch_size: 1, max_queue_delay: 0s, timeout: 20s}
     versions:
       - version: "1"
         endpoints:
           - {address: %s, slots: 4}
-`, rt.addr))
-	var wg sync.WaitGroup
-	fails := make(chan string, 32)
-	for i := range 32 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			r := post(sc.url+"/v1/embeddings", []byte(fmt.Sprintf(`{"model":"e","input":"x%d"}`, i)), nil)
-			if r.status != 200 {
-				fails <- fmt.Sprintf("%d %s", r.status, r.body)
+`, tt.protocol, rt.addr))
+			var wg sync.WaitGroup
+			fails := make(chan string, 32)
+			for i := range 32 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					r := post(sc.url+tt.path, []byte(fmt.Sprintf(tt.body, i)), nil)
+					if r.status != 200 {
+						fails <- fmt.Sprintf("%d %s", r.status, r.body)
+					}
+				}()
 			}
-		}()
-	}
-	wg.Wait()
-	close(fails)
-	for f := range fails {
-		t.Error(f)
-	}
-	// 4 batches in flight on a runtime of 1 slot that queues 1: it refused
-	// some, and the callers never saw it.
-	if n := metricValue(t, sc.adminU+"/metrics", `batchmesh_upstream_requests_total{code="429"`); n == 0 {
-		t.Error("the runtime never answered 429: the back-off was not exercised")
+			wg.Wait()
+			close(fails)
+			for f := range fails {
+				t.Error(f)
+			}
+			// 4 batches in flight on a runtime of 1 slot that queues 1: it
+			// refused some, and the callers never saw it.
+			if n := metricValue(t, sc.adminU+"/metrics", `batchmesh_upstream_requests_total{code="429"`); n == 0 {
+				t.Error("the runtime never answered 429: the back-off was not exercised")
+			}
+		})
 	}
 }
 

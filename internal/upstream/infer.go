@@ -25,8 +25,7 @@ type Reply struct {
 	Status int
 	// LoadReport is the raw ORCA endpoint-load-metrics header, "" if absent.
 	LoadReport string
-	// RetryAfter is the runtime's Retry-After header (Embed and Predict),
-	// "" if absent.
+	// RetryAfter is the runtime's Retry-After header, "" if absent.
 	RetryAfter string
 }
 
@@ -137,6 +136,7 @@ func decodeReply(endpoint string, hresp *fasthttp.Response) (Reply, error) {
 		reply.LoadReport = string(lr)
 	}
 	if reply.Status != fasthttp.StatusOK {
+		reply.RetryAfter = string(hresp.Header.Peek(fasthttp.HeaderRetryAfter))
 		return reply, statusError(endpoint, reply.Status, hresp.Body())
 	}
 	hl, err := codec.ParseHeaderLen(hresp.Header.Peek(codec.HeaderContentLength))
