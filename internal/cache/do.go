@@ -85,9 +85,12 @@ func (c *Cache) Do(ctx context.Context, model string, keys []Key, opts Options, 
 			leadErr = c.lead(ctx, model, keys, leaders, calls, opts, compute, values)
 			st.Computed += len(leaders)
 		}
-		own := make(map[*call]bool, len(leaders))
-		for _, i := range leaders {
-			own[calls[i]] = true
+		var own map[*call]bool // this round's own calls, for duplicates within the request
+		if len(followers) > 0 && len(leaders) > 0 {
+			own = make(map[*call]bool, len(leaders))
+			for _, i := range leaders {
+				own[calls[i]] = true
+			}
 		}
 		pending = pending[:0]
 		var waitErr error
