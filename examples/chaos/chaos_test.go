@@ -21,6 +21,9 @@ package chaos_test
 
 import (
 	"fmt"
+	"net/http"
+	"os"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -173,5 +176,84 @@ func TestRestartedRuntime(t *testing.T) {
 	}
 	if after-before > got {
 		t.Errorf("the sidecar counted %v batches answered by %s since its restart; the runtime computed %v", after-before, r.b.addr, got)
+	}
+}
+
+var controlPlaneServing = regexp.MustCompile(`msg="controlplane serving" ads=(\S+) admin=(\S+)`)
+
+// startControlPlane runs the control plane on fixed loopback addresses
+// (so that a restart is found where the sidecar looks) with config file
+// path, and waits until it serves.
+func startControlPlane(t *testing.T, ads, admin, path string) *proc {
+	t.Helper()
+	p := startProc(t, "controlplane", "-listen", ads, "-admin", admin, "-config", path)
+	p.waitLog(t, controlPlaneServing)
+	return p
+}
+
+// TestControlPlaneRestart kills the control plane (SIGKILL) under a sidecar
+// run with -xds, changes its config while it is down, and starts it again
+// on the same address: the sidecar keeps serving with the configuration it
+// had, reconnects, and applies the new one.
+func TestControlPlaneRestart(t *testing.T) {
+	a, b := startRuntime(t), startRuntime(t)
+	ads, admin := freeAddr(t), freeAddr(t)
+	path := sidecarConfig(t, endpointYAML([]string{a.addr, b.addr}))
+	cp := startControlPlane(t, ads, admin, path)
+	r := &rig{a: a, b: b, sc: startSidecar(t, "-xds", ads, "-node-id", "chaos")}
+	r.cases = expectedAnswers(t, a, b)
+
+	weighted := strings.Replace(endpointYAML([]string{a.addr, b.addr}), `{address: "`+a.addr+`", slots: 2}`, `{address: "`+a.addr+`", slots: 2, weight: 3}`, 1)
+	r.underLoad(t, func() {
+		cp.kill()
+		if err := os.WriteFile(path, []byte(weighted), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Second) // the scenario: the sidecar serves with no control plane for a while
+		cp = startControlPlane(t, ads, admin, path)
+		waitFor(t, 20*time.Second, "the sidecar to apply the restarted control plane's weight 3 for "+a.addr, func() bool {
+			return scrape(t, r.sc.admin+"/metrics").sum("batchmesh_endpoint_weight", "endpoint", a.addr) == 3
+		})
+	}, a, b)
+}
+
+// TestDeadVersion splits model m between version 1 (runtime a) and version
+// 2 (runtime b, started with -model-version 2), then kills b: version 2
+// leaves the split and its share goes to version 1, the requests in flight
+// on b are answered by version 1, and only a request that names version 2
+// gets a 503, while /readyz stays ready.
+func TestDeadVersion(t *testing.T) {
+	a, b := startRuntime(t), startRuntime(t, "-model-version", "2")
+	r := &rig{a: a, b: b}
+	r.sc = startSidecar(t, "-config", sidecarConfig(t, endpointYAML([]string{a.addr}, []string{b.addr})))
+	r.cases = expectedAnswers(t, a, b)
+	if len(r.cases[0].want) != 2 {
+		t.Fatalf("versions 1 and 2 give the same answer; want them told apart by model_version: %s", r.cases[0].want[0])
+	}
+	r.underLoad(t, func() {
+		b.proc.kill()
+		waitFor(t, 10*time.Second, "version 2 to leave the split", func() bool {
+			m := scrape(t, r.sc.admin+"/metrics")
+			return m.sum("batchmesh_version_available", "version", "2") == 0 && m.sum("batchmesh_version_available", "version", "1") == 1
+		})
+	}, a)
+
+	if status, body := post(t, r.sc.url+"/v2/models/m/versions/2/infer", rowBody(1)); status != http.StatusServiceUnavailable {
+		t.Errorf("a request naming the dead version 2: status %d (%s), want 503", status, body)
+	}
+	if status, body := get(t, r.sc.admin+"/readyz"); status != http.StatusOK {
+		t.Errorf("/readyz with version 1 healthy: %d %s, want 200", status, body)
+	}
+}
+
+// waitFor polls cond every 50 ms until it holds, failing t after limit.
+func waitFor(t *testing.T, limit time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("waited %v for %s", limit, what)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

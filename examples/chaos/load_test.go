@@ -223,3 +223,18 @@ func hasLabels(s *dto.Metric, match []string) bool {
 	}
 	return true
 }
+
+// get fetches url and returns the status and the body.
+func get(t *testing.T, url string) (int, []byte) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, b
+}
