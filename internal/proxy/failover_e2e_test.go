@@ -1,0 +1,44 @@
+package proxy
+
+import (
+	"fmt"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/batchmesh/batchmesh/internal/config"
+	"github.com/batchmesh/batchmesh/internal/modelrt"
+)
+
+// TestVersionFailover: the split sends (nearly) every request to version 2,
+// whose only runtime then dies before the sidecar notices (probes are
+// hourly). Requests that name no version fail on it — refused connections,
+// then no healthy endpoint left — and are answered by version 1 instead,
+// every one; a request that names version 2 gets 503.
+func TestVersionFailover(t *testing.T) {
+	v1 := startRuntime(t, modelrt.Config{}, "b=sim:linear/1ms+0s")
+	v2 := startRuntime(t, modelrt.Config{Version: "2"}, "b=sim:linear/1ms+0s")
+	cfg, err := config.Parse("t.yaml", fmt.Appendf(nil, `models:
+  - name: b
+    batching: {max_batch_size: 8, max_queue_delay: 1ms, timeout: 5s}
+    versions: [{version: "1", weight: 1, endpoints: [{address: %s}]}, {version: "2", weight: 100000, endpoints: [{address: %s}]}]
+`, v1.addr, v2.addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := startSidecarConfig(t, Config{Models: cfg, ProbeInterval: time.Hour})
+	if r, resp, err := send(sc.url+"/v2/models/b/infer", rowsRequest(1, 3, 0, 0), false, nil); err != nil || r.status != http.StatusOK || resp.ModelVersion != "2" {
+		t.Fatalf("before the failure: %d %v %s (version %q), want 200 from version 2", r.status, err, r.body, resp.ModelVersion)
+	}
+	v2.stop()
+
+	for i := range 20 {
+		r, resp, err := send(sc.url+"/v2/models/b/infer", rowsRequest(1, 3, 0, i), false, nil)
+		if err != nil || r.status != http.StatusOK || resp.ModelVersion != "1" {
+			t.Errorf("request %d with version 2 dead: %d %v %s (version %q), want 200 from version 1", i, r.status, err, r.body, resp.ModelVersion)
+		}
+	}
+	if r, _, _ := send(sc.url+"/v2/models/b/versions/2/infer", rowsRequest(1, 3, 0, 0), false, nil); r.status != http.StatusServiceUnavailable {
+		t.Errorf("a request naming the dead version 2: %d %s, want 503", r.status, r.body)
+	}
+}
