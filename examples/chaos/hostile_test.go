@@ -30,8 +30,16 @@ type hostileRig struct {
 
 func newHostileRig(t *testing.T, flags ...string) *hostileRig {
 	t.Helper()
+	return newHostileRigTimeout(t, deadline, flags...)
+}
+
+// newHostileRigTimeout is newHostileRig with the model's batching.timeout
+// set to timeout.
+func newHostileRigTimeout(t *testing.T, timeout time.Duration, flags ...string) *hostileRig {
+	t.Helper()
 	rt := startRuntime(t)
-	args := append([]string{"-config", sidecarConfig(t, endpointYAML([]string{rt.addr}))}, flags...)
+	yaml := strings.Replace(endpointYAML([]string{rt.addr}), "timeout: 1s", "timeout: "+timeout.String(), 1)
+	args := append([]string{"-config", sidecarConfig(t, yaml)}, flags...)
 	sc := startSidecar(t, args...)
 	h := &hostileRig{rt: rt, sc: sc, addr: strings.TrimPrefix(sc.url, "http://")}
 	h.want = expectedAnswers(t, rt)[1].want[0]

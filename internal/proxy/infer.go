@@ -217,7 +217,14 @@ func (p *Proxy) serveInfer(ctx context.Context, rc *fasthttp.RequestCtx, m *mode
 	if hl != codec.NoHeader {
 		// Binary tensors alias the body, which fasthttp reuses once this
 		// handler returns; batches may still read them after a deadline.
-		body = slices.Clone(body)
+		// Take the buffer from fasthttp rather than copy it (a body may be
+		// -max-body long), and leave it readable as a raw body, which
+		// fasthttp only drops: a fail-over to another version decodes it
+		// again (and finds fasthttp's buffer already taken).
+		if b := rc.Request.SwapBody(nil); len(b) > 0 {
+			body = b
+		}
+		rc.Request.SetBodyRaw(body)
 	}
 	req, err := codec.DecodeRequest(body, hl)
 	if err != nil {
