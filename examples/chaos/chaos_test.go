@@ -85,6 +85,7 @@ func (r *rig) underLoad(t *testing.T, fault func(), untouched ...*runtime) {
 		rt0[i] = scrape(t, "http://"+u.addr+"/metrics")
 	}
 
+	extra0 := unsolicited.n.Load()
 	res, stop := startLoad(r.sc.url, r.cases)
 	if !waitAnswered(res, answeredBefore, 10*time.Second) {
 		stop()
@@ -100,6 +101,9 @@ func (r *rig) underLoad(t *testing.T, fault func(), untouched ...*runtime) {
 	stop()
 	t.Logf("clients: %v", res)
 
+	if n := unsolicited.n.Load() - extra0; n != 0 {
+		t.Errorf("the clients got %d responses no request asked for (a second answer to a request)", n)
+	}
 	if n := res.sent.Load() - res.ok.Load(); n != 0 {
 		t.Errorf("%d of %d requests did not get their right answer: %v", n, res.sent.Load(), res)
 	}

@@ -3,6 +3,8 @@ package chaos_test
 import (
 	"bytes"
 	"fmt"
+	"io"
+	"log"
 	"net"
 	"net/http"
 	"os"
@@ -10,6 +12,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -19,11 +22,29 @@ import (
 var binDir string
 
 func TestMain(m *testing.M) {
+	// net/http logs a response that came without a request ("Unsolicited
+	// response received on idle HTTP channel"): a second answer to one
+	// request. The scenarios count those lines.
+	log.SetOutput(io.MultiWriter(os.Stderr, &unsolicited))
 	code := m.Run()
 	if binDir != "" {
 		_ = os.RemoveAll(binDir)
 	}
 	os.Exit(code)
+}
+
+// unsolicited counts the log lines of net/http's clients that report a
+// response no request asked for.
+var unsolicited lineCounter
+
+// lineCounter counts the writes that contain "Unsolicited response".
+type lineCounter struct{ n atomic.Int64 }
+
+func (c *lineCounter) Write(p []byte) (int, error) {
+	if bytes.Contains(p, []byte("Unsolicited response")) {
+		c.n.Add(1)
+	}
+	return len(p), nil
 }
 
 // buildBinaries builds the sidecar, model and controlplane commands once
