@@ -53,29 +53,47 @@ func inferRequest(extra string) []byte {
 	return fmt.Appendf(nil, "POST /v2/models/m/infer HTTP/1.1\r\nHost: chaos\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n%s", len(body), extra, body)
 }
 
+// answer is one response read off a raw connection.
+type answer struct {
+	status int
+	header http.Header
+	body   []byte
+	rest   *bufio.Reader // the connection after the response, for more reads
+}
+
 // exchange writes raw on a new connection to addr (from a goroutine, so
 // that a server answering before it has read everything is seen) and
-// reads one response. The connection is returned open for more reads.
-func exchange(t *testing.T, addr string, raw []byte) (*http.Response, []byte, *bufio.Reader, net.Conn) {
+// reads one response. The connection stays open for more reads from rest
+// until the test ends.
+func exchange(t *testing.T, addr string, raw []byte) answer {
 	t.Helper()
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
+	a, err := exchangeOn(c, raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+// exchangeOn is exchange on c, for any goroutine.
+func exchangeOn(c net.Conn, raw []byte) (answer, error) {
 	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
 	go func() { _, _ = c.Write(raw) }() // a refused request may be cut short: the write may fail
 	br := bufio.NewReader(c)
 	resp, err := http.ReadResponse(br, nil)
 	if err != nil {
-		t.Fatalf("reading the sidecar's response: %v", err)
+		return answer{}, fmt.Errorf("reading the sidecar's response: %w", err)
 	}
+	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
-	resp.Body.Close()
 	if err != nil {
-		t.Fatalf("reading the sidecar's response body: %v", err)
+		return answer{}, fmt.Errorf("reading the sidecar's response body: %w", err)
 	}
-	return resp, body, br, c
+	return answer{status: resp.StatusCode, header: resp.Header, body: body, rest: br}, nil
 }
 
 // TestHeaderSizes: a request carrying a 16 KB header (a large JWT) is
@@ -84,24 +102,24 @@ func TestHeaderSizes(t *testing.T) {
 	h := newHostileRig(t)
 
 	jwt := strings.Repeat("eyJhbGciOiJSUzI1NiJ9", 16<<10/20)
-	resp, body, _, _ := exchange(t, h.addr, inferRequest("Authorization: Bearer "+jwt+"\r\n"))
-	if resp.StatusCode != http.StatusOK || !bytes.Equal(body, h.want) {
-		t.Errorf("16 KB Authorization header: %d %.300s; want 200 with %s", resp.StatusCode, body, h.want)
+	a := exchange(t, h.addr, inferRequest("Authorization: Bearer "+jwt+"\r\n"))
+	if a.status != http.StatusOK || !bytes.Equal(a.body, h.want) {
+		t.Errorf("16 KB Authorization header: %d %.300s; want 200 with %s", a.status, a.body, h.want)
 	}
 
 	const marker = "hostile-header-value-"
 	huge := strings.Repeat(marker, 128<<10/len(marker))
-	resp, body, _, _ = exchange(t, h.addr, inferRequest("X-Huge: "+huge+"\r\n"))
-	if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
-		t.Errorf("128 KB header: %d %.300s; want 431", resp.StatusCode, body)
+	a = exchange(t, h.addr, inferRequest("X-Huge: "+huge+"\r\n"))
+	if a.status != http.StatusRequestHeaderFieldsTooLarge {
+		t.Errorf("128 KB header: %d %.300s; want 431", a.status, a.body)
 	}
-	for k, vs := range resp.Header {
+	for k, vs := range a.header {
 		if strings.Contains(k+strings.Join(vs, ""), marker) {
 			t.Errorf("the 431 echoes the request's header in its header %s", k)
 		}
 	}
-	if bytes.Contains(body, []byte(marker)) || bytes.Contains(body, []byte("X-Huge")) {
-		t.Errorf("the 431 echoes the request's headers: %.300s", body)
+	if bytes.Contains(a.body, []byte(marker)) || bytes.Contains(a.body, []byte("X-Huge")) {
+		t.Errorf("the 431 echoes the request's headers: %.300s", a.body)
 	}
 }
 
@@ -118,11 +136,11 @@ func TestContentLengthWithTransferEncoding(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			raw := "POST /v2/models/m/infer HTTP/1.1\r\nHost: chaos\r\n" + framing + "\r\n" + chunked
-			resp, body, br, _ := exchange(t, h.addr, []byte(raw))
-			if resp.StatusCode != http.StatusBadRequest {
-				t.Errorf("status %d %.300s; want 400", resp.StatusCode, body)
+			a := exchange(t, h.addr, []byte(raw))
+			if a.status != http.StatusBadRequest {
+				t.Errorf("status %d %.300s; want 400", a.status, a.body)
 			}
-			if rest, err := io.ReadAll(br); len(rest) != 0 || err != nil {
+			if rest, err := io.ReadAll(a.rest); len(rest) != 0 || err != nil {
 				t.Errorf("after the 400 the connection gave %q (%v); want it closed with nothing more", rest, err)
 			}
 		})
@@ -170,11 +188,11 @@ func TestSlowHeaders(t *testing.T) {
 // -idle-timeout is closed without an unsolicited response.
 func TestIdleCloseIsQuiet(t *testing.T) {
 	h := newHostileRig(t, "-idle-timeout", "1s")
-	resp, body, br, _ := exchange(t, h.addr, inferRequest(""))
-	if resp.StatusCode != http.StatusOK || !bytes.Equal(body, h.want) {
-		t.Fatalf("first request: %d %.300s; want 200", resp.StatusCode, body)
+	a := exchange(t, h.addr, inferRequest(""))
+	if a.status != http.StatusOK || !bytes.Equal(a.body, h.want) {
+		t.Fatalf("first request: %d %.300s; want 200", a.status, a.body)
 	}
-	rest, err := io.ReadAll(br) // the read deadline of exchange bounds it
+	rest, err := io.ReadAll(a.rest) // the read deadline of exchange bounds it
 	if err != nil {
 		t.Fatalf("the idle connection was not closed: %v", err)
 	}
