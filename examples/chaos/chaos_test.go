@@ -142,7 +142,9 @@ func waitAnswered(res *loadResult, n int64, limit time.Duration) bool {
 // driver or a long pause looks the same from outside): its connections stay
 // open and nothing answers. Batches stuck on it must be sent again to the
 // other runtime while their deadlines allow (hedging), and it must stop
-// getting new ones (ejection on data-path timeouts).
+// getting new ones (ejection on data-path timeouts). Without the lanes'
+// hedging, the requests whose batch was on the hung runtime when it
+// stopped (a handful to a few dozen) time out with 504.
 func TestHungRuntime(t *testing.T) {
 	r := newRig(t)
 	r.underLoad(t, func() {

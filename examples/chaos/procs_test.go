@@ -71,9 +71,12 @@ var buildBinaries = sync.OnceValues(func() (string, error) {
 })
 
 // bin returns the path of the built command name, failing t if the build
-// failed.
+// failed; in -short mode it skips t.
 func bin(t *testing.T, name string) string {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("the chaos suite builds and runs the binaries for about two minutes; skipped in -short mode")
+	}
 	dir, err := buildBinaries()
 	if err != nil {
 		t.Fatal(err)
