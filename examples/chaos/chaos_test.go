@@ -159,12 +159,18 @@ func TestHungRuntime(t *testing.T) {
 }
 
 // TestKilledRuntime kills one runtime with SIGKILL: batches in flight on it
-// fail with a broken connection and are retried on the other.
+// fail with a broken connection and are retried on the other. The sidecar
+// logs the dead endpoint once, not once per failed probe.
 func TestKilledRuntime(t *testing.T) {
 	r := newRig(t)
 	r.underLoad(t, func() {
 		r.b.proc.kill()
 	}, r.a)
+	// The load ran for seconds after the kill: several probe intervals.
+	down := regexp.MustCompile(`msg="endpoint down" endpoint=` + regexp.QuoteMeta(r.b.addr) + ` `)
+	if n := len(down.FindAllString(r.sc.proc.out.String(), -1)); n != 1 {
+		t.Errorf("the sidecar logged %d \"endpoint down\" lines for the dead runtime %s; want one, on the change", n, r.b.addr)
+	}
 }
 
 // TestRestartedRuntime restarts one runtime (SIGTERM: it reports not ready,
