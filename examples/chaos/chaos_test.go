@@ -210,13 +210,19 @@ func startControlPlane(t *testing.T, ads, admin, path string) *proc {
 // TestControlPlaneRestart kills the control plane (SIGKILL) under a sidecar
 // run with -xds, changes its config while it is down, and starts it again
 // on the same address: the sidecar keeps serving with the configuration it
-// had, reconnects, and applies the new one.
+// had, reconnects, and applies the new one. Both ADS variants.
 func TestControlPlaneRestart(t *testing.T) {
+	for _, protocol := range []string{"sotw", "delta"} {
+		t.Run(protocol, func(t *testing.T) { controlPlaneRestart(t, protocol) })
+	}
+}
+
+func controlPlaneRestart(t *testing.T, protocol string) {
 	a, b := startRuntime(t), startRuntime(t)
 	ads, admin := freeAddr(t), freeAddr(t)
 	path := sidecarConfig(t, endpointYAML([]string{a.addr, b.addr}))
 	cp := startControlPlane(t, ads, admin, path)
-	r := &rig{a: a, b: b, sc: startSidecar(t, "-xds", ads, "-node-id", "chaos")}
+	r := &rig{a: a, b: b, sc: startSidecar(t, "-xds", ads, "-xds-protocol", protocol, "-node-id", "chaos")}
 	r.cases = expectedAnswers(t, a, b)
 
 	weighted := strings.Replace(endpointYAML([]string{a.addr, b.addr}), `{address: "`+a.addr+`", slots: 2}`, `{address: "`+a.addr+`", slots: 2, weight: 3}`, 1)
