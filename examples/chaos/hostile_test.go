@@ -96,20 +96,23 @@ func exchangeOn(c net.Conn, raw []byte) (answer, error) {
 	return answer{status: resp.StatusCode, header: resp.Header, body: body, rest: br}, nil
 }
 
-// TestHeaderSizes: a request carrying a 16 KB header (a large JWT) is
-// served; one with a 128 KB header gets 431, and nothing of it is echoed.
+// TestHeaderSizes: a request carrying a 16 KB header (a large JWT), or a
+// 60 KB one, is served; one with a 128 KB header gets 431, and nothing of
+// it is echoed.
 func TestHeaderSizes(t *testing.T) {
 	h := newHostileRig(t)
 
-	jwt := strings.Repeat("eyJhbGciOiJSUzI1NiJ9", 16<<10/20)
-	a := exchange(t, h.addr, inferRequest("Authorization: Bearer "+jwt+"\r\n"))
-	if a.status != http.StatusOK || !bytes.Equal(a.body, h.want) {
-		t.Errorf("16 KB Authorization header: %d %.300s; want 200 with %s", a.status, a.body, h.want)
+	for _, kb := range []int{16, 60} { // a large JWT; near the 64 KiB of all headers
+		jwt := strings.Repeat("eyJhbGciOiJSUzI1NiJ9", kb<<10/20)
+		a := exchange(t, h.addr, inferRequest("Authorization: Bearer "+jwt+"\r\n"))
+		if a.status != http.StatusOK || !bytes.Equal(a.body, h.want) {
+			t.Errorf("%d KB Authorization header: %d %.300s; want 200 with %s", kb, a.status, a.body, h.want)
+		}
 	}
 
 	const marker = "hostile-header-value-"
 	huge := strings.Repeat(marker, 128<<10/len(marker))
-	a = exchange(t, h.addr, inferRequest("X-Huge: "+huge+"\r\n"))
+	a := exchange(t, h.addr, inferRequest("X-Huge: "+huge+"\r\n"))
 	if a.status != http.StatusRequestHeaderFieldsTooLarge {
 		t.Errorf("128 KB header: %d %.300s; want 431", a.status, a.body)
 	}
