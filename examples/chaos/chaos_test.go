@@ -197,14 +197,15 @@ func TestRestartedRuntime(t *testing.T) {
 
 var controlPlaneServing = regexp.MustCompile(`msg="controlplane serving" ads=(\S+) admin=(\S+)`)
 
-// startControlPlane runs the control plane on fixed loopback addresses
-// (so that a restart is found where the sidecar looks) with config file
-// path, and waits until it serves.
-func startControlPlane(t *testing.T, ads, admin, path string) *proc {
+// startControlPlane runs the control plane with config file path on the
+// given loopback addresses (127.0.0.1:0 for ports the system picks), waits
+// until it serves, and returns the process and its ADS and admin
+// addresses, where a restart serves again.
+func startControlPlane(t *testing.T, ads, admin, path string) (p *proc, adsAddr, adminAddr string) {
 	t.Helper()
-	p := startProc(t, "controlplane", "-listen", ads, "-admin", admin, "-config", path)
-	p.waitLog(t, controlPlaneServing)
-	return p
+	p = startProc(t, "controlplane", "-listen", ads, "-admin", admin, "-config", path)
+	m := p.waitLog(t, controlPlaneServing)
+	return p, m[1], m[2]
 }
 
 // TestControlPlaneRestart kills the control plane (SIGKILL) under a sidecar
@@ -219,9 +220,8 @@ func TestControlPlaneRestart(t *testing.T) {
 
 func controlPlaneRestart(t *testing.T, protocol string) {
 	a, b := startRuntime(t), startRuntime(t)
-	ads, admin := freeAddr(t), freeAddr(t)
 	path := sidecarConfig(t, endpointYAML([]string{a.addr, b.addr}))
-	cp := startControlPlane(t, ads, admin, path)
+	cp, ads, admin := startControlPlane(t, "127.0.0.1:0", "127.0.0.1:0", path)
 	r := &rig{a: a, b: b, sc: startSidecar(t, "-xds", ads, "-xds-protocol", protocol, "-node-id", "chaos")}
 	r.cases = expectedAnswers(t, a, b)
 
@@ -232,7 +232,7 @@ func controlPlaneRestart(t *testing.T, protocol string) {
 			t.Fatal(err)
 		}
 		time.Sleep(time.Second) // the scenario: the sidecar serves with no control plane for a while
-		cp = startControlPlane(t, ads, admin, path)
+		cp, _, _ = startControlPlane(t, ads, admin, path)
 		waitFor(t, 20*time.Second, "the sidecar to apply the restarted control plane's weight 3 for "+a.addr, func() bool {
 			return scrape(t, r.sc.admin+"/metrics").sum("batchmesh_endpoint_weight", "endpoint", a.addr) == 3
 		})

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"log"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -174,20 +173,18 @@ type runtime struct {
 // computed by a direct call.
 const simModel = "m=sim:linear/2ms+50us"
 
-// startRuntime runs the model binary on a free loopback port with extra
-// flags and waits until it is ready.
+var runtimeListening = regexp.MustCompile(`msg=listening addr=(\S+)`)
+
+// startRuntime runs the model binary on a port of 127.0.0.1 the system
+// picks, with extra flags, and waits until it is ready.
 func startRuntime(t *testing.T, extra ...string) *runtime {
 	t.Helper()
-	r := &runtime{addr: freeAddr(t)}
-	r.args = append([]string{"-listen", r.addr, "-model", simModel, "-slots", "2", "-drain-timeout", "5s"}, extra...)
-	r.start(t)
+	flags := append([]string{"-model", simModel, "-slots", "2", "-drain-timeout", "5s"}, extra...)
+	p := startProc(t, "model", append([]string{"-listen", "127.0.0.1:0"}, flags...)...)
+	r := &runtime{addr: p.waitLog(t, runtimeListening)[1], proc: p}
+	r.args = append([]string{"-listen", r.addr}, flags...)
+	waitOK(t, "http://"+r.addr+"/v2/health/ready", p)
 	return r
-}
-
-func (r *runtime) start(t *testing.T) {
-	t.Helper()
-	r.proc = startProc(t, "model", r.args...)
-	waitOK(t, "http://"+r.addr+"/v2/health/ready", r.proc)
 }
 
 // restart stops the runtime with SIGTERM (it drains) and starts it again
@@ -195,7 +192,8 @@ func (r *runtime) start(t *testing.T) {
 func (r *runtime) restart(t *testing.T) {
 	t.Helper()
 	r.proc.terminate(t)
-	r.start(t)
+	r.proc = startProc(t, "model", r.args...)
+	waitOK(t, "http://"+r.addr+"/v2/health/ready", r.proc)
 }
 
 // sidecarProc is a sidecar process on free loopback ports.
@@ -253,17 +251,6 @@ func waitOK(t *testing.T, url string, p *proc) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-}
-
-// freeAddr returns a loopback address whose port was free a moment ago.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 // syncBuffer is a bytes.Buffer safe for a process's writes and the test's
