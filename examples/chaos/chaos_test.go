@@ -20,6 +20,7 @@
 package chaos_test
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
@@ -265,6 +266,21 @@ func TestDeadVersion(t *testing.T) {
 	}
 	if status, body := get(t, r.sc.admin+"/readyz"); status != http.StatusOK {
 		t.Errorf("/readyz with version 1 healthy: %d %s, want 200", status, body)
+	}
+	var clusters []struct {
+		Cluster   string `json:"cluster"`
+		Available bool   `json:"available"`
+	}
+	if _, body := get(t, r.sc.admin+"/clusters"); json.Unmarshal(body, &clusters) != nil {
+		t.Fatalf("/clusters is not a JSON list of clusters: %s", body)
+	}
+	for _, c := range clusters {
+		if want := c.Cluster == "batchmesh|m|1"; c.Available != want {
+			t.Errorf("/clusters: %s available %v, want %v", c.Cluster, c.Available, want)
+		}
+	}
+	if len(clusters) != 2 {
+		t.Errorf("/clusters lists %d clusters, want 2 (one per version)", len(clusters))
 	}
 }
 
