@@ -11,6 +11,7 @@ import (
 	"encoding/pem"
 	"math/big"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"sync/atomic"
@@ -67,13 +68,22 @@ func (ca *CA) Server(t testing.TB, cn string) Leaf {
 	})
 }
 
-// Client issues a client certificate with common name cn.
-func (ca *CA) Client(t testing.TB, cn string) Leaf {
+// Client issues a client certificate with common name cn (none if "")
+// and the URI names uris.
+func (ca *CA) Client(t testing.TB, cn string, uris ...string) Leaf {
 	t.Helper()
-	return ca.issue(t, &x509.Certificate{
+	tmpl := &x509.Certificate{
 		Subject:     pkix.Name{CommonName: cn},
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	})
+	}
+	for _, s := range uris {
+		u, err := url.Parse(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tmpl.URIs = append(tmpl.URIs, u)
+	}
+	return ca.issue(t, tmpl)
 }
 
 func (ca *CA) issue(t testing.TB, tmpl *x509.Certificate) Leaf {
