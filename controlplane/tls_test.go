@@ -103,8 +103,8 @@ func lrsFirst(addr, node string, creds credentials.TransportCredentials) error {
 type signalHandler struct{ c chan string }
 
 func (h signalHandler) Enabled(context.Context, slog.Level) bool { return true }
-func (h signalHandler) WithAttrs([]slog.Attr) slog.Handler      { return h }
-func (h signalHandler) WithGroup(string) slog.Handler           { return h }
+func (h signalHandler) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h signalHandler) WithGroup(string) slog.Handler            { return h }
 func (h signalHandler) Handle(_ context.Context, r slog.Record) error {
 	s := r.Message
 	r.Attrs(func(a slog.Attr) bool { s += " " + a.String(); return true })
