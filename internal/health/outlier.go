@@ -96,10 +96,10 @@ func (o Outlier) WithDefaults() Outlier {
 // outlier is one endpoint's outlier detection state.
 type outlier struct {
 	counters
-	ejected     bool      // out of rotation until until
-	until       time.Time // when the ejection ends
-	ejections   int       // the ejection multiplier; decays while not ejected
-	calm        time.Time // since when the multiplier last decayed or the ejection ended
+	ejected   bool      // out of rotation until until
+	until     time.Time // when the ejection ends
+	ejections int       // the ejection multiplier; decays while not ejected
+	calm      time.Time // since when the multiplier last decayed or the ejection ended
 }
 
 // counters are an endpoint's call counts. A success counts without the
