@@ -65,7 +65,7 @@ type watched[T any] struct {
 	mu     sync.Mutex
 	stamps []stamp
 	val    T
-	failed []stamp // the stamps whose load failed, logged once
+	failed string // the last failure logged, so that each is logged once
 }
 
 // newWatched loads the value once; its error is the start-up error.
@@ -108,13 +108,13 @@ func (w *watched[T]) get() T {
 		v, err = w.load()
 	}
 	if err != nil {
-		if stamps == nil || !equal(stamps, w.failed) {
+		if msg := fmt.Sprint(stamps, err); msg != w.failed {
 			w.log.Warn("tls files changed but do not load; the previous ones stay in use", "what", w.what, "err", err)
-			w.failed = stamps
+			w.failed = msg
 		}
 		return w.val
 	}
-	w.val, w.stamps, w.failed = v, stamps, nil
+	w.val, w.stamps, w.failed = v, stamps, ""
 	w.log.Info("tls files reloaded", "what", w.what)
 	return v
 }

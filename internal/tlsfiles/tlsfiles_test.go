@@ -1,12 +1,15 @@
 package tlsfiles
 
 import (
+	"bytes"
 	"crypto/tls"
 	"errors"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/batchmesh/batchmesh/internal/certtest"
@@ -131,14 +134,16 @@ func TestMutualTLSAndRotation(t *testing.T) {
 }
 
 // TestBadRotationKeepsLastGood: a certificate replaced by one whose key
-// has not been written yet, or by garbage, leaves the previous one in use.
+// has not been written yet, or by garbage, leaves the previous one in use,
+// with one warning per bad state, not one per handshake.
 func TestBadRotationKeepsLastGood(t *testing.T) {
 	dir := t.TempDir()
 	ca := certtest.NewCA(t, "ca")
 	ca.Server(t, "good").Write(t, dir, "server")
 	f := files(dir)
 	f.CA = File{}
-	srvCfg, err := ServerConfig(f, nil)
+	var logs syncBuffer
+	srvCfg, err := ServerConfig(f, slog.New(slog.NewTextHandler(&logs, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,8 +156,13 @@ func TestBadRotationKeepsLastGood(t *testing.T) {
 	// Only the certificate of a new pair is written: it does not match
 	// the key on disk.
 	certtest.WriteFile(t, f.Cert.Path, ca.Server(t, "half-written").CertPEM)
-	if s, _, err := call(addr, cl.Config()); err != nil || s != "good" {
-		t.Fatalf("during a half-written rotation got server %q, %v; want the last good %q", s, err, "good")
+	for range 2 {
+		if s, _, err := call(addr, cl.Config()); err != nil || s != "good" {
+			t.Fatalf("during a half-written rotation got server %q, %v; want the last good %q", s, err, "good")
+		}
+	}
+	if n := strings.Count(logs.String(), "do not load"); n != 1 {
+		t.Errorf("%d warnings for one half-written rotation over two handshakes, want 1:\n%s", n, logs.String())
 	}
 	certtest.WriteFile(t, f.Cert.Path, []byte("garbage"))
 	if s, _, err := call(addr, cl.Config()); err != nil || s != "good" {
@@ -162,6 +172,27 @@ func TestBadRotationKeepsLastGood(t *testing.T) {
 	if s, _, err := call(addr, cl.Config()); err != nil || s != "next" {
 		t.Fatalf("after the rotation completed got server %q, %v; want %q", s, err, "next")
 	}
+	if n := strings.Count(logs.String(), "do not load"); n != 2 || !strings.Contains(logs.String(), "tls files reloaded") {
+		t.Errorf("want two warnings (half-written, garbage) and a reload:\n%s", logs.String())
+	}
+}
+
+// syncBuffer is a log sink safe for concurrent writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 // TestStartErrors: files that cannot be used are refused at start, naming
