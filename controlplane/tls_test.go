@@ -148,8 +148,13 @@ func TestMutualTLS(t *testing.T) {
 	if _, err := adsClusters(addr, credentials.NewTLS(noCert.Config())); status.Code(err) != codes.Unavailable {
 		t.Errorf("ADS without a client certificate: %v; want Unavailable", err)
 	}
-	if err := runSidecarClient(t, addr, noCert.Config); err == nil || !strings.Contains(err.Error(), "certificate") {
-		t.Errorf("sidecar without a client certificate: %v; want a refusal naming the certificate", err)
+	// The client sees the refusal as "certificate required", or, when
+	// TLS 1.3 lets it write before the server's alert arrives, as a broken
+	// connection: either way a failed stream before any config.
+	if err := runSidecarClient(t, addr, noCert.Config); err == nil {
+		t.Error("sidecar without a client certificate got a config")
+	} else {
+		t.Logf("sidecar without a client certificate: %v", err)
 	}
 
 	withCert, err := tlsfiles.NewClient(tlsfiles.Files{Cert: tlsfiles.File{Path: ccert}, Key: tlsfiles.File{Path: ckey}, CA: tlsfiles.File{Path: serverCA}}, nil)

