@@ -255,3 +255,46 @@ func TestTLSWarnings(t *testing.T) {
 		t.Errorf("missing certificate: %v; want an error naming -tls-cert and the file", err)
 	}
 }
+
+// TestServerOnlyTLS: with -tls-cert and -tls-key alone, a sidecar that
+// verifies the control plane with -xds-ca and shows no certificate gets
+// its config and its load reports are taken; plaintext is refused; the
+// start logs that clients are unauthenticated.
+func TestServerOnlyTLS(t *testing.T) {
+	dir := t.TempDir()
+	ca := certtest.NewCA(t, "ca")
+	scert, skey := ca.Server(t, "controlplane").Write(t, dir, "server")
+	serverCA := filepath.Join(dir, "server-ca.pem")
+	certtest.WriteFile(t, serverCA, ca.PEM)
+	addr, logs := startTLS(t, "-tls-cert", scert, "-tls-key", skey)
+	if got := logs.String(); !strings.Contains(got, "unauthenticated") || strings.Contains(got, "level=WARN") {
+		t.Errorf("server-only TLS start log lacks the unauthenticated notice, or warns:\n%s", got)
+	}
+	cl, err := tlsfiles.NewClient(tlsfiles.Files{CA: tlsfiles.File{Path: serverCA}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := runSidecarClient(t, addr, cl.Config); err != nil {
+		t.Errorf("sidecar over server-only TLS: %v", err)
+	}
+	if err := lrsFirst(addr, "any-node", credentials.NewTLS(cl.Config())); err != nil {
+		t.Errorf("LRS over server-only TLS: %v", err)
+	}
+	if _, err := adsClusters(addr, insecure.NewCredentials()); status.Code(err) != codes.Unavailable {
+		t.Errorf("plaintext ADS to a TLS listener: %v; want Unavailable", err)
+	}
+	other, err := tlsfiles.NewClient(tlsfiles.Files{CA: tlsfiles.File{Path: writeCA(t, certtest.NewCA(t, "other"))}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := adsClusters(addr, credentials.NewTLS(other.Config())); status.Code(err) != codes.Unavailable {
+		t.Errorf("ADS verifying the server with another CA: %v; want Unavailable", err)
+	}
+}
+
+func writeCA(t *testing.T, ca *certtest.CA) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "ca.pem")
+	certtest.WriteFile(t, p, ca.PEM)
+	return p
+}
