@@ -21,6 +21,7 @@ func TestLoadFull(t *testing.T) {
 		Weights:    WeightsAdaptive,
 		OutlierDetection: OutlierDetection{
 			ConsecutiveFailures: 3, BaseEjectionTime: 10 * time.Second, MaxEjectionTime: time.Minute, MaxEjectionPercent: 50,
+			Interval: 5 * time.Second, FailurePercentageThreshold: 90, FailurePercentageMinimumHosts: 3, FailurePercentageRequestVolume: 20,
 		},
 		Models: []Model{
 			{

@@ -41,10 +41,11 @@ func TestValidate(t *testing.T) {
 		{
 			name: "outlier detection out of range",
 			change: func(c *Config) {
-				c.OutlierDetection = OutlierDetection{ConsecutiveFailures: -1, BaseEjectionTime: time.Minute, MaxEjectionTime: time.Second, MaxEjectionPercent: 101}
+				c.OutlierDetection = DefaultOutlierDetection()
+				c.OutlierDetection.ConsecutiveFailures, c.OutlierDetection.BaseEjectionTime, c.OutlierDetection.MaxEjectionTime, c.OutlierDetection.MaxEjectionPercent = -1, time.Minute, time.Second, 101
 			},
 			want: []string{
-				"outlier_detection.consecutive_failures: -1 is negative; must be 1 or more, or 0 to turn outlier detection off",
+				"outlier_detection.consecutive_failures: -1 is negative; must be 1 or more, or 0 to turn ejection on consecutive failures off",
 				"outlier_detection.max_ejection_time: 1s is shorter than base_ejection_time (1m0s); must be at least as long",
 				"outlier_detection.max_ejection_percent: 101 is not a percentage; must be 1 to 100",
 			},
@@ -52,10 +53,29 @@ func TestValidate(t *testing.T) {
 		{
 			name: "outlier detection base ejection time",
 			change: func(c *Config) {
-				c.OutlierDetection = OutlierDetection{ConsecutiveFailures: 5, MaxEjectionTime: time.Minute, MaxEjectionPercent: 10}
+				c.OutlierDetection = DefaultOutlierDetection()
+				c.OutlierDetection.BaseEjectionTime = 0
 			},
 			want: []string{"outlier_detection.base_ejection_time: 0s is too short; must be more than 0"},
 		},
+		{
+			name: "failure percentage out of range",
+			change: func(c *Config) {
+				c.OutlierDetection = OutlierDetection{ConsecutiveFailures: 5, BaseEjectionTime: time.Second, MaxEjectionTime: time.Second, MaxEjectionPercent: 10,
+					Interval: -time.Second, FailurePercentageThreshold: 0, FailurePercentageMinimumHosts: 0, FailurePercentageRequestVolume: -1, EnforcingFailurePercentage: 101}
+			},
+			want: []string{
+				"outlier_detection.interval: -1s is negative; must be more than 0",
+				"outlier_detection.failure_percentage_threshold: 0 is not a percentage; must be 1 to 100",
+				"outlier_detection.failure_percentage_minimum_hosts: 0 is too few; must be 1 or more",
+				"outlier_detection.failure_percentage_request_volume: -1 is too few; must be 1 or more",
+				"outlier_detection.enforcing_failure_percentage: 101 is not a percentage; must be 0 (off) to 100",
+			},
+		},
+		{name: "failure percentage off", change: func(c *Config) {
+			c.OutlierDetection = DefaultOutlierDetection()
+			c.OutlierDetection.EnforcingFailurePercentage = 0
+		}},
 		{
 			name:   "pass-through needs no queue",
 			change: func(c *Config) { c.Models[0].Batching.MaxBatchSize, c.Models[0].Batching.MaxQueueSize = 0, 0 },

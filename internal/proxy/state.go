@@ -227,17 +227,27 @@ func (p *Proxy) versionsAvailable() []versionAvailable {
 }
 
 // outlierOf returns cfg's outlier detection settings for the health
-// table: the zero value is the defaults, consecutive_failures 0 is off.
+// table: the zero value is the defaults; consecutive_failures 0 and
+// enforcing_failure_percentage 0 turn their ejections off.
 func outlierOf(cfg *config.Config) health.Outlier {
 	if cfg == nil || cfg.OutlierDetection == (config.OutlierDetection{}) {
 		return health.Outlier{}
 	}
 	o := cfg.OutlierDetection
-	n := o.ConsecutiveFailures
-	if n == 0 {
-		n = -1
+	off := func(n int) int {
+		if n == 0 {
+			return -1
+		}
+		return n
 	}
-	return health.Outlier{ConsecutiveFailures: n, BaseEjectionTime: o.BaseEjectionTime, MaxEjectionTime: o.MaxEjectionTime, MaxEjectionPercent: o.MaxEjectionPercent}
+	return health.Outlier{
+		ConsecutiveFailures: off(o.ConsecutiveFailures), BaseEjectionTime: o.BaseEjectionTime,
+		MaxEjectionTime: o.MaxEjectionTime, MaxEjectionPercent: o.MaxEjectionPercent,
+		Interval: o.Interval, FailurePercentageThreshold: o.FailurePercentageThreshold,
+		FailurePercentageMinimumHosts:  o.FailurePercentageMinimumHosts,
+		FailurePercentageRequestVolume: o.FailurePercentageRequestVolume,
+		EnforcingFailurePercentage:     off(o.EnforcingFailurePercentage),
+	}
 }
 
 // laneEndpoint is one endpoint of one lane.

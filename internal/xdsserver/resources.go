@@ -51,7 +51,8 @@ func ClusterName(model, version string) string { return config.ClusterName(model
 //
 //   - per model version, an EDS Cluster ClusterName(model, version) with
 //     LEAST_REQUEST and the batching and cache settings in
-//     metadata.filter_metadata["batchmesh"], and its ClusterLoadAssignment
+//     metadata.filter_metadata["batchmesh"], the file's outlier_detection
+//     in outlier_detection (outlier.go), and its ClusterLoadAssignment
 //     with one locality per zone;
 //   - the RouteConfiguration RouteName with one virtual host and, per model,
 //     routes to weighted_clusters over its versions;
@@ -98,6 +99,7 @@ func Resources(cfg *config.Config) (map[resource.Type][]types.Resource, error) {
 			if err != nil {
 				return nil, err
 			}
+			c.OutlierDetection = outlierDetection(cfg.OutlierDetection)
 			clusters = append(clusters, c)
 			loads = append(loads, loadAssignment(m, v))
 		}
