@@ -2,6 +2,7 @@ package sidecar_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -165,4 +167,8 @@ func TestGRPCInferMatchesREST(t *testing.T) {
 	if c := hdr.Get("x-batchmesh-cache"); len(c) != 1 || c[0] != "hit" {
 		t.Errorf("gRPC after REST for one row: x-batchmesh-cache %v, want [hit]", c)
 	}
+}
+
+func contextWithTimeout(t *testing.T, d time.Duration) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(t.Context(), d)
 }
