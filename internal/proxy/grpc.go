@@ -105,6 +105,9 @@ func (p *Proxy) modelMetadata(ctx context.Context, m *model, v *version) (codec.
 	if err != nil {
 		return md, err
 	}
+	if p.isGRPC(ep) {
+		return p.grpcUp.ModelMetadata(ctx, ep, m.cfg.Name, v.cfg.Version)
+	}
 	req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
 	defer fasthttp.ReleaseRequest(req)
 	defer fasthttp.ReleaseResponse(resp)

@@ -122,7 +122,11 @@ func (p *Proxy) inferUnbatched(ctx context.Context, m *model, v *version, req *i
 	up.Model, up.Version = m.cfg.Name, v.cfg.Version
 	up.Parameters, up.Outputs = upstreamParams(req.Parameters), upstreamOutputs(req.Outputs)
 	t0 := time.Now()
-	reply, err := p.up.Infer(ctx, ep, &up, nil)
+	call := p.up.Infer
+	if p.isGRPC(ep) {
+		call = p.grpcUp.Infer
+	}
+	reply, err := call(ctx, ep, &up, nil)
 	code := reply.Status
 	if err != nil && code == 0 {
 		code = inference.HTTPStatus(err)

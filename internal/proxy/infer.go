@@ -127,6 +127,9 @@ func requestTimeout(rc *fasthttp.RequestCtx, timeout time.Duration) (time.Durati
 // An endpoint it cannot reach is reported to the health table.
 func (p *Proxy) forward(ctx context.Context, rc *fasthttp.RequestCtx, m *model, v *version, start time.Time) {
 	ep, err := p.pickEndpoint(v)
+	if err == nil && p.isGRPC(ep) {
+		err = errGRPCPassThrough(m, ep, rc.Path())
+	}
 	if err != nil {
 		p.reply(rc, m.cfg.Name, start, err)
 		return

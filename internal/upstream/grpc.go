@@ -184,3 +184,26 @@ func cmpOr(d, def time.Duration) time.Duration {
 	}
 	return def
 }
+
+// ModelMetadata asks endpoint for the metadata of model (and version) over
+// gRPC, in the REST route's shape.
+func (g *GRPC) ModelMetadata(ctx context.Context, endpoint, model, version string) (codec.ModelMetadata, error) {
+	var md codec.ModelMetadata
+	c, err := g.client(endpoint)
+	if err != nil {
+		return md, err
+	}
+	r, err := c.ModelMetadata(ctx, &grpcapi.ModelMetadataRequest{Name: model, Version: version})
+	if err != nil {
+		_, ferr := grpcFailure(endpoint, err, Reply{})
+		return md, ferr
+	}
+	md = codec.ModelMetadata{Name: r.GetName(), Versions: r.GetVersions(), Platform: r.GetPlatform()}
+	for _, t := range r.GetInputs() {
+		md.Inputs = append(md.Inputs, codec.TensorMetadata{Name: t.GetName(), Datatype: t.GetDatatype(), Shape: t.GetShape()})
+	}
+	for _, t := range r.GetOutputs() {
+		md.Outputs = append(md.Outputs, codec.TensorMetadata{Name: t.GetName(), Datatype: t.GetDatatype(), Shape: t.GetShape()})
+	}
+	return md, nil
+}
