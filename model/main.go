@@ -1,10 +1,11 @@
 // Command model is batchmesh's reference model runtime: it serves the Open
-// Inference Protocol v2 (JSON and the binary tensor extension) in front of
+// Inference Protocol v2 (JSON and the binary tensor extension, and its gRPC
+// service on -grpc-listen) in front of
 // real small models computed in Go (mlp) and simulated accelerators (sim).
 //
 // Usage:
 //
-//	model [-listen ADDR] -model NAME=KIND[:ARG] ... [-slots N] [-max-batch N]
+//	model [-listen ADDR] [-grpc-listen ADDR|off] -model NAME=KIND[:ARG] ... [-slots N] [-max-batch N]
 //	model gen-weights -o FILE [-seed N] [-sizes 512,1024,512,16]
 //
 // docs/config.md lists every flag.

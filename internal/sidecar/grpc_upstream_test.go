@@ -3,7 +3,9 @@ package sidecar_test
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"net/http"
+	"strings"
 	"testing"
 
 	"google.golang.org/grpc/codes"
@@ -37,6 +39,15 @@ func TestGRPCUpstream(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("/readyz with a gRPC endpoint: %d, want 200 (the ServerReady probe passes)", resp.StatusCode)
+	}
+	resp, err = http.Get(s.AdminURL + "/config_dump")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dump, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(strings.ReplaceAll(string(dump), " ", ""), `"protocol":"grpc"`) {
+		t.Errorf("/config_dump does not show the endpoint's protocol: %s", dump)
 	}
 	c := dialGRPC(t, s.URL)
 	for i := range 3 {
