@@ -79,7 +79,7 @@ func loadGRPC(ctx context.Context, cfg loadgen.Config, target, name string, widt
 	}
 	r := &grpcRun{cfg: cfg, bodies: grpcBodies(cfg), byCode: map[int]int64{}, cache: map[string]int64{}}
 	if _, err := conns[0].ServerLive(ctx, &grpcapi.ServerLiveRequest{}); err != nil {
-		return loadgen.Result{}, fmt.Errorf("%w: %s: %v", loadgen.ErrUnreachable, addr, err)
+		return loadgen.Result{}, fmt.Errorf("%w: %s: %w", loadgen.ErrUnreachable, addr, err)
 	}
 	start := time.Now()
 	r.deadline = start.Add(cfg.Duration)

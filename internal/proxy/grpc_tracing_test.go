@@ -90,7 +90,7 @@ func TestGRPCSpanLinkedByBatch(t *testing.T) {
 	}
 	attrs := map[string]string{}
 	for _, a := range grpcSpan.Attributes() {
-		attrs[string(a.Key)] = a.Value.Emit()
+		attrs[string(a.Key)] = a.Value.String()
 	}
 	if attrs["rpc.system"] != "grpc" || attrs["rpc.method"] != "ModelInfer" || attrs["batchmesh.batch_rows"] != "2" {
 		t.Errorf("gRPC span attributes %v, want rpc.system grpc, rpc.method ModelInfer, batch_rows 2", attrs)
