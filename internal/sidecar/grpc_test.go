@@ -15,8 +15,10 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	"github.com/batchmesh/batchmesh/internal/codec"
 	"github.com/batchmesh/batchmesh/internal/grpcapi"
@@ -154,12 +156,23 @@ func TestGRPCInferMatchesREST(t *testing.T) {
 			t.Errorf("typed ModelInfer of row %d after the raw one: x-batchmesh-cache %v, want [hit] (one cache for both forms)", i, got)
 		}
 	}
+	// Metadata named like the headers: no-cache skips the lookup, a bad
+	// priority is refused naming the key's value.
+	var hdr metadata.MD
+	nc := metadata.AppendToOutgoingContext(ctx, "cache-control", "no-cache")
+	if _, err := c.ModelInfer(nc, rawInfer("m", 0), grpc.Header(&hdr)); err != nil || fmt.Sprint(hdr.Get("x-batchmesh-cache")) != "[miss]" {
+		t.Errorf("cache-control: no-cache on a cached row: %v, x-batchmesh-cache %v; want miss", err, hdr.Get("x-batchmesh-cache"))
+	}
+	bad := metadata.AppendToOutgoingContext(ctx, "x-batchmesh-priority", "urgent")
+	if _, err := c.ModelInfer(bad, rawInfer("m", 0)); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), `"urgent"`) {
+		t.Errorf("x-batchmesh-priority urgent: %v, want InvalidArgument naming it", err)
+	}
 	// A REST caller of the same port fills the cache; a gRPC caller hits it.
 	want, h := restInfer(t, s.URL, "m", 7)
 	if h.Get("X-Batchmesh-Cache") != "miss" {
 		t.Errorf("REST on the shared port: X-Batchmesh-Cache %q, want miss", h.Get("X-Batchmesh-Cache"))
 	}
-	var hdr metadata.MD
+	hdr = nil
 	got, err := c.ModelInfer(ctx, rawInfer("m", 7), grpc.Header(&hdr))
 	if err != nil || len(got.GetRawOutputContents()) != 1 || !bytes.Equal(got.GetRawOutputContents()[0], want) {
 		t.Fatalf("ModelInfer of the row a REST call computed: %v, %v; want %x", got, err, want)
