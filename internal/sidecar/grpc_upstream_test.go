@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -82,4 +83,50 @@ func TestGRPCUpstream(t *testing.T) {
 	if st, _ := status.FromError(err); st.Code() != codes.Unavailable {
 		t.Errorf("with the runtime's gRPC listener gone: %v, want Unavailable", err)
 	}
+}
+
+// TestGRPCDrain stops the sidecar (as SIGTERM does) while a gRPC call is
+// in flight: the call is answered, and the drain ends cleanly.
+func TestGRPCDrain(t *testing.T) {
+	rt := runtimetest.Start(t, modelrt.Config{Models: runtimetest.Models(t, "m=sim:linear/300ms+0s")})
+	s := sidecartest.Start(t, sidecar.Config{Models: sidecartest.Models(t, "test.yaml", fmt.Sprintf(`models:
+  - name: m
+    batching: {max_batch_size: 8, timeout: 10s}
+    versions: [{version: "1", endpoints: [{address: %s}]}]
+`, rt.Addr))})
+	c := dialGRPC(t, s.URL)
+	want, _ := restInfer(t, rt.URL, "m", 5)
+	answered := make(chan error, 1)
+	go func() {
+		resp, err := c.ModelInfer(t.Context(), rawInfer("m", 5))
+		if err == nil && !bytes.Equal(resp.GetRawOutputContents()[0], want) {
+			err = fmt.Errorf("answer %x, want %x", resp.GetRawOutputContents()[0], want)
+		}
+		answered <- err
+	}()
+	waitInFlight(t, s.AdminURL)
+	if err := s.Stop(); err != nil {
+		t.Errorf("drain with a gRPC call in flight: %v", err)
+	}
+	if err := <-answered; err != nil {
+		t.Errorf("the gRPC call in flight during the drain: %v", err)
+	}
+}
+
+// waitInFlight polls /clusters until some endpoint has a batch in flight.
+func waitInFlight(t *testing.T, admin string) {
+	t.Helper()
+	for range 1000 {
+		resp, err := http.Get(admin + "/clusters")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if strings.Contains(strings.ReplaceAll(string(b), " ", ""), `"in_flight_batches":1`) {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Fatal("no batch in flight after 1000 polls of /clusters")
 }
