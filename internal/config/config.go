@@ -193,7 +193,18 @@ type Endpoint struct {
 
 	// Zone is the endpoint's locality zone; optional.
 	Zone string
+
+	// Protocol is how the sidecar reaches the endpoint: "" or EndpointHTTP
+	// (the default: the model protocol's REST routes), or EndpointGRPC (the
+	// Open Inference Protocol's GRPCInferenceService, v2 models only).
+	Protocol string
 }
+
+// Allowed values of Endpoint.Protocol ("" is EndpointHTTP).
+const (
+	EndpointHTTP = "http"
+	EndpointGRPC = "grpc"
+)
 
 // Model returns the model with the given name, or nil. The result points
 // into c.Models.

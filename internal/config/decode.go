@@ -22,7 +22,7 @@ var (
 	batchingKeys = []string{"max_batch_size", "max_queue_delay", "max_queue_size", "timeout"}
 	cacheKeys    = []string{"enabled", "ttl", "granularity", "scope"}
 	versionKeys  = []string{"version", "weight", "endpoints"}
-	endpointKeys = []string{"address", "weight", "slots", "zone"}
+	endpointKeys = []string{"address", "weight", "slots", "zone", "protocol"}
 )
 
 // aliasNodes is how many YAML nodes aliases may add to a file's walk, so
@@ -445,6 +445,8 @@ func (d *decoder) endpoint(n *yaml.Node, path string) Endpoint {
 			ep.Slots = d.int(v, path, ep.Slots)
 		case "zone":
 			ep.Zone = d.str(v, path, ep.Zone)
+		case "protocol":
+			ep.Protocol = d.str(v, path, ep.Protocol)
 		}
 	})
 	return ep

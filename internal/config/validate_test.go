@@ -184,3 +184,32 @@ func TestValidate(t *testing.T) {
 		})
 	}
 }
+
+func TestEndpointProtocol(t *testing.T) {
+	for _, tc := range []struct {
+		name, yaml, mention string
+	}{
+		{"grpc", "models:\n  - name: m\n    versions: [{version: \"1\", endpoints: [{address: 127.0.0.1:8001, protocol: grpc}]}]\n", ""},
+		{"http", "models:\n  - name: m\n    versions: [{version: \"1\", endpoints: [{address: 127.0.0.1:8000, protocol: http}]}]\n", ""},
+		{"unknown", "models:\n  - name: m\n    versions: [{version: \"1\", endpoints: [{address: 127.0.0.1:8000, protocol: h2c}]}]\n",
+			`models[0].versions[0].endpoints[0].protocol: "h2c" is not an endpoint protocol; must be http or grpc`},
+		{"grpc for openai", "models:\n  - name: m\n    protocol: openai\n    versions: [{version: \"1\", endpoints: [{address: 127.0.0.1:8001, protocol: grpc}]}]\n",
+			`grpc serves v2 models only`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, err := Parse("t.yaml", []byte(tc.yaml))
+			if tc.mention == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if p := cfg.Models[0].Versions[0].Endpoints[0].Protocol; p != tc.name {
+					t.Errorf("protocol %q, want %q", p, tc.name)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.mention) {
+				t.Errorf("Parse = %v, want an error mentioning %q", err, tc.mention)
+			}
+		})
+	}
+}

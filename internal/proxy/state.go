@@ -33,6 +33,7 @@ type state struct {
 	cfg    *config.Config
 	models map[string]*model
 	names  []string
+	grpc   map[string]bool // addresses of the endpoints served over gRPC
 }
 
 // Apply swaps in a new configuration (from xDS). Versions whose settings
@@ -97,7 +98,7 @@ func (p *Proxy) buildState(cfg *config.Config, old *state) (*state, []func(), er
 	if cfg.Weights == config.WeightsAdaptive && !p.cfg.AllowAdaptive {
 		return nil, nil, errors.New("proxy: weights: adaptive needs the control plane's load reports: run the sidecar with -xds, or use weights: static")
 	}
-	st := &state{cfg: cfg, models: make(map[string]*model)}
+	st := &state{cfg: cfg, models: make(map[string]*model), grpc: grpcEndpoints(cfg)}
 	var reweigh []func()
 	for i, mc := range cfg.Models {
 		if mc.Cache.Enabled && !mc.Batching.Enabled() {
@@ -125,7 +126,8 @@ func (p *Proxy) buildState(cfg *config.Config, old *state) (*state, []func(), er
 					eps[k] = batch.Endpoint{Address: e.Address, Weight: e.Weight, Slots: e.Slots}
 				}
 				c := &caller{up: p.up, m: p.m, model: mc.Name, prop: p.cfg.Propagator, protocol: mc.Protocol,
-					load: p.cfg.Load, cluster: config.ClusterName(mc.Name, vc.Version), health: p.health}
+					load: p.cfg.Load, cluster: config.ClusterName(mc.Name, vc.Version), health: p.health,
+					grpc: p.grpcUp, isGRPC: p.isGRPC}
 				adaptive := cfg.Weights == config.WeightsAdaptive
 				var err error
 				v.lane, err = batch.NewLane(batch.Config{

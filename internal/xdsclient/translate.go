@@ -310,6 +310,7 @@ func endpoints(cla *endpoint.ClusterLoadAssignment) ([]config.Endpoint, error) {
 			if s := lb.GetMetadata().GetFilterMetadata()[MetadataKey]; s != nil {
 				r := &mdReader{at: "endpoint " + addr + " of " + strconv.Quote(cla.GetClusterName())}
 				e.Slots = r.int(s.GetFields(), "slots", e.Slots)
+				e.Protocol = r.str(s.GetFields(), "protocol", e.Protocol)
 				if r.err != nil {
 					return nil, r.err
 				}

@@ -334,6 +334,9 @@ func lbEndpoint(e config.Endpoint) *endpoint.LbEndpoint {
 	host, portStr, _ := net.SplitHostPort(e.Address)
 	port, _ := strconv.ParseUint(portStr, 10, 16)
 	md := &structpb.Struct{Fields: map[string]*structpb.Value{"slots": structpb.NewNumberValue(float64(e.Slots))}}
+	if e.Protocol == config.EndpointGRPC {
+		md.Fields["protocol"] = structpb.NewStringValue(e.Protocol) // absent: http
+	}
 	return &endpoint.LbEndpoint{
 		HostIdentifier: &endpoint.LbEndpoint_Endpoint{Endpoint: &endpoint.Endpoint{
 			Address: &core.Address{Address: &core.Address_SocketAddress{SocketAddress: &core.SocketAddress{
