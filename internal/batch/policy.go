@@ -49,8 +49,8 @@ const (
 
 // echo is what the lane learns of callers that return after their answer.
 // After each batch's answer it opens a window of MaxQueueDelay and counts
-// the rows that arrive in it, less those that arrived in the same length
-// of time before the answer (the traffic that would have come anyway).
+// the rows that arrive in it, less those that arrived in the same length of
+// time before the answer (the traffic that would have come anyway).
 // share is the mean of that count over the rows answered, and ret the mean
 // time by which the last returning row came.
 type echo struct {
@@ -59,6 +59,7 @@ type echo struct {
 	n    int // arrivals recorded; the next goes to n % arrivalRing
 
 	start  time.Time // of the open window; zero when none is open
+	win    time.Duration
 	rowsOf int       // rows answered at start
 	before int       // rows that arrived in the window's length before start
 	in     int       // rows that arrived since start
@@ -70,8 +71,8 @@ type echo struct {
 }
 
 // arrived records rows arriving at now.
-func (e *echo) arrived(now time.Time, rows int, w time.Duration) {
-	e.expire(now, w)
+func (e *echo) arrived(now time.Time, rows int) {
+	e.expire(now)
 	i := e.n % arrivalRing
 	e.at[i], e.rows[i] = now, rows
 	e.n++
@@ -87,7 +88,7 @@ func (e *echo) answered(now time.Time, rows int, w time.Duration) {
 		return
 	}
 	e.close()
-	e.start, e.rowsOf, e.in, e.last = now, rows, 0, 0
+	e.start, e.win, e.rowsOf, e.in, e.last = now, w, rows, 0, 0
 	e.before = 0
 	from := now.Add(-w)
 	for k := 1; k <= min(e.n, arrivalRing); k++ {
@@ -99,9 +100,9 @@ func (e *echo) answered(now time.Time, rows int, w time.Duration) {
 	}
 }
 
-// expire closes the open window once w has passed since it opened.
-func (e *echo) expire(now time.Time, w time.Duration) {
-	if !e.start.IsZero() && now.Sub(e.start) >= w {
+// expire closes the open window once its length has passed.
+func (e *echo) expire(now time.Time) {
+	if !e.start.IsZero() && now.Sub(e.start) >= e.win {
 		e.close()
 	}
 }
@@ -212,8 +213,10 @@ func (l *Lane) holdLocked(g *group, ep *endpoint, idle bool, now time.Time) (at 
 // the fixed cost of the separate batch they would otherwise need:
 //
 //   - with a free slot, after an answer whose callers are not all back
-//     yet, until they are, or 5/4 of their mean return time has passed
-//     since the answer, whichever is first;
+//     yet, until they are, or 3/2 of their mean return time has passed
+//     since the answer, whichever is first (a batch that leaves without
+//     the late ones would cost the runtime a whole fixed cost more for
+//     them, which every row after it waits for);
 //   - with every slot busy, instead of sending a batch in transit, until
 //     the running batch ends (its answer then opens the window above), so
 //     that the rows waiting and the callers of the running batch leave in
@@ -221,14 +224,14 @@ func (l *Lane) holdLocked(g *group, ep *endpoint, idle bool, now time.Time) (at 
 //
 // A hold never outlasts MaxQueueDelay after the slot freed or the oldest
 // row arrived, whichever is later, nor lets any member's deadline pass
-// before the batch's predicted end, and is worth it only while the rows
-// it makes wait (queued × hold) are fewer than those it saves (share ×
-// missing × fixed cost). A lone caller thus never waits: it is the whole
-// echo.
+// before the batch's predicted end. Not sending in transit is worth it
+// only while the rows it makes wait (queued × return time) are fewer than
+// those it saves (expected × fixed cost). A lone caller never waits: it is
+// the whole echo.
 func (l *Lane) cohortHoldLocked(g *group, ep *endpoint, idle bool, now time.Time) (time.Time, bool, bool) {
 	w := l.cfg.MaxQueueDelay
 	e := &l.echo
-	e.expire(now, w)
+	e.expire(now)
 	fixed, _ := ep.cost.fit()
 	if w <= 0 || !e.returning() || e.ret >= fixed {
 		return time.Time{}, false, false
@@ -241,11 +244,11 @@ func (l *Lane) cohortHoldLocked(g *group, ep *endpoint, idle bool, now time.Time
 			return time.Time{}, false, true // everyone is back: send
 		}
 		ret := e.ret.Round(time.Microsecond)
-		until := e.start.Add(min(w, ret+ret/4))
+		until := e.start.Add(min(w, ret+ret/2))
 		until = minTime(until, maxTime(ep.freedAt, oldest).Add(w))
 		until = minTime(until, deadline.Add(-ep.predict(q+float64(missing))))
 		hold := until.Sub(now)
-		if hold <= 0 || q*float64(hold) >= e.share*float64(missing)*float64(fixed) {
+		if hold <= 0 {
 			return time.Time{}, false, true
 		}
 		return until, true, true

@@ -134,7 +134,7 @@ func TestCohortLoneCallerNeverWaits(t *testing.T) {
 
 // TestCohortHoldEndsAtReturnTime checks the bound of a hold for callers
 // that do not come back: when 8 of 16 callers stop, the other 8 are held
-// until 5/4 of the learned return time (1ms) after the answer, and once
+// until 3/2 of the learned return time (1ms) after the answer, and once
 // the lane has learned that fewer come back, not at all.
 func TestCohortHoldEndsAtReturnTime(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
@@ -148,10 +148,10 @@ func TestCohortHoldEndsAtReturnTime(t *testing.T) {
 		sent := c.sent()
 		// Batch 39 has the 16 (its callers see 40 batches started and the
 		// last 8 stop); batch 40 the 8 that remain, held from their return
-		// (1ms after the answer) to 1.25ms; from 41 on, no hold.
+		// (1ms after the answer) to 1.5ms; from 41 on, no hold.
 		answer39 := sent[39].at.Add(5*time.Millisecond + 16*200*time.Microsecond)
-		if sent[39].rows != 16 || sent[40].rows != 8 || !sent[40].at.Equal(answer39.Add(1250*time.Microsecond)) {
-			t.Fatalf("batches 39, 40: %d and %d rows, the second at +%v after the answer; want 16, 8 at +1.25ms",
+		if sent[39].rows != 16 || sent[40].rows != 8 || !sent[40].at.Equal(answer39.Add(1500*time.Microsecond)) {
+			t.Fatalf("batches 39, 40: %d and %d rows, the second at +%v after the answer; want 16, 8 at +1.5ms",
 				sent[39].rows, sent[40].rows, sent[40].at.Sub(answer39))
 		}
 		for i := 41; i < len(sent)-1; i++ {
@@ -183,7 +183,7 @@ func TestCohortHoldRespectsDeadline(t *testing.T) {
 		time.Sleep(time.Until(answer.Add(time.Millisecond)))
 		// The batch of 16 rows is predicted to take 8.2ms (all batches so
 		// far had 16 rows, or the fit is exact); a deadline 8.4ms away
-		// leaves 0.2ms of hold out of the 0.25ms the echo allows.
+		// leaves 0.2ms of hold out of the 0.5ms the echo allows.
 		ctx, cancel := context.WithTimeout(t.Context(), 8400*time.Microsecond)
 		defer cancel()
 		at := time.Now()
