@@ -60,7 +60,7 @@ measure() {
 	rps=$(field rows_per_sec) p50=$(field p50_ns) p99=$(field p99_ns) p999=$(field p999_ns)
 	errs=$(field errors) batch=$(field mean_batch_rows) off=$(field offered_per_sec) drop=$(field dropped)
 	awk -v l="$label" -v r="$rps" -v a="$p50" -v b="$p99" -v c="$p999" -v e="$errs" -v m="$batch" -v o="${off:-}" -v d="${drop:-0}" 'BEGIN {
-		printf "| %s | %s%.0f | %.2f | %.2f | %.2f | %d%s | %s |\n", l, (o == "" ? "" : sprintf("%.0f of ", o)), r, a / 1e6, b / 1e6, c / 1e6, e,
+		printf "| %s | %s%.0f | %.2f | %.2f | %.2f | %d%s | %s |\n", l, (o == "" ? "" : sprintf("%.0f → ", o)), r, a / 1e6, b / 1e6, c / 1e6, e,
 			(o == "" ? "" : sprintf(", %d dropped", d)), (m > 0 ? sprintf("%.1f", m) : "-") }'
 }
 
@@ -92,7 +92,7 @@ part_closed() {
 }
 
 part_open() {
-	header "Open loop: Poisson one-row arrivals, sim:linear/5ms+200us, 1 slot (rows/s: offered of achieved)"
+	header "Open loop: Poisson one-row arrivals, sim:linear/5ms+200us, 1 slot (rows/s: offered → served)"
 	for r in 1000 2000 2600; do
 		measure "textbook (32, 10ms), $r/s" "$TB" -rate "$r"
 		measure "sidecar transit, $r/s" "${SC[transit]}" -rate "$r"

@@ -342,7 +342,11 @@ func (r *run) result(elapsed time.Duration) Result {
 	res.P50, res.P90, res.P99, res.P999 = q[0], q[1], q[2], q[3]
 	if r.s.Rate > 0 {
 		res.Offered, res.Dropped = r.offered.Load(), r.dropped.Load()
-		res.OfferedPerSec = perSecond(res.Offered, elapsed)
+		span := elapsed // the schedule's length: Duration, or until the last arrival
+		if r.s.deadline {
+			span = min(span, r.s.Duration)
+		}
+		res.OfferedPerSec = perSecond(res.Offered, span)
 	}
 	res.RowsPerSec = perSecond(res.Rows, elapsed)
 	res.ReqPerSec = perSecond(ok, elapsed)
