@@ -60,9 +60,9 @@ type echo struct {
 
 	start  time.Time // of the open window; zero when none is open
 	win    time.Duration
-	rowsOf int       // rows answered at start
-	before int       // rows that arrived in the window's length before start
-	in     int       // rows that arrived since start
+	rowsOf int // rows answered at start
+	before int // rows that arrived in the window's length before start
+	in     int // rows that arrived since start
 	last   time.Duration
 
 	learned bool
