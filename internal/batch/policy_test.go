@@ -253,3 +253,25 @@ func sizes(bs []sentBatch) []int {
 	}
 	return s
 }
+
+// TestCostFit checks the least-squares fit of batch latency that Status
+// reports: exact on a linear runtime once two sizes were seen, and all
+// fixed with one size only.
+func TestCostFit(t *testing.T) {
+	var m costModel
+	if a, b := m.fit(); a != 0 || b != 0 {
+		t.Errorf("empty fit = %v + %v/row, want 0", a, b)
+	}
+	m.observe(10, 7*time.Millisecond)
+	m.observe(10, 7*time.Millisecond)
+	if a, b := m.fit(); a != 7*time.Millisecond || b != 0 {
+		t.Errorf("one size: %v + %v/row, want 7ms all fixed", a, b)
+	}
+	for _, n := range []int{1, 30, 64, 5} {
+		m.observe(n, 5*time.Millisecond+time.Duration(n)*200*time.Microsecond)
+	}
+	a, b := m.fit()
+	if a.Round(time.Microsecond) != 5*time.Millisecond || b.Round(time.Microsecond) != 200*time.Microsecond {
+		t.Errorf("linear runtime: %v + %v/row, want 5ms + 200µs/row", a, b)
+	}
+}
