@@ -39,7 +39,7 @@ func ParsePolicy(s string) (Policy, error) {
 const (
 	// minShare is the share of answered rows that must come back within
 	// the echo window for the lane to hold batches for them.
-	minShare = 0.5
+	minShare = 0.75
 	// arrivalRing is how many recent arrivals the lane remembers, to count
 	// the rows that arrived in the window before an answer.
 	arrivalRing = 256
@@ -76,7 +76,13 @@ func (e *echo) arrived(now time.Time, rows int) {
 	i := e.n % arrivalRing
 	e.at[i], e.rows[i] = now, rows
 	e.n++
-	if !e.start.IsZero() {
+	switch {
+	case e.start.IsZero():
+	case now.Before(e.start):
+		// It arrived before the answer but reached the lane's lock
+		// after it: traffic from before, not a caller coming back.
+		e.before += rows
+	default:
 		e.in += rows
 		e.last = now.Sub(e.start)
 	}
@@ -87,16 +93,23 @@ func (e *echo) answered(now time.Time, rows int, w time.Duration) {
 	if w <= 0 || rows <= 0 {
 		return
 	}
+	// Rows that came back to the window still open belong to its answer,
+	// not to the traffic before this one.
+	from, to := now.Add(-w), now
+	if !e.start.IsZero() {
+		to = e.start
+	}
 	e.close()
 	e.start, e.win, e.rowsOf, e.in, e.last = now, w, rows, 0, 0
 	e.before = 0
-	from := now.Add(-w)
 	for k := 1; k <= min(e.n, arrivalRing); k++ {
 		i := (e.n - k) % arrivalRing
 		if e.at[i].Before(from) {
 			break
 		}
-		e.before += e.rows[i]
+		if e.at[i].Before(to) || to.Equal(now) {
+			e.before += e.rows[i]
+		}
 	}
 }
 
@@ -135,13 +148,15 @@ func (e *echo) missing() int {
 	return max(e.rowsOf-e.in, 0)
 }
 
-// returning reports whether most answered callers come straight back.
+// returning reports whether most answered callers (three in four) come
+// straight back.
 func (e *echo) returning() bool { return e.learned && e.share >= minShare }
 
 // costModel fits an endpoint's batch latency as fixed + perRow·rows by
 // least squares over its recent batches, each weighted costKeep^age.
 type costModel struct {
-	s0, sn, snn, sl, snl float64 // sums of 1, n, n², latency, n·latency (latency in ns)
+	s0, sn, snn, sl, snl float64       // sums of 1, n, n², latency, n·latency (latency in ns)
+	fixed, perRow        time.Duration // the last fit over batches of several sizes
 }
 
 func (m *costModel) observe(rows int, lat time.Duration) {
@@ -151,19 +166,38 @@ func (m *costModel) observe(rows int, lat time.Duration) {
 	m.snn = m.snn*costKeep + n*n
 	m.sl = m.sl*costKeep + l
 	m.snl = m.snl*costKeep + n*l
+	if a, b, ok := m.solve(); ok {
+		m.fixed, m.perRow = a, b
+	}
 }
 
-// fit returns the fixed and per-row cost; with batches of (nearly) one
-// size only, all of the mean latency counts as fixed. Zero when nothing was
+// fit returns the fixed and per-row cost. While the recent batches have
+// (nearly) one size, it is the last fit over several sizes, or, before
+// any, all of the mean latency counts as fixed. Zero when nothing was
 // observed.
 func (m *costModel) fit() (fixed, perRow time.Duration) {
+	if a, b, ok := m.solve(); ok {
+		return a, b
+	}
+	if m.fixed > 0 || m.perRow > 0 {
+		return m.fixed, m.perRow
+	}
 	if m.s0 == 0 {
 		return 0, 0
+	}
+	return time.Duration(m.sl / m.s0), 0
+}
+
+// solve is the least-squares fit; ok is false while the batches weighed
+// have (nearly) one size.
+func (m *costModel) solve() (fixed, perRow time.Duration, ok bool) {
+	if m.s0 == 0 {
+		return 0, 0, false
 	}
 	mean := m.sl / m.s0
 	variance := m.snn/m.s0 - (m.sn/m.s0)*(m.sn/m.s0)
 	if variance < 0.25 {
-		return time.Duration(mean), 0
+		return 0, 0, false
 	}
 	b := (m.s0*m.snl - m.sn*m.sl) / (m.s0*m.snn - m.sn*m.sn)
 	a := (m.sl - b*m.sn) / m.s0
@@ -173,7 +207,7 @@ func (m *costModel) fit() (fixed, perRow time.Duration) {
 	case a < 0:
 		a, b = 0, m.sl/m.sn
 	}
-	return time.Duration(a), time.Duration(b)
+	return time.Duration(a), time.Duration(b), true
 }
 
 // predict is the fitted latency of a batch of rows, or the endpoint's
