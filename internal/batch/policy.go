@@ -39,7 +39,7 @@ func ParsePolicy(s string) (Policy, error) {
 const (
 	// minShare is the share of answered rows that must come back within
 	// the echo window for the lane to hold batches for them.
-	minShare = 0.75
+	minShare = 0.5
 	// arrivalRing is how many recent arrivals the lane remembers, to count
 	// the rows that arrived in the window before an answer.
 	arrivalRing = 256
@@ -148,8 +148,7 @@ func (e *echo) missing() int {
 	return max(e.rowsOf-e.in, 0)
 }
 
-// returning reports whether most answered callers (three in four) come
-// straight back.
+// returning reports whether most answered callers come straight back.
 func (e *echo) returning() bool { return e.learned && e.share >= minShare }
 
 // costModel fits an endpoint's batch latency as fixed + perRow·rows by
