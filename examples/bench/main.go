@@ -10,7 +10,7 @@
 //	      [-clients N] [-duration D] [-requests N]
 //	      [-rows N] [-rows-max N] [-cols N] [-datatype T] [-input NAME]
 //	      [-repeat F] [-distinct N] [-seed N] [-binary] [-timeout D]
-//	      [-header K=V ...] [-json]
+//	      [-header K=V ...] [-rate R [-rate-pattern P]] [-json]
 //
 // Examples:
 //
@@ -28,6 +28,9 @@
 //	# gRPC ModelInfer callers through the sidecar, then straight to the runtime's gRPC port
 //	bench -protocol grpc -model bert -target grpc://127.0.0.1:15001 \
 //	      -compare grpc://127.0.0.1:8001 -clients 256
+//
+//	# open loop: 2000 one-row requests a second (Poisson), stepping to 2600/s after 5s
+//	bench -target http://127.0.0.1:15001/v2/models/bert/infer -rate 2000 -rate-pattern step:2600@5s
 //
 // A progress line goes to stderr each second; the results go to stdout, as
 // text or, with -json, as one JSON object:
@@ -180,6 +183,8 @@ func parseFlags(args []string, stderr io.Writer) (flags, error) {
 	timeout := fs.Duration("timeout", 10*time.Second, "per-request timeout; a timeout counts as an error with status 0")
 	fs.Var(headers, "header", "an extra request header NAME=VALUE, e.g. X-Batchmesh-Priority=high (repeatable)")
 	asJSON := fs.Bool("json", false, "print the results as one JSON object, for scripts")
+	rate := fs.Float64("rate", 0, "open loop: send requests at Poisson arrival times of this many per second, answered or not (-clients is then the most in flight, default 1024)")
+	pattern := fs.String("rate-pattern", "", "with -rate: step:RATE@AT (the rate from AT on) or burst:RATE@AT+FOR, e.g. step:2600@5s, burst:5000@2s+500ms")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return flags{}, err
@@ -191,6 +196,9 @@ func parseFlags(args []string, stderr io.Writer) (flags, error) {
 	}
 	if *target == "" {
 		return flags{}, usageError{errors.New("-target is required: the full infer URL to load")}
+	}
+	if *rate > 0 && !flagSet(fs, "clients") {
+		*clients = 0 // the open loop's default bound on requests in flight
 	}
 	if *requests > 0 && !flagSet(fs, "duration") {
 		*duration = 0 // -requests alone: run until they are sent
@@ -213,6 +221,9 @@ func parseFlags(args []string, stderr io.Writer) (flags, error) {
 		Model:    *model,
 		Headers:  headers,
 		Timeout:  *timeout,
+
+		Rate:        *rate,
+		RatePattern: *pattern,
 	}
 	return flags{target: *target, compare: *compare, asJSON: *asJSON, cfg: cfg}, nil
 }

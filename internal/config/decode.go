@@ -19,7 +19,7 @@ import (
 var (
 	configKeys   = []string{"cache_bytes", "weights", "outlier_detection", "models"}
 	modelKeys    = []string{"name", "protocol", "batching", "cache", "versions"}
-	batchingKeys = []string{"max_batch_size", "max_queue_delay", "max_queue_size", "timeout"}
+	batchingKeys = []string{"max_batch_size", "max_queue_delay", "max_queue_size", "batch_policy", "timeout"}
 	cacheKeys    = []string{"enabled", "ttl", "granularity", "scope"}
 	versionKeys  = []string{"version", "weight", "endpoints"}
 	endpointKeys = []string{"address", "weight", "slots", "zone", "protocol"}
@@ -389,6 +389,8 @@ func (d *decoder) batching(n *yaml.Node, path string, b *Batching) {
 			b.MaxQueueSize = d.int(v, path, b.MaxQueueSize)
 		case "max_queue_delay":
 			b.MaxQueueDelay = d.duration(v, path, b.MaxQueueDelay)
+		case "batch_policy":
+			b.Policy = d.str(v, path, b.Policy)
 		case "timeout":
 			b.Timeout = d.duration(v, path, b.Timeout)
 		}

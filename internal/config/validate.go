@@ -105,6 +105,9 @@ func (c *checker) model(cfg *Config, m *Model, path string) {
 	if b.MaxQueueDelay < 0 {
 		c.errorf(bp+".max_queue_delay", "%v is negative; must be 0 or more", b.MaxQueueDelay)
 	}
+	if b.Policy != "" { // "" (a Config built in code) is the default
+		c.oneOf(bp+".batch_policy", b.Policy, "batch policy", BatchPolicyCohort, BatchPolicyTransit)
+	}
 	c.positive(bp+".timeout", b.Timeout)
 
 	cp := path + ".cache"

@@ -104,7 +104,7 @@ func (p *Proxy) configDump() map[string]any {
 			Name: name, Protocol: m.cfg.Protocol,
 			Batching: map[string]any{
 				"enabled": b.Enabled(), "max_batch_size": b.MaxBatchSize, "max_queue_delay": b.MaxQueueDelay.String(),
-				"max_queue_size": b.MaxQueueSize, "timeout": b.Timeout.String(),
+				"max_queue_size": b.MaxQueueSize, "batch_policy": b.Policy, "timeout": b.Timeout.String(),
 			},
 			Cache: map[string]any{
 				"enabled": c.Enabled, "ttl": c.TTL.String(), "granularity": c.Granularity, "scope": c.Scope,

@@ -88,25 +88,38 @@ func (p *Proxy) serveVersion(rc *fasthttp.RequestCtx, route codec.Route, m *mode
 		p.reply(rc, m.cfg.Name, start, err)
 		return
 	}
+	batched := route.Kind == codec.RouteInfer || route.Kind == codec.RoutePredict
+	if !batched || v.lane == nil {
+		// Pass-through needs only the deadline, which the upstream client
+		// sets on its connection: no context timer for each request.
+		p.forward(deadlineContext{start.Add(timeout)}, rc, m, v, start)
+		return
+	}
 	// The request's own context: fasthttp's RequestCtx is not one (it is
 	// reused once the handler returns).
 	ctx, cancel := context.WithDeadline(context.Background(), start.Add(timeout))
 	defer cancel()
-	batched := route.Kind == codec.RouteInfer || route.Kind == codec.RoutePredict
-	if batched && v.lane != nil {
-		if !rc.IsPost() {
-			p.replyIn(rc, m.cfg.Protocol, m.cfg.Name, cacheBypass, start, inference.Errorf(inference.KindMethod, "proxy: %s needs POST, got %s", rc.Path(), rc.Method()))
-			return
-		}
-		serve := p.serveInfer
-		if route.Kind == codec.RoutePredict {
-			serve = p.servePredict
-		}
-		p.infer(ctx, rc, m, v, start, serve)
+	if !rc.IsPost() {
+		p.replyIn(rc, m.cfg.Protocol, m.cfg.Name, cacheBypass, start, inference.Errorf(inference.KindMethod, "proxy: %s needs POST, got %s", rc.Path(), rc.Method()))
 		return
 	}
-	p.forward(ctx, rc, m, v, start)
+	serve := p.serveInfer
+	if route.Kind == codec.RoutePredict {
+		serve = p.servePredict
+	}
+	p.infer(ctx, rc, m, v, start, serve)
 }
+
+// deadlineContext is a context that carries a deadline and is never
+// cancelled (Done is nil): for a call that enforces the deadline itself,
+// as the upstream client's Forward does on its connection. It saves the
+// timer of context.WithDeadline on every pass-through request.
+type deadlineContext struct{ deadline time.Time }
+
+func (c deadlineContext) Deadline() (time.Time, bool) { return c.deadline, true }
+func (deadlineContext) Done() <-chan struct{}         { return nil }
+func (deadlineContext) Err() error                    { return nil }
+func (deadlineContext) Value(any) any                 { return nil }
 
 // requestTimeout is the model's timeout, or the X-Batchmesh-Timeout-Ms of
 // the request when that is shorter.

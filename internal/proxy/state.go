@@ -134,6 +134,7 @@ func (p *Proxy) buildState(cfg *config.Config, old *state) (*state, []func(), er
 					Model: mc.Name, Version: vc.Version,
 					MaxBatchSize: mc.Batching.MaxBatchSize, MaxQueueDelay: mc.Batching.MaxQueueDelay,
 					MaxQueueSize: mc.Batching.MaxQueueSize, Timeout: mc.Batching.Timeout, Endpoints: eps,
+					Policy: batchPolicy(mc.Batching.Policy),
 					Caller: c, Tracer: p.cfg.Tracer, AdaptiveSlots: adaptive, Health: p.health,
 					Meter: p.cfg.Meter, Picker: p.newPicker(vc, uint64(i*1000+j+1)),
 				})
@@ -270,4 +271,13 @@ func (st *state) eachLane(f func(laneEndpoint)) {
 			}
 		}
 	}
+}
+
+// batchPolicy is the lane policy of a batching.batch_policy value; "" (a
+// Config built in code) is the default.
+func batchPolicy(p string) batch.Policy {
+	if p == "" {
+		p = config.DefaultBatchPolicy
+	}
+	return batch.Policy(p)
 }

@@ -30,7 +30,7 @@ func testConfig(w1, w2, epWeight int) *config.Config {
 	bert := config.Model{
 		Name:     "bert",
 		Protocol: config.ProtocolV2,
-		Batching: config.Batching{MaxBatchSize: 32, MaxQueueSize: 100, MaxQueueDelay: 3 * time.Millisecond, Timeout: 2 * time.Second},
+		Batching: config.Batching{MaxBatchSize: 32, MaxQueueSize: 100, MaxQueueDelay: 3 * time.Millisecond, Policy: config.BatchPolicyTransit, Timeout: 2 * time.Second},
 		Cache:    config.Cache{Enabled: true, TTL: time.Minute, Granularity: config.GranularityRequest, Scope: config.ScopeTenant},
 		Versions: []config.Version{
 			{Version: "1", Weight: w1, Endpoints: []config.Endpoint{

@@ -279,6 +279,7 @@ func modelCluster(cfg *config.Config, m *config.Model, v *config.Version) (*clus
 			"max_batch_size":  m.Batching.MaxBatchSize,
 			"max_queue_size":  m.Batching.MaxQueueSize,
 			"max_queue_delay": m.Batching.MaxQueueDelay.String(),
+			"batch_policy":    m.Batching.Policy,
 			"timeout":         m.Batching.Timeout.String(),
 		},
 		"cache": map[string]any{
