@@ -24,7 +24,7 @@ LDFLAGS  := -X $(MODULE)/internal/version.stamp=$(VERSION)
 IMAGE    ?= batchmesh:$(VERSION)
 
 .PHONY: image build test vet staticcheck unit fuzz fuzz-list lint gofmt golangci-lint lint-golangci \
-	fmt vuln bench demo clean
+	fmt vuln bench demo clean proto
 
 ## build: compile every package, then the binaries whose main package exists into bin/.
 build:
@@ -90,6 +90,16 @@ fuzz:
 			exit 1; \
 		done; \
 	done <<< "$$targets"
+
+## proto: regenerate internal/grpcapi from its .proto with protoc (apt: protobuf-compiler)
+## and the protoc-gen-go/protoc-gen-go-grpc pinned in tools/go.mod. The output is committed.
+proto:
+	@mkdir -p bin/protoc-plugins
+	$(GO) build -modfile=tools/go.mod -o bin/protoc-plugins/ google.golang.org/protobuf/cmd/protoc-gen-go google.golang.org/grpc/cmd/protoc-gen-go-grpc
+	PATH="$(CURDIR)/bin/protoc-plugins:$$PATH" protoc -I internal/grpcapi \
+		--go_out=internal/grpcapi --go_opt=paths=source_relative \
+		--go-grpc_out=internal/grpcapi --go-grpc_opt=paths=source_relative \
+		internal/grpcapi/grpc_predict_v2.proto
 
 ## lint: gofmt, then golangci-lint with .golangci.yml (go vet, staticcheck, the import rules and more); fails on any finding.
 lint: gofmt golangci-lint

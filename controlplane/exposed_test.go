@@ -22,7 +22,7 @@ func TestWarnIfExposed(t *testing.T) {
 		{addr: &net.TCPAddr{IP: net.IPv4(10, 1, 2, 3), Port: 18000}, warn: true},
 	} {
 		var buf bytes.Buffer
-		warnIfExposed(slog.New(slog.NewTextHandler(&buf, nil)), "ADS and LRS", tt.addr)
+		warnIfExposed(slog.New(slog.NewTextHandler(&buf, nil)), "ADS and LRS", tt.addr, plaintext)
 		got := buf.String()
 		if warned := strings.Contains(got, "level=WARN"); warned != tt.warn {
 			t.Errorf("%v: warned %v, want %v (log %q)", tt.addr, warned, tt.warn, got)

@@ -4,9 +4,11 @@
 //
 // Flags:
 //
-//	-listen ADDR   ADS gRPC address (default :18000)
-//	-admin ADDR    admin HTTP address (default :18001): /healthz, /readyz, /metrics, /snapshot
+//	-listen ADDR   ADS gRPC address (default 127.0.0.1:18000)
+//	-admin ADDR    admin HTTP address (default 127.0.0.1:18001): /healthz, /readyz, /metrics, /snapshot
 //	-config FILE   the config file (required); polled every second
+//	-tls-cert FILE, -tls-key FILE   serve ADS and LRS over TLS
+//	-client-ca FILE                 and require client certificates (mTLS)
 //
 // `controlplane inject -f IN [-o OUT]` applies the injection template of
 // internal/inject to a multi-document YAML file instead (docs/kubernetes.md).
@@ -95,7 +97,11 @@ func run(ctx context.Context, args []string, stderr io.Writer, ready func(ads, a
 		return err
 	}
 	defer metrics.Close(context.Background())
-	srv, lrs, rl, err := newControlPlane(ctx, f.config, log, metrics)
+	creds, err := f.tls.serverOption(log)
+	if err != nil {
+		return err
+	}
+	srv, lrs, rl, err := newControlPlane(ctx, f.config, f.tls.mode() == mutualTLS, log, metrics)
 	if err != nil {
 		return err
 	}
@@ -104,7 +110,7 @@ func run(ctx context.Context, args []string, stderr io.Writer, ready func(ads, a
 		return err
 	}
 
-	g := newGRPCServer()
+	g := newGRPCServer(creds...)
 	// The xDS streams end when ctx does, which lets GracefulStop finish.
 	srv.Register(ctx, g)
 	lrs.Register(g)
@@ -126,8 +132,8 @@ func run(ctx context.Context, args []string, stderr io.Writer, ready func(ads, a
 		defer close(weightsDone)
 		lrs.Run(ctx)
 	}()
-	warnIfExposed(log, "ADS and LRS", servers.ads.Addr())
-	warnIfExposed(log, "admin", servers.admin.Addr())
+	warnIfExposed(log, "ADS and LRS", servers.ads.Addr(), f.tls.mode())
+	warnIfExposed(log, "admin", servers.admin.Addr(), plaintext)
 	log.Info("controlplane serving", "ads", servers.ads.Addr().String(), "admin", servers.admin.Addr().String(),
 		"webhook", servers.webhookAddr(), "version", srv.Version())
 	if ready != nil {
@@ -156,15 +162,17 @@ type flags struct {
 	admin   string // admin HTTP address
 	config  string // config file
 	webhook *webhookFlags
+	tls     *tlsFlags
 }
 
 func parseFlags(args []string, stderr io.Writer) (flags, error) {
 	fs := flag.NewFlagSet("controlplane", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	listen := fs.String("listen", "127.0.0.1:18000", "ADS and LRS gRPC `address` (plaintext: set a reachable address, e.g. :18000, only behind a network policy)")
+	listen := fs.String("listen", "127.0.0.1:18000", "ADS and LRS gRPC `address` (without -tls-cert and -client-ca, set a reachable address, e.g. :18000, only behind a network policy)")
 	adminAddr := fs.String("admin", "127.0.0.1:18001", "admin HTTP `address`: /healthz, /readyz, /metrics, /snapshot")
 	path := fs.String("config", "", "config `file` (required)")
 	webhook := registerWebhookFlags(fs)
+	tls := registerTLSFlags(fs)
 	kubernetes := fs.Bool("kubernetes", false, "discover runtimes from Services and EndpointSlices (not supported yet)")
 	fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
@@ -176,14 +184,17 @@ func parseFlags(args []string, stderr io.Writer) (flags, error) {
 	if *path == "" {
 		return flags{}, errors.New("-config is required")
 	}
-	return flags{listen: *listen, admin: *adminAddr, config: *path, webhook: webhook}, nil
+	if err := tls.check(); err != nil {
+		return flags{}, err
+	}
+	return flags{listen: *listen, admin: *adminAddr, config: *path, webhook: webhook, tls: tls}, nil
 }
 
 // newControlPlane builds the xDS server, its LRS server and the reloader of
 // the config file at path, and loads the file.
-func newControlPlane(ctx context.Context, path string, log *slog.Logger, metrics *telemetry.Metrics) (*xdsserver.Server, *xdsserver.LRS, *reloader, error) {
+func newControlPlane(ctx context.Context, path string, requireClientCert bool, log *slog.Logger, metrics *telemetry.Metrics) (*xdsserver.Server, *xdsserver.LRS, *reloader, error) {
 	srv := xdsserver.New(xdsserver.Config{Logger: log, Meter: metrics.Meter("batchmesh/controlplane")})
-	lrs := xdsserver.NewLRS(srv, xdsserver.LRSConfig{Logger: log})
+	lrs := xdsserver.NewLRS(srv, xdsserver.LRSConfig{Logger: log, RequireClientCert: requireClientCert})
 	refusals, err := metrics.Meter("batchmesh/controlplane").Int64Counter("batchmesh_xds_config_refused",
 		metric.WithDescription("Edits of the -config file refused (the last good config kept serving)."))
 	if err != nil {
@@ -239,12 +250,12 @@ func listen(ctx context.Context, f flags, rl *reloader, log *slog.Logger) (*list
 	return l, nil
 }
 
-func newGRPCServer() *grpc.Server {
-	return grpc.NewServer(
+func newGRPCServer(opts ...grpc.ServerOption) *grpc.Server {
+	return grpc.NewServer(append([]grpc.ServerOption{
 		grpc.MaxConcurrentStreams(1_000_000),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 5 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 30 * time.Second, PermitWithoutStream: true}),
-	)
+	}, opts...)...)
 }
 
 // stopServers stops g gracefully, or at once when that takes over 5

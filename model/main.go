@@ -1,10 +1,11 @@
 // Command model is batchmesh's reference model runtime: it serves the Open
-// Inference Protocol v2 (JSON and the binary tensor extension) in front of
+// Inference Protocol v2 (JSON and the binary tensor extension, and its gRPC
+// service on -grpc-listen) in front of
 // real small models computed in Go (mlp) and simulated accelerators (sim).
 //
 // Usage:
 //
-//	model [-listen ADDR] -model NAME=KIND[:ARG] ... [-slots N] [-max-batch N]
+//	model [-listen ADDR] [-grpc-listen ADDR|off] -model NAME=KIND[:ARG] ... [-slots N] [-max-batch N]
 //	model gen-weights -o FILE [-seed N] [-sizes 512,1024,512,16]
 //
 // docs/config.md lists every flag.
@@ -70,6 +71,7 @@ func run(args []string, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	models := modelFlags{}
 	listen := fs.String("listen", "127.0.0.1:8000", "address to serve the v2 protocol and /metrics on")
+	grpcListen := fs.String("grpc-listen", modelrt.DefaultGRPCListen, "address to serve the v2 protocol over gRPC (inference.GRPCInferenceService) on; \"off\" serves none")
 	fs.Var(models, "model", "a model to serve, NAME=KIND[:ARG] (repeatable): NAME=mlp:WEIGHTS.safetensors, NAME=sim:h200/bert-base, NAME=sim:linear/5ms+200us, NAME=embed:h200/minilm-l6 (OpenAI /v1/embeddings)")
 	slots := fs.Int("slots", 1, "batches computed at once (one per simulated GPU stream); more wait in arrival order")
 	maxBatch := fs.Int("max-batch", 256, "most rows one request may carry; more is a 400")
@@ -115,6 +117,12 @@ func run(args []string, stderr io.Writer) error {
 		return err
 	}
 	logger.Info("listening", "addr", ln.Addr().String())
+	gsrv, err := serveGRPC(srv, *grpcListen, logger)
+	if err != nil {
+		_ = ln.Close()
+		return err
+	}
+	defer gsrv.stop()
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
@@ -132,6 +140,7 @@ func run(args []string, stderr io.Writer) error {
 	logger.Info("draining: not ready, finishing requests in flight", "timeout", *drain)
 	sctx, cancel := context.WithTimeout(context.Background(), *drain)
 	defer cancel()
+	gsrv.drain(sctx)
 	if err := srv.Shutdown(sctx); err != nil {
 		return fmt.Errorf("drain: %w", err)
 	}

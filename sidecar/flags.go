@@ -33,6 +33,7 @@ func parseFlags(args []string, stderr io.Writer) (sidecar.Config, error) {
 	fs.StringVar(&cfg.XDS.Server, "xds", "", "control plane ADS address host:port; its configuration replaces -config's when it arrives")
 	fs.StringVar(&cfg.XDS.NodeID, "node-id", "", "xDS node id (default: the host name)")
 	fs.StringVar(&cfg.XDS.NodeCluster, "node-cluster", "batchmesh-sidecars", "xDS node cluster, sent to the control plane (it shows in its logs)")
+	xdsTLS := registerXDSTLSFlags(fs)
 	fs.StringVar(&cfg.XDS.Protocol, "xds-protocol", xdsclient.ProtocolSotW, "ADS variant: sotw (state of the world) or delta (incremental: only changed resources are sent)")
 	fs.StringVar(&cfg.Proxy.Zone, "zone", "", "this sidecar's zone: sent to the control plane, and endpoints of this zone are preferred while they have capacity")
 	fs.StringVar(&cfg.Proxy.Balancer, "balancer", "p2c", "endpoint policy: p2c (weighted least-request), wrr (weighted round robin) or ring_hash (affinity on X-Batchmesh-Tenant, bounded load)")
@@ -76,6 +77,9 @@ func parseFlags(args []string, stderr io.Writer) (sidecar.Config, error) {
 		cfg.Proxy.MaxBodyBytesInFlight = int(n)
 	}
 	cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	if cfg.XDS.TLS, err = xdsTLS.config(cfg.XDS.Server, cfg.Logger); err != nil {
+		return cfg, err
+	}
 	cfg.XDS.Zone = cfg.Proxy.Zone
 	if cfg.XDS.Server != "" && cfg.XDS.NodeID == "" {
 		cfg.XDS.NodeID, _ = os.Hostname()

@@ -6,10 +6,11 @@
 //
 // Usage:
 //
-//	bench -target URL [-compare URL] [-clients N] [-duration D] [-requests N]
+//	bench -target URL [-compare URL] [-protocol v2|openai|grpc] [-model M]
+//	      [-clients N] [-duration D] [-requests N]
 //	      [-rows N] [-rows-max N] [-cols N] [-datatype T] [-input NAME]
 //	      [-repeat F] [-distinct N] [-seed N] [-binary] [-timeout D]
-//	      [-header K=V ...] [-json]
+//	      [-header K=V ...] [-rate R [-rate-pattern P]] [-json]
 //
 // Examples:
 //
@@ -23,6 +24,13 @@
 //	# 100,000 requests of 1 to 8 rows in the binary tensor format, low priority, as JSON
 //	bench -target http://127.0.0.1:15001/v2/models/bert/infer -requests 100000 \
 //	      -rows 1 -rows-max 8 -binary -header X-Batchmesh-Priority=low -json
+//
+//	# gRPC ModelInfer callers through the sidecar, then straight to the runtime's gRPC port
+//	bench -protocol grpc -model bert -target grpc://127.0.0.1:15001 \
+//	      -compare grpc://127.0.0.1:8001 -clients 256
+//
+//	# open loop: 2000 one-row requests a second (Poisson), stepping to 2600/s after 5s
+//	bench -target http://127.0.0.1:15001/v2/models/bert/infer -rate 2000 -rate-pattern step:2600@5s
 //
 // A progress line goes to stderr each second; the results go to stdout, as
 // text or, with -json, as one JSON object:
@@ -170,11 +178,13 @@ func parseFlags(args []string, stderr io.Writer) (flags, error) {
 	distinct := fs.Int("distinct", 0, "distinct request bodies to pre-encode (0: 1024, fewer for big bodies)")
 	seed := fs.Uint64("seed", 0, "seed of the pseudo-random request values")
 	binary := fs.Bool("binary", false, "send the binary tensor extension instead of JSON")
-	protocol := fs.String("protocol", "v2", "the body's API: v2, or openai (embeddings requests to a /v1/embeddings -target; each row one string input)")
-	model := fs.String("model", "", "with -protocol openai, the model named in the body")
+	protocol := fs.String("protocol", "v2", "the body's API: v2, openai (embeddings requests to a /v1/embeddings -target; each row one string input), or grpc (ModelInfer calls with raw FP32 inputs to a grpc://host:port -target, with -model)")
+	model := fs.String("model", "", "with -protocol openai or grpc, the model named in the body or call")
 	timeout := fs.Duration("timeout", 10*time.Second, "per-request timeout; a timeout counts as an error with status 0")
 	fs.Var(headers, "header", "an extra request header NAME=VALUE, e.g. X-Batchmesh-Priority=high (repeatable)")
 	asJSON := fs.Bool("json", false, "print the results as one JSON object, for scripts")
+	rate := fs.Float64("rate", 0, "open loop: send requests at Poisson arrival times of this many per second, answered or not (-clients is then the most in flight, default 1024)")
+	pattern := fs.String("rate-pattern", "", "with -rate: step:RATE@AT (the rate from AT on) or burst:RATE@AT+FOR, e.g. step:2600@5s, burst:5000@2s+500ms")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return flags{}, err
@@ -186,6 +196,9 @@ func parseFlags(args []string, stderr io.Writer) (flags, error) {
 	}
 	if *target == "" {
 		return flags{}, usageError{errors.New("-target is required: the full infer URL to load")}
+	}
+	if *rate > 0 && !flagSet(fs, "clients") {
+		*clients = 0 // the open loop's default bound on requests in flight
 	}
 	if *requests > 0 && !flagSet(fs, "duration") {
 		*duration = 0 // -requests alone: run until they are sent
@@ -208,6 +221,9 @@ func parseFlags(args []string, stderr io.Writer) (flags, error) {
 		Model:    *model,
 		Headers:  headers,
 		Timeout:  *timeout,
+
+		Rate:        *rate,
+		RatePattern: *pattern,
 	}
 	return flags{target: *target, compare: *compare, asJSON: *asJSON, cfg: cfg}, nil
 }
@@ -215,6 +231,9 @@ func parseFlags(args []string, stderr io.Writer) (flags, error) {
 // load runs cfg against target, printing progress to stderr under name,
 // padded to width.
 func load(ctx context.Context, cfg loadgen.Config, target, name string, width int, stderr io.Writer) (loadgen.Result, error) {
+	if cfg.Protocol == ProtocolGRPC {
+		return loadGRPC(ctx, cfg, target, name, width, stderr)
+	}
 	cfg.URL = target
 	cfg.OnProgress = func(s loadgen.Snapshot) {
 		_, _ = fmt.Fprintf(stderr, "%-*s %4.0fs %10.1f rows/s  p50 %-8v p99 %-8v %d errors\n",

@@ -88,3 +88,27 @@ func TestFlagErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestOpenLoopFlags checks that -rate makes an open-loop run that reports
+// what it offered, and that a bad -rate-pattern is a usage error naming it.
+func TestOpenLoopFlags(t *testing.T) {
+	var n atomic.Int64
+	a := fakeRuntime(t, &n)
+	var stdout, stderr bytes.Buffer
+	err := run(t.Context(), []string{"-target", a, "-rate", "1000", "-requests", "40", "-header", "X-Batchmesh-Priority=high", "-json"}, &stdout, &stderr)
+	if err != nil {
+		t.Fatalf("run: %v\n%s", err, stderr.String())
+	}
+	var out output
+	if err := json.Unmarshal(stdout.Bytes(), &out); err != nil {
+		t.Fatalf("stdout is not the JSON document: %v\n%s", err, stdout.String())
+	}
+	if r := out.Target.Result; r.Offered != 40 || r.Requests+r.Dropped != 40 || r.Errors != 0 {
+		t.Errorf("%+v: want 40 offered, each sent or dropped, no errors", r)
+	}
+	err = run(t.Context(), []string{"-target", a, "-rate", "1000", "-rate-pattern", "ramp:5@1s", "-requests", "1"}, &stdout, &stderr)
+	var ue usageError
+	if !errors.As(err, &ue) || !strings.Contains(err.Error(), "rate pattern") {
+		t.Errorf("bad -rate-pattern: %v, want a usage error about the rate pattern", err)
+	}
+}

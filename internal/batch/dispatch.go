@@ -33,11 +33,11 @@ func (l *Lane) scheduleLocked(now time.Time) {
 		if ep == nil {
 			return // every endpoint is full; the next batch to end reschedules
 		}
-		if !idle && g.rows < l.cfg.MaxBatchSize {
-			if at := l.sendAtLocked(ep); at.After(now) {
+		if at, wait := l.holdLocked(g, ep, idle, now); wait { // policy.go
+			if !at.IsZero() {
 				l.armLocked(at)
-				return
 			}
+			return
 		}
 		b := l.takeLocked(g, now)
 		if b == nil {
@@ -227,11 +227,14 @@ func (l *Lane) finishLocked(ep *endpoint, b *batch, start time.Time, err error) 
 		}
 	}
 	ep.batches++
+	now := time.Now()
+	ep.freedAt = now
 	if err != nil {
 		ep.failures++
 		return
 	}
-	lat := time.Since(start)
+	lat := now.Sub(start)
+	ep.cost.observe(b.rows, lat)
 	if ep.latency == 0 {
 		ep.latency = lat
 	} else {
@@ -414,6 +417,9 @@ func (l *Lane) settle(b *batch, endpoint string, outs []inference.Tensor, err er
 		}
 		l.deliverLocked(pc.p, pc.lo, n, mine, b.rows, endpoint)
 		row += n
+	}
+	if l.cfg.Policy == PolicyCohort {
+		l.echo.answered(time.Now(), b.rows, l.cfg.MaxQueueDelay)
 	}
 }
 

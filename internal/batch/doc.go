@@ -18,6 +18,13 @@
 //     running batch is predicted (from its recent latency) to finish, so it
 //     carries every row that arrived meanwhile and arrives as the slot frees.
 //
+// That is Config.Policy PolicyTransit. PolicyCohort (policy.go) adds what
+// it learns of closed-loop callers, who come back right after their
+// answer: when most do, it holds the next batch until they are back
+// (bounded by MaxQueueDelay and every member's deadline) instead of
+// sending a batch in transit that would split them into two alternating
+// cohorts of half the size.
+//
 // Deadlines: a request's rows are dropped before dispatch once its deadline
 // has passed (504), and a request that cannot finish in time even if every
 // batch ahead of it were full is refused at once (429). The queue is bounded

@@ -119,8 +119,12 @@ type EndpointStatus struct {
 	InFlight     int     `json:"in_flight_batches"`
 	InFlightRows int     `json:"in_flight_rows"`
 	LatencyMs    float64 `json:"ewma_latency_ms"`
-	Batches      int64   `json:"batches"`
-	Failures     int64   `json:"failures"`
+	// FixedMs and PerRowMs are the fitted batch cost, fixed + per row
+	// (the cohort policy's model; absent before a batch is seen).
+	FixedMs  float64 `json:"fixed_ms,omitempty"`
+	PerRowMs float64 `json:"per_row_ms,omitempty"`
+	Batches  int64   `json:"batches"`
+	Failures int64   `json:"failures"`
 }
 
 // Status returns each endpoint's state and the rows queued.
@@ -128,7 +132,9 @@ func (l *Lane) Status() (eps []EndpointStatus, queued int) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for _, e := range l.eps {
+		fixed, perRow := e.cost.fit()
 		eps = append(eps, EndpointStatus{
+			FixedMs: float64(fixed) / 1e6, PerRowMs: float64(perRow) / 1e6,
 			Address: e.Address, Weight: e.Weight, Slots: e.Slots, Limit: e.limit, Healthy: e.healthy,
 			InFlight: e.busy, InFlightRows: e.rows, LatencyMs: float64(e.latency) / 1e6,
 			Batches: e.batches, Failures: e.failures,

@@ -121,6 +121,9 @@ type Config struct {
 	// between 1 and its Slots from the runtime's reported queue (weights:
 	// adaptive); without it the declared Slots are the limit.
 	AdaptiveSlots bool
+	// Policy decides when a batch that could wait is sent (policy.go);
+	// "" is PolicyTransit.
+	Policy Policy
 }
 
 // Request is one caller's rows as the lane sees them. Inputs must be valid
@@ -163,6 +166,7 @@ type Lane struct {
 	closed  bool
 	running int           // batches in flight
 	idle    chan struct{} // closed and renewed when running and queued reach 0 while closed
+	echo    echo          // the cohort policy's view of returning callers
 }
 
 type endpoint struct {
@@ -174,6 +178,8 @@ type endpoint struct {
 	rows     int         // rows in flight
 	starts   []time.Time // start of each batch in flight
 	latency  time.Duration
+	cost     costModel // the cohort policy's fit of latency to rows
+	freedAt  time.Time // when a batch last ended
 	batches  int64
 	failures int64
 }
@@ -202,6 +208,10 @@ func NewLane(cfg Config) (*Lane, error) {
 	}
 	if cfg.MaxBatchSize < 0 || cfg.MaxQueueSize < 0 || cfg.MaxQueueDelay < 0 {
 		return nil, fmt.Errorf("batch: model %q: negative batch size, queue size or delay", cfg.Model)
+	}
+	var err error
+	if cfg.Policy, err = ParsePolicy(string(cfg.Policy)); err != nil {
+		return nil, err
 	}
 	if len(cfg.Endpoints) == 0 {
 		return nil, fmt.Errorf("batch: model %q version %q has no endpoints", cfg.Model, cfg.Version)
@@ -233,7 +243,6 @@ func NewLane(cfg Config) (*Lane, error) {
 	if l.cfg.Picker == nil {
 		l.cfg.Picker = leastLoaded{}
 	}
-	var err error
 	if l.m, err = newLaneMetrics(cfg.Meter, cfg.Model); err != nil {
 		return nil, err
 	}

@@ -146,6 +146,9 @@ func (l *Lane) admit(p *pending, now time.Time) error {
 	g.rows += r.Rows
 	l.queued += r.Rows
 	l.m.queueDepth.Add(context.Background(), int64(r.Rows), l.m.attrs)
+	if l.cfg.Policy == PolicyCohort {
+		l.echo.arrived(now, r.Rows)
+	}
 	l.scheduleLocked(now)
 	return nil
 }

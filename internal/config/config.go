@@ -20,6 +20,12 @@ const (
 	ProtocolTFServing = "tfserving" // TF Serving / KServe v1 predict
 )
 
+// Allowed values of Batching.Policy (the batch package's policies).
+const (
+	BatchPolicyCohort  = "cohort"  // hold a batch for closed-loop callers about to return
+	BatchPolicyTransit = "transit" // one batch in transit per busy endpoint (the earlier rule)
+)
+
 // Allowed values of Cache.Granularity.
 const (
 	GranularityRow     = "row"     // one cache entry per row of a request
@@ -42,6 +48,7 @@ const (
 	DefaultMaxBatchSize        = 64
 	DefaultMaxQueueDelay       = 2 * time.Millisecond
 	DefaultMaxQueueSize        = 4096
+	DefaultBatchPolicy         = BatchPolicyCohort
 	DefaultTimeout             = time.Second
 	DefaultCacheTTL            = 10 * time.Minute
 	DefaultGranularity         = GranularityRow
@@ -118,6 +125,13 @@ type Batching struct {
 	// once. Negative is an error.
 	MaxQueueDelay time.Duration
 
+	// Policy decides when a batch that could wait for more rows is sent:
+	// BatchPolicyCohort (the default) holds it for callers about to come
+	// back with their next rows; BatchPolicyTransit is the earlier rule
+	// (one batch in transit per busy endpoint, sent max_queue_delay before
+	// the running batch ends), kept for comparison.
+	Policy string
+
 	// Timeout is the default deadline of a request; a caller's
 	// X-Batchmesh-Timeout-Ms may shorten it. Default DefaultTimeout (1s);
 	// it must be more than 0.
@@ -134,6 +148,7 @@ func DefaultBatching() Batching {
 		MaxBatchSize:  DefaultMaxBatchSize,
 		MaxQueueSize:  DefaultMaxQueueSize,
 		MaxQueueDelay: DefaultMaxQueueDelay,
+		Policy:        DefaultBatchPolicy,
 		Timeout:       DefaultTimeout,
 	}
 }
@@ -193,7 +208,18 @@ type Endpoint struct {
 
 	// Zone is the endpoint's locality zone; optional.
 	Zone string
+
+	// Protocol is how the sidecar reaches the endpoint: "" or EndpointHTTP
+	// (the default: the model protocol's REST routes), or EndpointGRPC (the
+	// Open Inference Protocol's GRPCInferenceService, v2 models only).
+	Protocol string
 }
+
+// Allowed values of Endpoint.Protocol ("" is EndpointHTTP).
+const (
+	EndpointHTTP = "http"
+	EndpointGRPC = "grpc"
+)
 
 // Model returns the model with the given name, or nil. The result points
 // into c.Models.

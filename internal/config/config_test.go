@@ -21,12 +21,13 @@ func TestLoadFull(t *testing.T) {
 		Weights:    WeightsAdaptive,
 		OutlierDetection: OutlierDetection{
 			ConsecutiveFailures: 3, BaseEjectionTime: 10 * time.Second, MaxEjectionTime: time.Minute, MaxEjectionPercent: 50,
+			Interval: 5 * time.Second, FailurePercentageThreshold: 90, FailurePercentageMinimumHosts: 3, FailurePercentageRequestVolume: 20,
 		},
 		Models: []Model{
 			{
 				Name:     "bert-base",
 				Protocol: ProtocolV2,
-				Batching: Batching{MaxBatchSize: 32, MaxQueueSize: 1024, MaxQueueDelay: 5 * time.Millisecond, Timeout: 2 * time.Second},
+				Batching: Batching{MaxBatchSize: 32, MaxQueueSize: 1024, MaxQueueDelay: 5 * time.Millisecond, Policy: BatchPolicyTransit, Timeout: 2 * time.Second},
 				Cache:    Cache{Enabled: true, TTL: 5 * time.Minute, Granularity: GranularityRequest, Scope: ScopeTenant},
 				Versions: []Version{
 					{Version: "1", Weight: 90, Endpoints: []Endpoint{
@@ -41,7 +42,7 @@ func TestLoadFull(t *testing.T) {
 			{
 				Name:     "minilm_L6.v2",
 				Protocol: ProtocolOpenAI,
-				Batching: Batching{MaxBatchSize: 0, MaxQueueSize: 4096, MaxQueueDelay: 0, Timeout: time.Second},
+				Batching: Batching{MaxBatchSize: 0, MaxQueueSize: 4096, MaxQueueDelay: 0, Policy: BatchPolicyCohort, Timeout: time.Second},
 				Cache:    DefaultCache(),
 				Versions: []Version{
 					{Version: "v1", Weight: 1, Endpoints: []Endpoint{{Address: "10.0.0.7:9000", Weight: 1, Slots: 1}}},
@@ -50,7 +51,7 @@ func TestLoadFull(t *testing.T) {
 			{
 				Name:     "resnet-50",
 				Protocol: ProtocolTFServing,
-				Batching: Batching{MaxBatchSize: 16, MaxQueueSize: 4096, MaxQueueDelay: 2 * time.Millisecond, Timeout: 500 * time.Millisecond},
+				Batching: Batching{MaxBatchSize: 16, MaxQueueSize: 4096, MaxQueueDelay: 2 * time.Millisecond, Policy: BatchPolicyCohort, Timeout: 500 * time.Millisecond},
 				Cache:    DefaultCache(),
 				Versions: []Version{
 					{Version: "2024.06", Weight: 0, Endpoints: []Endpoint{{Address: "10.0.0.8:8501", Weight: 1, Slots: 1}}},
@@ -80,7 +81,7 @@ func TestLoadDefaults(t *testing.T) {
 		Models: []Model{{
 			Name:     "bert-base",
 			Protocol: ProtocolV2,
-			Batching: Batching{MaxBatchSize: 64, MaxQueueSize: 4096, MaxQueueDelay: 2 * time.Millisecond, Timeout: time.Second},
+			Batching: Batching{MaxBatchSize: 64, MaxQueueSize: 4096, MaxQueueDelay: 2 * time.Millisecond, Policy: BatchPolicyCohort, Timeout: time.Second},
 			Cache:    Cache{Enabled: false, TTL: 10 * time.Minute, Granularity: GranularityRow, Scope: ScopeShared},
 			Versions: []Version{{Version: "1", Weight: 1, Endpoints: []Endpoint{{Address: "127.0.0.1:8000", Weight: 1, Slots: 1}}}},
 		}},
@@ -159,7 +160,7 @@ models:
 		t.Fatal(err)
 	}
 	b := c.Model("b")
-	want := Batching{MaxBatchSize: 8, MaxQueueSize: DefaultMaxQueueSize, MaxQueueDelay: DefaultMaxQueueDelay, Timeout: 200 * time.Millisecond}
+	want := Batching{MaxBatchSize: 8, MaxQueueSize: DefaultMaxQueueSize, MaxQueueDelay: DefaultMaxQueueDelay, Policy: DefaultBatchPolicy, Timeout: 200 * time.Millisecond}
 	if b.Batching != want {
 		t.Errorf("merged batching: got %+v, want %+v", b.Batching, want)
 	}

@@ -19,10 +19,10 @@ import (
 var (
 	configKeys   = []string{"cache_bytes", "weights", "outlier_detection", "models"}
 	modelKeys    = []string{"name", "protocol", "batching", "cache", "versions"}
-	batchingKeys = []string{"max_batch_size", "max_queue_delay", "max_queue_size", "timeout"}
+	batchingKeys = []string{"max_batch_size", "max_queue_delay", "max_queue_size", "batch_policy", "timeout"}
 	cacheKeys    = []string{"enabled", "ttl", "granularity", "scope"}
 	versionKeys  = []string{"version", "weight", "endpoints"}
-	endpointKeys = []string{"address", "weight", "slots", "zone"}
+	endpointKeys = []string{"address", "weight", "slots", "zone", "protocol"}
 )
 
 // aliasNodes is how many YAML nodes aliases may add to a file's walk, so
@@ -389,6 +389,8 @@ func (d *decoder) batching(n *yaml.Node, path string, b *Batching) {
 			b.MaxQueueSize = d.int(v, path, b.MaxQueueSize)
 		case "max_queue_delay":
 			b.MaxQueueDelay = d.duration(v, path, b.MaxQueueDelay)
+		case "batch_policy":
+			b.Policy = d.str(v, path, b.Policy)
 		case "timeout":
 			b.Timeout = d.duration(v, path, b.Timeout)
 		}
@@ -445,6 +447,8 @@ func (d *decoder) endpoint(n *yaml.Node, path string) Endpoint {
 			ep.Slots = d.int(v, path, ep.Slots)
 		case "zone":
 			ep.Zone = d.str(v, path, ep.Zone)
+		case "protocol":
+			ep.Protocol = d.str(v, path, ep.Protocol)
 		}
 	})
 	return ep

@@ -92,7 +92,12 @@ func TestParseErrors(t *testing.T) {
 		{
 			name: "unknown key in batching",
 			file: modelHead + "    batching:\n      max_batch: 8\n" + versionsTail,
-			want: []string{"bad.yaml:4: models[0].batching.max_batch: unknown key; allowed keys: max_batch_size, max_queue_delay, max_queue_size, timeout"},
+			want: []string{"bad.yaml:4: models[0].batching.max_batch: unknown key; allowed keys: max_batch_size, max_queue_delay, max_queue_size, batch_policy, timeout"},
+		},
+		{
+			name: "unknown batch policy",
+			file: modelHead + "    batching:\n      batch_policy: fifo\n" + versionsTail,
+			want: []string{"bad.yaml:4: models[0].batching.batch_policy: \"fifo\" is not a batch policy; must be cohort or transit"},
 		},
 		{
 			name: "unknown key in endpoint",
@@ -368,7 +373,7 @@ sidecar.yaml:3: models[0].name: "bert/base" has '/'; a name may hold only A-Z, a
 sidecar.yaml:5: models[0].batching.max_batch_size: -3 is negative; must be 0 (no batching) or more
 sidecar.yaml:6: models[0].batching.max_queue_delay: "2 ms" is not a Go duration; write e.g. 2ms, 1.5s or 10m
 sidecar.yaml:7: models[0].batching.timeout: 0s is too short; must be more than 0
-sidecar.yaml:8: models[0].batching.max_batch_sise: unknown key; did you mean max_batch_size? allowed keys: max_batch_size, max_queue_delay, max_queue_size, timeout
+sidecar.yaml:8: models[0].batching.max_batch_sise: unknown key; did you mean max_batch_size? allowed keys: max_batch_size, max_queue_delay, max_queue_size, batch_policy, timeout
 sidecar.yaml:12: models[0].versions[0].endpoints[0].address: "localhost" is not host:port: missing port in address
 sidecar.yaml:13: models[0].versions[0].endpoints[1].address: "127.0.0.1:0": the port "0" is out of range; must be 1-65535
 sidecar.yaml:14: models[0].versions[1].version: duplicate version "1"; models[0].versions[0] (line 10) has it too

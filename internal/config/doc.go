@@ -11,6 +11,7 @@
 //	      max_batch_size: 64     # default 64; 0 = pass-through, no batching
 //	      max_queue_delay: 2ms   # default 2ms
 //	      max_queue_size: 4096   # default 4096
+//	      batch_policy: cohort   # cohort | transit (default cohort)
 //	      timeout: 1s            # default 1s
 //	    cache: {enabled: true, ttl: 10m, granularity: row, scope: shared}
 //	    versions:

@@ -105,6 +105,9 @@ func (c *checker) model(cfg *Config, m *Model, path string) {
 	if b.MaxQueueDelay < 0 {
 		c.errorf(bp+".max_queue_delay", "%v is negative; must be 0 or more", b.MaxQueueDelay)
 	}
+	if b.Policy != "" { // "" (a Config built in code) is the default
+		c.oneOf(bp+".batch_policy", b.Policy, "batch policy", BatchPolicyCohort, BatchPolicyTransit)
+	}
 	c.positive(bp+".timeout", b.Timeout)
 
 	cp := path + ".cache"
@@ -134,6 +137,7 @@ func (c *checker) model(cfg *Config, m *Model, path string) {
 			seen[v.Version] = p
 		}
 		c.version(v, p)
+		c.endpointProtocols(m, v, p)
 	}
 	c.weights(vp, "version", weights)
 }
@@ -162,6 +166,24 @@ func (c *checker) version(v *Version, path string) {
 		}
 	}
 	c.weights(ep, "endpoint", weights)
+}
+
+// endpointProtocols checks each endpoint's protocol: http (or unset) or
+// grpc, and grpc only for a v2 model.
+func (c *checker) endpointProtocols(m *Model, v *Version, path string) {
+	for k := range v.Endpoints {
+		e := &v.Endpoints[k]
+		p := index(path+".endpoints", k) + ".protocol"
+		switch e.Protocol {
+		case "", EndpointHTTP:
+		case EndpointGRPC:
+			if m.Protocol != ProtocolV2 {
+				c.errorf(p, "grpc serves v2 models only; model protocol is %s, so the endpoint must be http", quote(m.Protocol))
+			}
+		default:
+			c.errorf(p, "%s is not an endpoint protocol; must be http or grpc", quote(e.Protocol))
+		}
+	}
 }
 
 // weights checks the weights of the elements of the list at path, and

@@ -41,10 +41,11 @@ func TestValidate(t *testing.T) {
 		{
 			name: "outlier detection out of range",
 			change: func(c *Config) {
-				c.OutlierDetection = OutlierDetection{ConsecutiveFailures: -1, BaseEjectionTime: time.Minute, MaxEjectionTime: time.Second, MaxEjectionPercent: 101}
+				c.OutlierDetection = DefaultOutlierDetection()
+				c.OutlierDetection.ConsecutiveFailures, c.OutlierDetection.BaseEjectionTime, c.OutlierDetection.MaxEjectionTime, c.OutlierDetection.MaxEjectionPercent = -1, time.Minute, time.Second, 101
 			},
 			want: []string{
-				"outlier_detection.consecutive_failures: -1 is negative; must be 1 or more, or 0 to turn outlier detection off",
+				"outlier_detection.consecutive_failures: -1 is negative; must be 1 or more, or 0 to turn ejection on consecutive failures off",
 				"outlier_detection.max_ejection_time: 1s is shorter than base_ejection_time (1m0s); must be at least as long",
 				"outlier_detection.max_ejection_percent: 101 is not a percentage; must be 1 to 100",
 			},
@@ -52,10 +53,29 @@ func TestValidate(t *testing.T) {
 		{
 			name: "outlier detection base ejection time",
 			change: func(c *Config) {
-				c.OutlierDetection = OutlierDetection{ConsecutiveFailures: 5, MaxEjectionTime: time.Minute, MaxEjectionPercent: 10}
+				c.OutlierDetection = DefaultOutlierDetection()
+				c.OutlierDetection.BaseEjectionTime = 0
 			},
 			want: []string{"outlier_detection.base_ejection_time: 0s is too short; must be more than 0"},
 		},
+		{
+			name: "failure percentage out of range",
+			change: func(c *Config) {
+				c.OutlierDetection = OutlierDetection{ConsecutiveFailures: 5, BaseEjectionTime: time.Second, MaxEjectionTime: time.Second, MaxEjectionPercent: 10,
+					Interval: -time.Second, FailurePercentageThreshold: 0, FailurePercentageMinimumHosts: 0, FailurePercentageRequestVolume: -1, EnforcingFailurePercentage: 101}
+			},
+			want: []string{
+				"outlier_detection.interval: -1s is negative; must be more than 0",
+				"outlier_detection.failure_percentage_threshold: 0 is not a percentage; must be 1 to 100",
+				"outlier_detection.failure_percentage_minimum_hosts: 0 is too few; must be 1 or more",
+				"outlier_detection.failure_percentage_request_volume: -1 is too few; must be 1 or more",
+				"outlier_detection.enforcing_failure_percentage: 101 is not a percentage; must be 0 (off) to 100",
+			},
+		},
+		{name: "failure percentage off", change: func(c *Config) {
+			c.OutlierDetection = DefaultOutlierDetection()
+			c.OutlierDetection.EnforcingFailurePercentage = 0
+		}},
 		{
 			name:   "pass-through needs no queue",
 			change: func(c *Config) { c.Models[0].Batching.MaxBatchSize, c.Models[0].Batching.MaxQueueSize = 0, 0 },
@@ -160,6 +180,35 @@ func TestValidate(t *testing.T) {
 			var e *Error
 			if !errors.As(err, &e) || e.File != "" || e.Line != 0 {
 				t.Errorf("errors.As(*Error) = %+v, want an *Error without file or line", e)
+			}
+		})
+	}
+}
+
+func TestEndpointProtocol(t *testing.T) {
+	for _, tc := range []struct {
+		name, yaml, mention string
+	}{
+		{"grpc", "models:\n  - name: m\n    versions: [{version: \"1\", endpoints: [{address: 127.0.0.1:8001, protocol: grpc}]}]\n", ""},
+		{"http", "models:\n  - name: m\n    versions: [{version: \"1\", endpoints: [{address: 127.0.0.1:8000, protocol: http}]}]\n", ""},
+		{"unknown", "models:\n  - name: m\n    versions: [{version: \"1\", endpoints: [{address: 127.0.0.1:8000, protocol: h2c}]}]\n",
+			`models[0].versions[0].endpoints[0].protocol: "h2c" is not an endpoint protocol; must be http or grpc`},
+		{"grpc for openai", "models:\n  - name: m\n    protocol: openai\n    versions: [{version: \"1\", endpoints: [{address: 127.0.0.1:8001, protocol: grpc}]}]\n",
+			`grpc serves v2 models only`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, err := Parse("t.yaml", []byte(tc.yaml))
+			if tc.mention == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if p := cfg.Models[0].Versions[0].Endpoints[0].Protocol; p != tc.name {
+					t.Errorf("protocol %q, want %q", p, tc.name)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.mention) {
+				t.Errorf("Parse = %v, want an error mentioning %q", err, tc.mention)
 			}
 		})
 	}

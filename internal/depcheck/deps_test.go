@@ -79,9 +79,9 @@ var rules = []rule{
 	},
 	{
 		pkgs:   []string{"./..."},
-		except: []string{"./internal/runtimetest/...", "./internal/sidecartest/...", "./internal/netnstest/...", "./internal/apiservertest/..."},
-		forbid: []string{"./internal/runtimetest/...", "./internal/sidecartest/...", "./internal/netnstest/...", "./internal/apiservertest/..."},
-		why:    "runtimetest, sidecartest, netnstest and apiservertest start runtimes, sidecars, network namespaces and API servers for tests; only _test.go files may import them",
+		except: []string{"./internal/runtimetest/...", "./internal/sidecartest/...", "./internal/netnstest/...", "./internal/apiservertest/...", "./internal/certtest/..."},
+		forbid: []string{"./internal/runtimetest/...", "./internal/sidecartest/...", "./internal/netnstest/...", "./internal/apiservertest/...", "./internal/certtest/..."},
+		why:    "runtimetest, sidecartest, netnstest, apiservertest and certtest start runtimes, sidecars, network namespaces and API servers, or make throwaway CAs, for tests; only _test.go files may import them",
 	},
 	{
 		pkgs:   []string{"./internal/redirect/..."},

@@ -17,8 +17,11 @@
 // counts each data-path call's outcome, and ConsecutiveFailures failures
 // in a row eject the endpoint for BaseEjectionTime × its ejections (at most
 // MaxEjectionTime), whatever the probes say, unless that would eject more
-// than MaxEjectionPercent of its peers or the last of them. An ejection
-// ends at Run's first tick after its time.
+// than MaxEjectionPercent of its peers or the last of them. Every
+// Outlier.Interval, an endpoint that failed FailurePercentageThreshold
+// percent of its calls (with enough calls, among enough peers with enough
+// calls) is ejected the same way. An ejection ends at Run's first tick
+// after its time.
 //
 // This package exports no metrics; the proxy's /clusters page shows each
 // endpoint's state.
@@ -72,10 +75,12 @@ type Table struct {
 	// up mirrors each endpoint's state for lock-free reads: a
 	// map[string]bool replaced on every change (changes are rare).
 	up atomic.Pointer[map[string]bool]
-	// streaks maps each endpoint to its run of failed calls, for
-	// ReportCall's lock-free success path; replaced when an endpoint is
-	// added.
-	streaks atomic.Pointer[map[string]*atomic.Int32]
+	// counters maps each endpoint to its call counts, for ReportCall's
+	// lock-free success path; replaced when an endpoint is added.
+	counters atomic.Pointer[map[string]*counters]
+	// evaluated is when failure percentages were last evaluated (Run
+	// starts the first interval); under mu.
+	evaluated time.Time
 }
 
 type endpoint struct {
@@ -106,7 +111,7 @@ func New(cfg Config) *Table {
 	cfg.Outlier = cfg.Outlier.WithDefaults()
 	t := &Table{cfg: cfg, eps: make(map[string]*endpoint)}
 	t.up.Store(&map[string]bool{})
-	t.streaks.Store(&map[string]*atomic.Int32{})
+	t.counters.Store(&map[string]*counters{})
 	return t
 }
 
@@ -155,6 +160,9 @@ func (t *Table) Probe(ctx context.Context, addresses []string) {
 func (t *Table) Run(ctx context.Context, targets func() []string) {
 	tick := time.NewTicker(t.cfg.Interval)
 	defer tick.Stop()
+	t.mu.Lock()
+	t.evaluated = time.Now() // the first failure-percentage interval
+	t.mu.Unlock()
 	for {
 		select {
 		case <-ctx.Done():
@@ -225,11 +233,11 @@ func (t *Table) endpointLocked(address string) *endpoint {
 	if e == nil {
 		e = &endpoint{up: true}
 		t.eps[address] = e
-		m := make(map[string]*atomic.Int32, len(t.eps))
+		m := make(map[string]*counters, len(t.eps))
 		for a, s := range t.eps {
-			m[a] = &s.consecutive
+			m[a] = &s.counters
 		}
-		t.streaks.Store(&m)
+		t.counters.Store(&m)
 	}
 	return e
 }

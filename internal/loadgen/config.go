@@ -85,6 +85,15 @@ type Config struct {
 	// Timeout bounds each request (default 10s). A request that times out
 	// counts as an error with status 0.
 	Timeout time.Duration
+	// Rate, when above 0, makes the run open-loop: requests are sent at
+	// the arrival times of a Poisson process of Rate requests per second
+	// (at most MaxRate), whether or not earlier ones were answered, and
+	// Clients is the most in flight at once (default 1024); an arrival
+	// that finds them all busy is dropped (Result.Dropped). RatePattern
+	// changes the rate during the run: see ParseRatePattern. Seed seeds
+	// the arrival times too.
+	Rate        float64
+	RatePattern string
 	// OnProgress, when set, is called about once a second from Run's own
 	// goroutine with the stats of the interval since the previous call. It
 	// should return quickly: the clients keep running meanwhile.
@@ -98,12 +107,13 @@ type settings struct {
 	addr     string // host:port for the TCP client
 	tls      bool
 	deadline bool // Duration set
+	pattern  RatePattern
 }
 
 func (c Config) validate() (settings, error) {
 	s := settings{Config: c}
 	s.Headers = maps.Clone(c.Headers)
-	for _, check := range []func() error{s.checkTarget, s.checkBounds, s.checkShape, s.checkPool, s.checkRequest} {
+	for _, check := range []func() error{s.checkTarget, s.checkBounds, s.checkRate, s.checkShape, s.checkPool, s.checkRequest} {
 		if err := check(); err != nil {
 			return s, err
 		}

@@ -12,6 +12,13 @@
 // latencies go into per-client log-bucket histograms merged at the end. The
 // client loop does not allocate after its first request.
 //
+// With Config.Rate the run is open-loop (openloop.go): requests leave at
+// the arrival times of a seeded Poisson process, optionally stepping or
+// bursting to another rate (RatePattern), whether or not the earlier ones
+// were answered; Clients bounds the requests in flight, an arrival that
+// finds them all busy is dropped and counted, and latency counts from the
+// scheduled arrival, so a slow server cannot hide in a slow sender.
+//
 // Bodies are v2 JSON, or the binary tensor extension with Config.Binary, of
 // one input of shape [rows, Cols]. Values are pseudo-random from
 // Config.Seed: floats in [-1, 1), integers in [0, 30000) (usable as token

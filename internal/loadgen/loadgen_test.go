@@ -660,10 +660,10 @@ func TestSendDoesNotAllocate(t *testing.T) {
 			Headers: map[string]string{"X-Batchmesh-Priority": "low"}})
 		c := r.clients[0]
 		var n uint64
-		r.send(c, req, resp, r.pool.pick(n)) // the first request sizes buffers and dials
+		r.send(c, req, resp, r.pool.pick(n), time.Time{}) // the first request sizes buffers and dials
 		allocs := testing.AllocsPerRun(200, func() {
 			n++
-			r.send(c, req, resp, r.pool.pick(n))
+			r.send(c, req, resp, r.pool.pick(n), time.Time{})
 		})
 		if allocs > 0 && !raceEnabled {
 			t.Errorf("binary=%v: %.1f allocations per request, want 0", binary, allocs)
@@ -680,7 +680,7 @@ func BenchmarkSend(b *testing.B) {
 	var n uint64
 	b.ReportAllocs()
 	for b.Loop() {
-		r.send(c, req, resp, r.pool.pick(n))
+		r.send(c, req, resp, r.pool.pick(n), time.Time{})
 		n++
 	}
 }

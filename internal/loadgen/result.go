@@ -34,10 +34,17 @@ type Result struct {
 	ReqPerSec  float64 `json:"req_per_sec"`
 	// Latency percentiles of successful requests (within 1%), and the
 	// exact maximum.
-	P50 time.Duration `json:"p50_ns"`
-	P90 time.Duration `json:"p90_ns"`
-	P99 time.Duration `json:"p99_ns"`
-	Max time.Duration `json:"max_ns"`
+	P50  time.Duration `json:"p50_ns"`
+	P90  time.Duration `json:"p90_ns"`
+	P99  time.Duration `json:"p99_ns"`
+	P999 time.Duration `json:"p999_ns"`
+	Max  time.Duration `json:"max_ns"`
+	// Offered is, in an open-loop run (Config.Rate), the requests due
+	// before the end, OfferedPerSec their rate, and Dropped those not sent
+	// because every client was busy; all 0 in a closed-loop run.
+	Offered       int64   `json:"offered,omitempty"`
+	OfferedPerSec float64 `json:"offered_per_sec,omitempty"`
+	Dropped       int64   `json:"dropped,omitempty"`
 	// MeanBatchRows is the mean of the X-Batchmesh-Batch-Size response
 	// header over the answers that carried it; 0 if none did.
 	MeanBatchRows float64 `json:"mean_batch_rows"`
@@ -76,6 +83,9 @@ func (r Result) String() string {
 			}
 		}
 		b.WriteString(")")
+	}
+	if r.Offered > 0 {
+		fmt.Fprintf(&b, "; open loop: %s req/s offered, p999 %v, %d dropped", rate(r.OfferedPerSec), round(r.P999), r.Dropped)
 	}
 	if r.MeanBatchRows > 0 {
 		fmt.Fprintf(&b, "; batch %.2f rows", r.MeanBatchRows)

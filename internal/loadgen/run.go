@@ -63,8 +63,12 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	start := time.Now()
 	r.deadline = start.Add(s.Duration)
 	var wg sync.WaitGroup
-	for _, c := range r.clients {
-		wg.Go(func() { r.loop(c) })
+	if s.Rate > 0 {
+		wg.Go(func() { r.openLoop(start) })
+	} else {
+		for _, c := range r.clients {
+			wg.Go(func() { r.loop(c) })
+		}
 	}
 	if s.OnProgress != nil {
 		r.report(start, &wg)
@@ -112,6 +116,8 @@ type run struct {
 	deadline time.Time
 	next     atomic.Uint64 // the next request's sequence number
 	firstErr atomic.Pointer[string]
+	offered  atomic.Int64 // open loop: arrivals due before the end
+	dropped  atomic.Int64 // open loop: arrivals that found every client busy
 	clients  []*client
 }
 
@@ -152,7 +158,7 @@ func (r *run) loop(c *client) {
 		if r.limit > 0 && t >= r.limit {
 			return
 		}
-		end := r.send(c, req, resp, r.pool.pick(t))
+		end := r.send(c, req, resp, r.pool.pick(t), time.Time{})
 		if r.s.deadline && !end.Before(r.deadline) {
 			return
 		}
@@ -177,13 +183,18 @@ func (r *run) newRequest() *fasthttp.Request {
 }
 
 // send sends b, records the outcome in c and returns when the answer came.
-// Once req and resp have been used, it does not allocate.
-func (r *run) send(c *client, req *fasthttp.Request, resp *fasthttp.Response, b *body) time.Time {
+// Its latency counts from from (an open-loop arrival's scheduled time), or
+// from now when from is zero. Once req and resp have been used, it does not
+// allocate.
+func (r *run) send(c *client, req *fasthttp.Request, resp *fasthttp.Response, b *body, from time.Time) time.Time {
 	req.SetBodyRaw(b.data)
 	if b.headerLen != "" {
 		req.Header.Set(codec.HeaderContentLength, b.headerLen)
 	}
-	start := time.Now()
+	start := from
+	if start.IsZero() {
+		start = time.Now()
+	}
 	err := r.hc.Do(req, resp)
 	end := time.Now()
 	c.record(r, b, resp, err, end.Sub(start))
@@ -327,8 +338,16 @@ func (r *run) result(elapsed time.Duration) Result {
 	if ok > 0 {
 		res.ByStatus[fasthttp.StatusOK] = ok
 	}
-	q := all.quantiles(res.Max, 0.50, 0.90, 0.99)
-	res.P50, res.P90, res.P99 = q[0], q[1], q[2]
+	q := all.quantiles(res.Max, 0.50, 0.90, 0.99, 0.999)
+	res.P50, res.P90, res.P99, res.P999 = q[0], q[1], q[2], q[3]
+	if r.s.Rate > 0 {
+		res.Offered, res.Dropped = r.offered.Load(), r.dropped.Load()
+		span := elapsed // the schedule's length: Duration, or until the last arrival
+		if r.s.deadline {
+			span = min(span, r.s.Duration)
+		}
+		res.OfferedPerSec = perSecond(res.Offered, span)
+	}
 	res.RowsPerSec = perSecond(res.Rows, elapsed)
 	res.ReqPerSec = perSecond(ok, elapsed)
 	if batchCount > 0 {

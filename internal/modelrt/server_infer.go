@@ -7,6 +7,7 @@ import (
 
 	"github.com/valyala/fasthttp"
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/batchmesh/batchmesh/internal/codec"
@@ -29,41 +30,10 @@ func (s *Server) infer(ctx *fasthttp.RequestCtx, name string, m Model) {
 		writeError(ctx, err)
 		return
 	}
-	req.Model, req.Version = name, s.cfg.Version
-	rows, err := req.Rows()
-	if err == nil {
-		err = m.Validate(&req)
-	}
-	if err == nil && rows > s.cfg.MaxBatch {
-		err = inference.Errorf(inference.KindInvalid, "modelrt: batch of %d rows is over this runtime's limit of %d (-max-batch)", rows, s.cfg.MaxBatch)
-	}
-	if err == nil {
-		err = checkOutputs(&req, m)
-	}
+	resp, err := s.compute(ctx, headerCarrier{&ctx.Request.Header}, name, m, &req)
 	if err != nil {
 		writeError(ctx, err)
 		return
-	}
-	var span trace.Span
-	if s.cfg.Tracer != nil {
-		parent := s.cfg.Propagator.Extract(context.Background(), headerCarrier{&ctx.Request.Header})
-		_, span = s.cfg.Tracer.Start(parent, "model infer "+name, trace.WithSpanKind(trace.SpanKindServer),
-			trace.WithAttributes(attribute.String("batchmesh.model", name), attribute.Int("batchmesh.rows", rows)))
-		defer span.End()
-	}
-	outs, err := s.run(ctx, m, &req, name, rows)
-	if err != nil && span != nil {
-		span.RecordError(err)
-	}
-	if err != nil {
-		writeError(ctx, err)
-		return
-	}
-	resp := inference.Response{ModelName: name, ModelVersion: s.cfg.Version, ID: req.ID}
-	for _, o := range outs {
-		if req.Wants(o.Name) {
-			resp.Outputs = append(resp.Outputs, o)
-		}
 	}
 	body, headerLen, err := codec.EncodeResponse(ctx.Response.Body()[:0], &resp, req.BinaryOutput)
 	if err != nil {
@@ -78,6 +48,48 @@ func (s *Server) infer(ctx *fasthttp.RequestCtx, name string, m Model) {
 		ctx.SetContentType("application/json")
 	}
 	ctx.Response.Header.Set("endpoint-load-metrics", s.load.orca(s.cfg.Slots, len(s.slots), s.backlog()))
+}
+
+// compute checks req against model m (called name) and this runtime's
+// limits, runs it in a slot and returns the outputs it asked for. The
+// server span continues the trace that carrier holds. REST and gRPC calls
+// both come here.
+func (s *Server) compute(ctx context.Context, carrier propagation.TextMapCarrier, name string, m Model, req *inference.Request) (inference.Response, error) {
+	req.Model, req.Version = name, s.cfg.Version
+	rows, err := req.Rows()
+	if err == nil {
+		err = m.Validate(req)
+	}
+	if err == nil && rows > s.cfg.MaxBatch {
+		err = inference.Errorf(inference.KindInvalid, "modelrt: batch of %d rows is over this runtime's limit of %d (-max-batch)", rows, s.cfg.MaxBatch)
+	}
+	if err == nil {
+		err = checkOutputs(req, m)
+	}
+	if err != nil {
+		return inference.Response{}, err
+	}
+	var span trace.Span
+	if s.cfg.Tracer != nil {
+		parent := s.cfg.Propagator.Extract(context.Background(), carrier)
+		_, span = s.cfg.Tracer.Start(parent, "model infer "+name, trace.WithSpanKind(trace.SpanKindServer),
+			trace.WithAttributes(attribute.String("batchmesh.model", name), attribute.Int("batchmesh.rows", rows)))
+		defer span.End()
+	}
+	outs, err := s.run(ctx, m, req, name, rows)
+	if err != nil {
+		if span != nil {
+			span.RecordError(err)
+		}
+		return inference.Response{}, err
+	}
+	resp := inference.Response{ModelName: name, ModelVersion: s.cfg.Version, ID: req.ID}
+	for _, o := range outs {
+		if req.Wants(o.Name) {
+			resp.Outputs = append(resp.Outputs, o)
+		}
+	}
+	return resp, nil
 }
 
 func checkOutputs(req *inference.Request, m Model) error {

@@ -72,11 +72,12 @@ func (p *Proxy) newAdmin() fasthttp.RequestHandler {
 }
 
 type dumpEndpoint struct {
-	Address string `json:"address"`
-	Weight  int    `json:"weight"`
-	Slots   int    `json:"slots"`
-	Zone    string `json:"zone,omitempty"`
-	Healthy bool   `json:"healthy"`
+	Address  string `json:"address"`
+	Weight   int    `json:"weight"`
+	Slots    int    `json:"slots"`
+	Zone     string `json:"zone,omitempty"`
+	Protocol string `json:"protocol,omitempty"` // "grpc", or absent for http
+	Healthy  bool   `json:"healthy"`
 }
 
 type dumpVersion struct {
@@ -103,7 +104,7 @@ func (p *Proxy) configDump() map[string]any {
 			Name: name, Protocol: m.cfg.Protocol,
 			Batching: map[string]any{
 				"enabled": b.Enabled(), "max_batch_size": b.MaxBatchSize, "max_queue_delay": b.MaxQueueDelay.String(),
-				"max_queue_size": b.MaxQueueSize, "timeout": b.Timeout.String(),
+				"max_queue_size": b.MaxQueueSize, "batch_policy": b.Policy, "timeout": b.Timeout.String(),
 			},
 			Cache: map[string]any{
 				"enabled": c.Enabled, "ttl": c.TTL.String(), "granularity": c.Granularity, "scope": c.Scope,
@@ -112,7 +113,7 @@ func (p *Proxy) configDump() map[string]any {
 		for _, v := range m.versions {
 			dv := dumpVersion{Version: v.cfg.Version, Weight: v.cfg.Weight}
 			for _, e := range v.cfg.Endpoints {
-				dv.Endpoints = append(dv.Endpoints, dumpEndpoint{Address: e.Address, Weight: e.Weight, Slots: e.Slots, Zone: e.Zone, Healthy: p.health.Up(e.Address)})
+				dv.Endpoints = append(dv.Endpoints, dumpEndpoint{Address: e.Address, Weight: e.Weight, Slots: e.Slots, Zone: e.Zone, Protocol: e.Protocol, Healthy: p.health.Up(e.Address)})
 			}
 			dm.Versions = append(dm.Versions, dv)
 		}

@@ -88,25 +88,38 @@ func (p *Proxy) serveVersion(rc *fasthttp.RequestCtx, route codec.Route, m *mode
 		p.reply(rc, m.cfg.Name, start, err)
 		return
 	}
+	batched := route.Kind == codec.RouteInfer || route.Kind == codec.RoutePredict
+	if !batched || v.lane == nil {
+		// Pass-through needs only the deadline, which the upstream client
+		// sets on its connection: no context timer for each request.
+		p.forward(deadlineContext{start.Add(timeout)}, rc, m, v, start)
+		return
+	}
 	// The request's own context: fasthttp's RequestCtx is not one (it is
 	// reused once the handler returns).
 	ctx, cancel := context.WithDeadline(context.Background(), start.Add(timeout))
 	defer cancel()
-	batched := route.Kind == codec.RouteInfer || route.Kind == codec.RoutePredict
-	if batched && v.lane != nil {
-		if !rc.IsPost() {
-			p.replyIn(rc, m.cfg.Protocol, m.cfg.Name, cacheBypass, start, inference.Errorf(inference.KindMethod, "proxy: %s needs POST, got %s", rc.Path(), rc.Method()))
-			return
-		}
-		serve := p.serveInfer
-		if route.Kind == codec.RoutePredict {
-			serve = p.servePredict
-		}
-		p.infer(ctx, rc, m, v, route.Version != "", start, serve)
+	if !rc.IsPost() {
+		p.replyIn(rc, m.cfg.Protocol, m.cfg.Name, cacheBypass, start, inference.Errorf(inference.KindMethod, "proxy: %s needs POST, got %s", rc.Path(), rc.Method()))
 		return
 	}
-	p.forward(ctx, rc, m, v, start)
+	serve := p.serveInfer
+	if route.Kind == codec.RoutePredict {
+		serve = p.servePredict
+	}
+	p.infer(ctx, rc, m, v, route.Version != "", start, serve)
 }
+
+// deadlineContext is a context that carries a deadline and is never
+// cancelled (Done is nil): for a call that enforces the deadline itself,
+// as the upstream client's Forward does on its connection. It saves the
+// timer of context.WithDeadline on every pass-through request.
+type deadlineContext struct{ deadline time.Time }
+
+func (c deadlineContext) Deadline() (time.Time, bool) { return c.deadline, true }
+func (deadlineContext) Done() <-chan struct{}         { return nil }
+func (deadlineContext) Err() error                    { return nil }
+func (deadlineContext) Value(any) any                 { return nil }
 
 // requestTimeout is the model's timeout, or the X-Batchmesh-Timeout-Ms of
 // the request when that is shorter.
@@ -127,6 +140,9 @@ func requestTimeout(rc *fasthttp.RequestCtx, timeout time.Duration) (time.Durati
 // An endpoint it cannot reach is reported to the health table.
 func (p *Proxy) forward(ctx context.Context, rc *fasthttp.RequestCtx, m *model, v *version, start time.Time) {
 	ep, err := p.pickEndpoint(v)
+	if err == nil && p.isGRPC(ep) {
+		err = errGRPCPassThrough(m, ep, rc.Path())
+	}
 	if err != nil {
 		p.reply(rc, m.cfg.Name, start, err)
 		return
@@ -236,25 +252,8 @@ func (p *Proxy) serveInfer(ctx context.Context, rc *fasthttp.RequestCtx, m *mode
 	if prio, err = batch.ParsePriority(string(rc.Request.Header.Peek(HeaderPriority))); err != nil {
 		return res, rows, batch.PriorityNormal, err
 	}
-	upParams := upstreamParams(req.Parameters)
-	upOutputs := upstreamOutputs(req.Outputs)
-	br := &batch.Request{
-		Inputs:     req.Inputs,
-		Outputs:    upOutputs,
-		Parameters: upParams,
-		Rows:       rows,
-		Group:      groupKey(&req, upParams, upOutputs),
-		Priority:   prio,
-		Affinity:   string(rc.Request.Header.Peek(HeaderTenant)), // the ring hash keeps a tenant on its endpoint
-	}
 	noCache, noStore := cacheControl(rc.Request.Header.Peek(fasthttp.HeaderCacheControl))
-	if m.cfg.Cache.Enabled && !(noCache && noStore) {
-		res, err = p.inferCached(ctx, m, v, br, br.Affinity, cache.Options{NoLookup: noCache, NoStore: noStore})
-	} else {
-		var out batch.Result
-		out, err = v.lane.Submit(ctx, br)
-		res = cachedResult{outputs: out.Outputs, status: cacheBypass, batchRows: out.BatchRows, endpoint: out.Endpoint, queueWait: out.QueueWait}
-	}
+	res, err = p.runInfer(ctx, m, v, &req, rows, prio, string(rc.Request.Header.Peek(HeaderTenant)), cache.Options{NoLookup: noCache, NoStore: noStore})
 	if err != nil {
 		return res, rows, prio, err
 	}
@@ -276,6 +275,30 @@ func (p *Proxy) serveInfer(ctx context.Context, rc *fasthttp.RequestCtx, m *mode
 	}
 	rc.Response.Header.Set(HeaderCache, res.status)
 	return res, rows, prio, nil
+}
+
+// runInfer sends a decoded v2 request of rows rows through the cache (when
+// the model has it on and opts do not skip it both ways) or straight to v's
+// lane. REST and gRPC callers both come here, so that they share batches,
+// the row cache and coalescing. The tenant picks the ring hash's endpoint
+// and, where configured, the cache scope.
+func (p *Proxy) runInfer(ctx context.Context, m *model, v *version, req *inference.Request, rows int, prio batch.Priority, tenant string, opts cache.Options) (cachedResult, error) {
+	upParams := upstreamParams(req.Parameters)
+	upOutputs := upstreamOutputs(req.Outputs)
+	br := &batch.Request{
+		Inputs:     req.Inputs,
+		Outputs:    upOutputs,
+		Parameters: upParams,
+		Rows:       rows,
+		Group:      groupKey(req, upParams, upOutputs),
+		Priority:   prio,
+		Affinity:   tenant, // the ring hash keeps a tenant on its endpoint
+	}
+	if m.cfg.Cache.Enabled && !(opts.NoLookup && opts.NoStore) {
+		return p.inferCached(ctx, m, v, br, tenant, opts)
+	}
+	out, err := v.lane.Submit(ctx, br)
+	return cachedResult{outputs: out.Outputs, status: cacheBypass, batchRows: out.BatchRows, endpoint: out.Endpoint, queueWait: out.QueueWait}, err
 }
 
 // upstreamParams drops the request parameters that only say how the

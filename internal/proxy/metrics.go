@@ -181,6 +181,9 @@ type caller struct {
 	// protocol is the runtime's API: config.ProtocolV2 (v2 infer),
 	// ProtocolOpenAI (/v1/embeddings) or ProtocolTFServing (:predict).
 	protocol string
+	// grpc sends to the endpoints isGRPC names (endpoint protocol: grpc).
+	grpc   *upstream.GRPC
+	isGRPC func(address string) bool
 }
 
 // send makes one upstream call in the runtime's protocol. A runtime that
@@ -194,6 +197,9 @@ func (c *caller) send(ctx context.Context, endpoint string, req *inference.Reque
 		call = c.up.Embed
 	case config.ProtocolTFServing:
 		call = c.up.Predict
+	}
+	if c.isGRPC != nil && c.isGRPC(endpoint) {
+		call = c.grpc.Infer
 	}
 	return retryOverloaded(ctx, endpoint, func() (upstream.Reply, error) {
 		start := time.Now()

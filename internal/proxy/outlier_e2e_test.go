@@ -64,10 +64,11 @@ func TestOutlierEjectedFromDataPath(t *testing.T) {
 }
 
 // TestOutlierSettingsFromTheFile: the file's outlier_detection reaches the
-// health table; consecutive_failures 0 turns it off; a Config built in
+// health table; consecutive_failures 0 and enforcing_failure_percentage 0
+// turn their ejections off; a Config built in
 // code (zero value) takes the defaults.
 func TestOutlierSettingsFromTheFile(t *testing.T) {
-	cfg, err := config.Parse("t.yaml", []byte(`outlier_detection: {consecutive_failures: 0, base_ejection_time: 2s, max_ejection_percent: 50}
+	cfg, err := config.Parse("t.yaml", []byte(`outlier_detection: {consecutive_failures: 0, base_ejection_time: 2s, max_ejection_percent: 50, enforcing_failure_percentage: 0, failure_percentage_threshold: 60}
 models:
   - name: p
     versions: [{version: "1", endpoints: [{address: 127.0.0.1:1}]}]
@@ -75,7 +76,8 @@ models:
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := health.Outlier{ConsecutiveFailures: -1, BaseEjectionTime: 2 * time.Second, MaxEjectionTime: 300 * time.Second, MaxEjectionPercent: 50}
+	want := health.Outlier{ConsecutiveFailures: -1, BaseEjectionTime: 2 * time.Second, MaxEjectionTime: 300 * time.Second, MaxEjectionPercent: 50,
+		Interval: 10 * time.Second, FailurePercentageThreshold: 60, FailurePercentageMinimumHosts: 5, FailurePercentageRequestVolume: 50, EnforcingFailurePercentage: -1}
 	if got := outlierOf(cfg); got != want {
 		t.Errorf("outlierOf = %+v, want %+v", got, want)
 	}

@@ -73,6 +73,7 @@ type Config struct {
 type Proxy struct {
 	cfg      Config
 	up       *upstream.Client
+	grpcUp   *upstream.GRPC // the endpoints of protocol grpc
 	st       atomic.Pointer[state]
 	applyMu  sync.Mutex     // serialises Apply and Drain
 	retiring sync.WaitGroup // lanes draining after a configuration change
@@ -124,11 +125,12 @@ func New(cfg Config) (*Proxy, error) {
 	p := &Proxy{
 		cfg:     cfg,
 		up:      upstream.New(cfg.Upstream),
+		grpcUp:  &upstream.GRPC{MaxMessageBytes: cfg.Upstream.MaxResponseBytes, Timeout: cfg.Upstream.Timeout},
 		tracing: cfg.Tracer != nil,
 		body:    &bodyBudget{limit: int64(cfg.MaxBodyBytesInFlight)},
 	}
 	p.health = health.New(health.Config{
-		Probe: p.up.Probe, Timeout: cfg.Upstream.ProbeTimeout, Interval: cfg.ProbeInterval,
+		Probe: p.probe, Timeout: cfg.Upstream.ProbeTimeout, Interval: cfg.ProbeInterval,
 		OnChange: p.healthChanged, Logger: cfg.Logger, Peers: p.peers, Outlier: outlierOf(cfg.Models),
 	})
 	var err error
@@ -188,7 +190,7 @@ func (p *Proxy) Drain(ctx context.Context) error {
 }
 
 // Close releases the upstream connections.
-func (p *Proxy) Close() { p.up.Close() }
+func (p *Proxy) Close() { p.up.Close(); p.grpcUp.Close() }
 
 // ready returns "" when ready, or why not.
 func (p *Proxy) ready() string {

@@ -33,6 +33,7 @@ type state struct {
 	cfg    *config.Config
 	models map[string]*model
 	names  []string
+	grpc   map[string]bool // addresses of the endpoints served over gRPC
 }
 
 // Apply swaps in a new configuration (from xDS). Versions whose settings
@@ -97,7 +98,7 @@ func (p *Proxy) buildState(cfg *config.Config, old *state) (*state, []func(), er
 	if cfg.Weights == config.WeightsAdaptive && !p.cfg.AllowAdaptive {
 		return nil, nil, errors.New("proxy: weights: adaptive needs the control plane's load reports: run the sidecar with -xds, or use weights: static")
 	}
-	st := &state{cfg: cfg, models: make(map[string]*model)}
+	st := &state{cfg: cfg, models: make(map[string]*model), grpc: grpcEndpoints(cfg)}
 	var reweigh []func()
 	for i, mc := range cfg.Models {
 		if mc.Cache.Enabled && !mc.Batching.Enabled() {
@@ -125,13 +126,15 @@ func (p *Proxy) buildState(cfg *config.Config, old *state) (*state, []func(), er
 					eps[k] = batch.Endpoint{Address: e.Address, Weight: e.Weight, Slots: e.Slots}
 				}
 				c := &caller{up: p.up, m: p.m, model: mc.Name, prop: p.cfg.Propagator, protocol: mc.Protocol,
-					load: p.cfg.Load, cluster: config.ClusterName(mc.Name, vc.Version), health: p.health}
+					load: p.cfg.Load, cluster: config.ClusterName(mc.Name, vc.Version), health: p.health,
+					grpc: p.grpcUp, isGRPC: p.isGRPC}
 				adaptive := cfg.Weights == config.WeightsAdaptive
 				var err error
 				v.lane, err = batch.NewLane(batch.Config{
 					Model: mc.Name, Version: vc.Version,
 					MaxBatchSize: mc.Batching.MaxBatchSize, MaxQueueDelay: mc.Batching.MaxQueueDelay,
 					MaxQueueSize: mc.Batching.MaxQueueSize, Timeout: mc.Batching.Timeout, Endpoints: eps,
+					Policy: batchPolicy(mc.Batching.Policy),
 					Caller: c, Tracer: p.cfg.Tracer, AdaptiveSlots: adaptive, Health: p.health,
 					Meter: p.cfg.Meter, Picker: p.newPicker(vc, uint64(i*1000+j+1)),
 				})
@@ -227,17 +230,27 @@ func (p *Proxy) versionsAvailable() []versionAvailable {
 }
 
 // outlierOf returns cfg's outlier detection settings for the health
-// table: the zero value is the defaults, consecutive_failures 0 is off.
+// table: the zero value is the defaults; consecutive_failures 0 and
+// enforcing_failure_percentage 0 turn their ejections off.
 func outlierOf(cfg *config.Config) health.Outlier {
 	if cfg == nil || cfg.OutlierDetection == (config.OutlierDetection{}) {
 		return health.Outlier{}
 	}
 	o := cfg.OutlierDetection
-	n := o.ConsecutiveFailures
-	if n == 0 {
-		n = -1
+	off := func(n int) int {
+		if n == 0 {
+			return -1
+		}
+		return n
 	}
-	return health.Outlier{ConsecutiveFailures: n, BaseEjectionTime: o.BaseEjectionTime, MaxEjectionTime: o.MaxEjectionTime, MaxEjectionPercent: o.MaxEjectionPercent}
+	return health.Outlier{
+		ConsecutiveFailures: off(o.ConsecutiveFailures), BaseEjectionTime: o.BaseEjectionTime,
+		MaxEjectionTime: o.MaxEjectionTime, MaxEjectionPercent: o.MaxEjectionPercent,
+		Interval: o.Interval, FailurePercentageThreshold: o.FailurePercentageThreshold,
+		FailurePercentageMinimumHosts:  o.FailurePercentageMinimumHosts,
+		FailurePercentageRequestVolume: o.FailurePercentageRequestVolume,
+		EnforcingFailurePercentage:     off(o.EnforcingFailurePercentage),
+	}
 }
 
 // laneEndpoint is one endpoint of one lane.
@@ -258,4 +271,13 @@ func (st *state) eachLane(f func(laneEndpoint)) {
 			}
 		}
 	}
+}
+
+// batchPolicy is the lane policy of a batching.batch_policy value; "" (a
+// Config built in code) is the default.
+func batchPolicy(p string) batch.Policy {
+	if p == "" {
+		p = config.DefaultBatchPolicy
+	}
+	return batch.Policy(p)
 }

@@ -9,7 +9,7 @@
 //
 //  1. /readyz fails, so that the pod leaves its Service's endpoints;
 //  2. the inference listener stops accepting and waits for the requests in
-//     progress (bounded by DrainTimeout);
+//     progress, HTTP and gRPC (bounded by DrainTimeout);
 //  3. the prober, xDS and LRS stop, so that no configuration changes;
 //  4. every lane answers its queued and in-flight rows;
 //  5. the admin listener closes and the upstream connections are released.
@@ -164,8 +164,10 @@ func (s *Sidecar) Run(ctx context.Context) error {
 		ln = cl
 		defer router.Close()
 	}
-	served := make(chan error, 2)
-	go func() { served <- srv.Serve(ln) }()
+	g := s.splitGRPC(ln)
+	served := make(chan error, 3)
+	go func() { served <- srv.Serve(g.split.HTTP1()) }()
+	g.serve(served)
 	go func() { served <- admin.Serve(aln) }()
 
 	// The background work stops before the lanes drain, so that no
@@ -187,22 +189,23 @@ func (s *Sidecar) Run(ctx context.Context) error {
 	select {
 	case err := <-served:
 		stop()
+		g.stop()
 		_ = srv.Shutdown()
 		_ = admin.Shutdown()
 		return fmt.Errorf("sidecar: listener failed: %w", err)
 	case <-ctx.Done():
 	}
-	return s.drain(srv, admin, cl, stop)
+	return s.drain(srv, admin, cl, g, stop)
 }
 
 // drain is steps 1-5 of the package comment.
-func (s *Sidecar) drain(srv, admin *fasthttp.Server, cl *capture.Listener, stopBackground func()) error {
+func (s *Sidecar) drain(srv, admin *fasthttp.Server, cl *capture.Listener, g *grpcListener, stopBackground func()) error {
 	s.cfg.Logger.Info("draining", "timeout", s.cfg.DrainTimeout)
 	s.proxy.StartDrain()
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.DrainTimeout)
 	defer cancel()
 	var errs []error
-	errs = append(errs, srv.ShutdownWithContext(ctx))
+	errs = append(errs, g.drain(ctx), srv.ShutdownWithContext(ctx))
 	if cl != nil {
 		errs = append(errs, cl.Shutdown(ctx))
 	}

@@ -2,6 +2,7 @@ package xdsclient
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -13,6 +14,7 @@ import (
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/batchmesh/batchmesh/internal/config"
@@ -27,9 +29,14 @@ const (
 // Config configures a Client.
 type Config struct {
 	// Server is the host:port of the control plane's ADS service. Required.
-	// The connection is plain text (insecure credentials): the control
-	// plane is expected on loopback or behind the pod's network policy.
+	// Without TLS the connection is plain text: the control plane is then
+	// expected on loopback or behind the pod's network policy.
 	Server string
+
+	// TLS, when set, returns the TLS config of each new connection (ADS
+	// and LRS), called at every reconnection so that rotated files are
+	// used (see package tlsfiles). Nil is plain text.
+	TLS func() *tls.Config
 
 	// NodeID, NodeCluster and Zone describe this sidecar in every request:
 	// node.id, node.cluster (the control plane's node group) and
@@ -163,7 +170,7 @@ func (c *Client) Run(ctx context.Context, apply ApplyFunc) error {
 // stream runs one ADS stream until it fails or ctx ends. progress reports
 // whether it received a response.
 func (c *Client) stream(ctx context.Context, s *state) (progress bool, err error) {
-	conn, err := grpc.NewClient(c.cfg.Server, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := c.dial()
 	if err != nil {
 		return false, fmt.Errorf("xdsclient: %w", err)
 	}
@@ -185,6 +192,15 @@ func (c *Client) stream(ctx context.Context, s *state) (progress bool, err error
 	}
 	s.begin(sotwWire{node: c.node, send: st.Send})
 	return pump(ctx, cancel, s, st.Recv, s.receive)
+}
+
+// dial makes a connection to the control plane, over TLS when configured.
+func (c *Client) dial() (*grpc.ClientConn, error) {
+	creds := insecure.NewCredentials()
+	if c.cfg.TLS != nil {
+		creds = credentials.NewTLS(c.cfg.TLS())
+	}
+	return grpc.NewClient(c.cfg.Server, grpc.WithTransportCredentials(creds))
 }
 
 // pump sends the first requests of s, then receives responses with recv

@@ -12,8 +12,6 @@ import (
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	lrsv3 "github.com/envoyproxy/go-control-plane/envoy/service/load_stats/v3"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/batchmesh/batchmesh/internal/loadreport"
@@ -52,7 +50,7 @@ func (c *Client) RunLRS(ctx context.Context, agg *loadreport.Aggregator) error {
 }
 
 func (c *Client) lrsStream(ctx context.Context, agg *loadreport.Aggregator) (progress bool, err error) {
-	conn, err := grpc.NewClient(c.cfg.Server, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := c.dial()
 	if err != nil {
 		return false, fmt.Errorf("xdsclient: lrs: %w", err)
 	}

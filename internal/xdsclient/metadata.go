@@ -61,6 +61,7 @@ func clusterMetadata(c *cluster.Cluster) (*clusterMD, error) {
 		md.batching.MaxQueueSize = r.int(b, "max_queue_size", md.batching.MaxQueueSize)
 		md.batching.MaxQueueDelay = r.duration(b, "max_queue_delay", md.batching.MaxQueueDelay)
 		md.batching.Timeout = r.duration(b, "timeout", md.batching.Timeout)
+		md.batching.Policy = r.str(b, "batch_policy", md.batching.Policy)
 	}
 	if cm := r.sub(f, "cache"); cm != nil {
 		md.cache.Enabled = r.bool(cm, "enabled", md.cache.Enabled)

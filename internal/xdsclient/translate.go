@@ -84,7 +84,8 @@ func loadName(c *cluster.Cluster) string {
 // clusters) is not a half-built model. Versions of a routed model that no
 // route names get weight 0. The settings xDS does not carry take their
 // defaults: CacheBytes is config.DefaultCacheBytes; Weights is the
-// clusters' "weights" metadata (static when absent).
+// clusters' "weights" metadata (static when absent); OutlierDetection is
+// the clusters' outlier_detection (outlier.go).
 func translate(v *view) (*config.Config, error) {
 	if err := checkListener(v.listeners); err != nil {
 		return nil, err
@@ -105,7 +106,14 @@ func translate(v *view) (*config.Config, error) {
 	if err != nil {
 		return nil, err
 	}
-	return buildConfig(v.loads, rt, byVersion, unrouted)
+	cfg, err := buildConfig(v.loads, rt, byVersion, unrouted)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.OutlierDetection, err = outlierOfClusters(v.clusters, models); err != nil {
+		return nil, err
+	}
+	return cfg, nil
 }
 
 // versionKey names one version of one model.
@@ -302,6 +310,7 @@ func endpoints(cla *endpoint.ClusterLoadAssignment) ([]config.Endpoint, error) {
 			if s := lb.GetMetadata().GetFilterMetadata()[MetadataKey]; s != nil {
 				r := &mdReader{at: "endpoint " + addr + " of " + strconv.Quote(cla.GetClusterName())}
 				e.Slots = r.int(s.GetFields(), "slots", e.Slots)
+				e.Protocol = r.str(s.GetFields(), "protocol", e.Protocol)
 				if r.err != nil {
 					return nil, r.err
 				}

@@ -1,6 +1,7 @@
 package xdsclient
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"slices"
@@ -29,12 +30,12 @@ func testConfig(w1, w2, epWeight int) *config.Config {
 	bert := config.Model{
 		Name:     "bert",
 		Protocol: config.ProtocolV2,
-		Batching: config.Batching{MaxBatchSize: 32, MaxQueueSize: 100, MaxQueueDelay: 3 * time.Millisecond, Timeout: 2 * time.Second},
+		Batching: config.Batching{MaxBatchSize: 32, MaxQueueSize: 100, MaxQueueDelay: 3 * time.Millisecond, Policy: config.BatchPolicyTransit, Timeout: 2 * time.Second},
 		Cache:    config.Cache{Enabled: true, TTL: time.Minute, Granularity: config.GranularityRequest, Scope: config.ScopeTenant},
 		Versions: []config.Version{
 			{Version: "1", Weight: w1, Endpoints: []config.Endpoint{
 				{Address: "127.0.0.1:8000", Weight: epWeight, Slots: 2, Zone: "a"},
-				{Address: "127.0.0.1:8001", Weight: 1, Slots: 1, Zone: "b"},
+				{Address: "127.0.0.1:8001", Weight: 1, Slots: 1, Zone: "b", Protocol: config.EndpointGRPC},
 			}},
 			{Version: "2", Weight: w2, Endpoints: []config.Endpoint{{Address: "127.0.0.1:8002", Weight: 1, Slots: 1}}},
 			{Version: "3", Weight: 0, Endpoints: []config.Endpoint{{Address: "[::1]:8003", Weight: 5, Slots: 4, Zone: "a"}}},
@@ -52,7 +53,7 @@ func testConfig(w1, w2, epWeight int) *config.Config {
 
 // diffConfig compares what xDS carries of two configs: models, protocols,
 // batching and cache settings, versions and their weights, and endpoints
-// with weight, slots and zone (in any order; endpoints of weight 0, which
+// with weight, slots, zone and protocol (in any order; endpoints of weight 0, which
 // xDS leaves out, are ignored). It returns "" when they match.
 func diffConfig(got, want *config.Config) string {
 	norm := func(c *config.Config) string {
@@ -64,7 +65,7 @@ func diffConfig(got, want *config.Config) string {
 				var eps []string
 				for _, e := range v.Endpoints {
 					if e.Weight > 0 {
-						eps = append(eps, fmt.Sprintf("    %s weight %d slots %d zone %q\n", e.Address, e.Weight, e.Slots, e.Zone))
+						eps = append(eps, fmt.Sprintf("    %s weight %d slots %d zone %q protocol %q\n", e.Address, e.Weight, e.Slots, e.Zone, cmp.Or(e.Protocol, config.EndpointHTTP)))
 					}
 				}
 				slices.Sort(eps)

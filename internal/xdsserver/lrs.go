@@ -72,7 +72,12 @@ type LRSConfig struct {
 	// Hysteresis is the relative change of some weight below which no
 	// update is pushed; default DefaultHysteresis (10%).
 	Hysteresis float64
-	Logger     *slog.Logger
+	// RequireClientCert refuses a stream whose peer has no verified TLS
+	// client certificate, or whose first request's node id is not one of
+	// the certificate's identities (see AuthorizeNode). Set it when the
+	// gRPC server requires client certificates (mutual TLS).
+	RequireClientCert bool
+	Logger            *slog.Logger
 }
 
 // LRS serves envoy.service.load_stats.v3.LoadReportingService and, when the
@@ -346,6 +351,12 @@ func (l *LRS) StreamLoadStats(stream lrsv3.LoadReportingService_StreamLoadStatsS
 	first, err := stream.Recv()
 	if err != nil {
 		return err
+	}
+	if l.cfg.RequireClientCert {
+		if err := AuthorizeNode(stream.Context(), first.GetNode().GetId()); err != nil {
+			l.log.Warn("lrs report refused", "node", first.GetNode().GetId(), "err", err)
+			return err
+		}
 	}
 	l.mu.Lock()
 	var clusters []string

@@ -51,7 +51,8 @@ func ClusterName(model, version string) string { return config.ClusterName(model
 //
 //   - per model version, an EDS Cluster ClusterName(model, version) with
 //     LEAST_REQUEST and the batching and cache settings in
-//     metadata.filter_metadata["batchmesh"], and its ClusterLoadAssignment
+//     metadata.filter_metadata["batchmesh"], the file's outlier_detection
+//     in outlier_detection (outlier.go), and its ClusterLoadAssignment
 //     with one locality per zone;
 //   - the RouteConfiguration RouteName with one virtual host and, per model,
 //     routes to weighted_clusters over its versions;
@@ -98,6 +99,7 @@ func Resources(cfg *config.Config) (map[resource.Type][]types.Resource, error) {
 			if err != nil {
 				return nil, err
 			}
+			c.OutlierDetection = outlierDetection(cfg.OutlierDetection)
 			clusters = append(clusters, c)
 			loads = append(loads, loadAssignment(m, v))
 		}
@@ -277,6 +279,7 @@ func modelCluster(cfg *config.Config, m *config.Model, v *config.Version) (*clus
 			"max_batch_size":  m.Batching.MaxBatchSize,
 			"max_queue_size":  m.Batching.MaxQueueSize,
 			"max_queue_delay": m.Batching.MaxQueueDelay.String(),
+			"batch_policy":    m.Batching.Policy,
 			"timeout":         m.Batching.Timeout.String(),
 		},
 		"cache": map[string]any{
@@ -332,6 +335,9 @@ func lbEndpoint(e config.Endpoint) *endpoint.LbEndpoint {
 	host, portStr, _ := net.SplitHostPort(e.Address)
 	port, _ := strconv.ParseUint(portStr, 10, 16)
 	md := &structpb.Struct{Fields: map[string]*structpb.Value{"slots": structpb.NewNumberValue(float64(e.Slots))}}
+	if e.Protocol == config.EndpointGRPC {
+		md.Fields["protocol"] = structpb.NewStringValue(e.Protocol) // absent: http
+	}
 	return &endpoint.LbEndpoint{
 		HostIdentifier: &endpoint.LbEndpoint_Endpoint{Endpoint: &endpoint.Endpoint{
 			Address: &core.Address{Address: &core.Address_SocketAddress{SocketAddress: &core.SocketAddress{

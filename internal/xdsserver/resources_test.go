@@ -27,7 +27,7 @@ import (
 const splitYAML = `
 models:
   - name: bert
-    batching: {max_batch_size: 32, max_queue_delay: 3ms, max_queue_size: 100, timeout: 2s}
+    batching: {max_batch_size: 32, max_queue_delay: 3ms, max_queue_size: 100, batch_policy: transit, timeout: 2s}
     cache: {enabled: true, ttl: 5m, scope: tenant}
     versions:
       - version: "1"
@@ -261,6 +261,7 @@ func TestResourcesMetadata(t *testing.T) {
 		{"batching.max_queue_size", b["max_queue_size"], 100.0},
 		{"batching.max_queue_delay", b["max_queue_delay"], "3ms"},
 		{"batching.timeout", b["timeout"], "2s"},
+		{"batching.batch_policy", b["batch_policy"], "transit"},
 		{"cache.enabled", ch["enabled"], true},
 		{"cache.ttl", ch["ttl"], "5m0s"},
 		{"cache.granularity", ch["granularity"], "row"},

@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# The batching and pass-through comparison of docs/batching.md, all in one
+# run on one machine, so that its ratios are fair even on a busy machine:
+#
+#   examples/bench/batching.sh            # the whole table (about 5 minutes)
+#   DURATION=3s examples/bench/batching.sh closed open   # some parts only
+#
+# Parts: closed (closed-loop one-row clients 1, 16, 64), open (Poisson
+# arrivals at 1000, 2000, 2600 rows/s), bert (sim:h200/bert-base, 256
+# clients, vs the runtime's own best batched rate), pass (batching off, a
+# zero-cost runtime, vs nginx when installed). Systems in front of one
+# simulated runtime (5ms + 0.2ms per row, one batch at a time): direct
+# calls, the textbook batcher (examples/bench/textbook: max 32 rows, 10ms),
+# and the sidecar with max_batch_size 64 under batch_policy transit (the
+# earlier rule) and cohort (the default). Builds what it needs; listens on
+# 127.0.0.1 only; stops everything it started.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+
+DURATION=${DURATION:-5s}
+BIN=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$BIN"' EXIT
+go build -o "$BIN/" ./model ./sidecar ./examples/bench ./examples/bench/textbook
+RT=127.0.0.1:18830 RT0=127.0.0.1:18831 RTB=127.0.0.1:18832
+TB=127.0.0.1:18840 NGX=127.0.0.1:18841
+declare -A SC=([transit]=127.0.0.1:18850 [cohort]=127.0.0.1:18852 [pass]=127.0.0.1:18854 [bert]=127.0.0.1:18856)
+
+wait_ready() { # URL
+	for _ in $(seq 150); do
+		curl -fs "$1" >/dev/null 2>&1 && return 0
+		sleep 0.1
+	done
+	echo "not ready: $1" >&2
+	return 1
+}
+
+sidecar() { # NAME RUNTIME MAX_BATCH POLICY
+	local listen=${SC[$1]} admin
+	admin=${listen%:*}:$((${listen##*:} + 1))
+	cat >"$BIN/$1.yaml" <<YAML
+models:
+  - name: m
+    batching: {max_batch_size: $3, max_queue_size: 100000, batch_policy: $4, timeout: 30s}
+    versions: [{version: "1", endpoints: [{address: "$2", slots: 1}]}]
+YAML
+	"$BIN/sidecar" -config "$BIN/$1.yaml" -listen "$listen" -admin "$admin" -log-level warn >"$BIN/$1.log" 2>&1 &
+	wait_ready "http://$admin/readyz"
+}
+
+# measure LABEL HOSTPORT [bench flags...]: one run, one table row.
+measure() {
+	local label=$1 target=$2 out
+	shift 2
+	out=$("$BIN/bench" -target "http://$target/v2/models/m/infer" -duration "$DURATION" -timeout 30s -json "$@" 2>/dev/null) || {
+		echo "| $label | (failed) |"
+		return
+	}
+	field() { echo "$out" | sed -n "s/.*\"$1\": *\([0-9.e+-]*\).*/\1/p" | head -1; }
+	local rps p50 p99 p999 errs batch off drop
+	rps=$(field rows_per_sec) p50=$(field p50_ns) p99=$(field p99_ns) p999=$(field p999_ns)
+	errs=$(field errors) batch=$(field mean_batch_rows) off=$(field offered_per_sec) drop=$(field dropped)
+	awk -v l="$label" -v r="$rps" -v a="$p50" -v b="$p99" -v c="$p999" -v e="$errs" -v m="$batch" -v o="${off:-}" -v d="${drop:-0}" 'BEGIN {
+		printf "| %s | %s%.0f | %.2f | %.2f | %.2f | %d%s | %s |\n", l, (o == "" ? "" : sprintf("%.0f → ", o)), r, a / 1e6, b / 1e6, c / 1e6, e,
+			(o == "" ? "" : sprintf(", %d dropped", d)), (m > 0 ? sprintf("%.1f", m) : "-") }'
+}
+
+header() {
+	echo
+	echo "### $1"
+	echo
+	echo "| system | rows/s | p50 ms | p99 ms | p999 ms | errors | batch |"
+	echo "|---|---|---|---|---|---|---|"
+}
+
+start_linear() {
+	"$BIN/model" -listen "$RT" -model m=sim:linear/5ms+200us -slots 1 >"$BIN/model.log" 2>&1 &
+	wait_ready "http://$RT/v2/health/ready"
+	"$BIN/textbook" -listen "$TB" -upstream "$RT" -max-batch 32 -max-wait 10ms >"$BIN/textbook.log" 2>&1 &
+	wait_ready "http://$TB/v2/health/ready"
+	sidecar transit "$RT" 64 transit
+	sidecar cohort "$RT" 64 cohort
+}
+
+part_closed() {
+	header "Closed loop: one-row clients, sim:linear/5ms+200us, 1 slot"
+	for c in 1 16 64; do
+		measure "direct, $c clients" "$RT" -clients "$c"
+		measure "textbook (32, 10ms), $c clients" "$TB" -clients "$c"
+		measure "sidecar transit, $c clients" "${SC[transit]}" -clients "$c"
+		measure "sidecar cohort, $c clients" "${SC[cohort]}" -clients "$c"
+	done
+}
+
+part_open() {
+	header "Open loop: Poisson one-row arrivals, sim:linear/5ms+200us, 1 slot (rows/s: offered → served)"
+	for r in 1000 2000 2600; do
+		measure "textbook (32, 10ms), $r/s" "$TB" -rate "$r"
+		measure "sidecar transit, $r/s" "${SC[transit]}" -rate "$r"
+		measure "sidecar cohort, $r/s" "${SC[cohort]}" -rate "$r"
+	done
+}
+
+part_bert() {
+	"$BIN/model" -listen "$RTB" -model m=sim:h200/bert-base -slots 1 >"$BIN/model-bert.log" 2>&1 &
+	wait_ready "http://$RTB/v2/health/ready"
+	sidecar bert "$RTB" 64 cohort
+	header "sim:h200/bert-base, 1 slot: 256 one-row clients through the sidecar vs the runtime's best (64-row requests)"
+	measure "sidecar cohort, 256 clients" "${SC[bert]}" -clients 256
+	measure "direct, 64-row requests, 2 clients" "$RTB" -clients 2 -rows 64
+}
+
+part_pass() {
+	"$BIN/model" -listen "$RT0" -model m=sim:linear/0s+0s -slots 64 >"$BIN/model0.log" 2>&1 &
+	wait_ready "http://$RT0/v2/health/ready"
+	sidecar pass "$RT0" 0 cohort
+	local nginx=
+	if command -v nginx >/dev/null; then
+		mkdir -p "$BIN/nginx"
+		cat >"$BIN/nginx/nginx.conf" <<NGINX
+worker_processes 2;
+daemon off;
+pid $BIN/nginx/nginx.pid;
+error_log $BIN/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $BIN/nginx/body;
+  proxy_temp_path $BIN/nginx/proxy;
+  keepalive_requests 1000000;
+  upstream rt { server $RT0; keepalive 256; keepalive_requests 1000000; }
+  proxy_http_version 1.1;
+  proxy_set_header Connection "";
+  server { listen $NGX; location / { proxy_pass http://rt; } }
+}
+NGINX
+		nginx -c "$BIN/nginx/nginx.conf" -p "$BIN/nginx" >"$BIN/nginx.log" 2>&1 &
+		wait_ready "http://$NGX/v2/health/ready" && nginx=$NGX
+	fi
+	header "Pass-through: batching off, zero-cost runtime"
+	for c in 64 1; do
+		measure "direct, $c clients" "$RT0" -clients "$c"
+		measure "sidecar pass-through, $c clients" "${SC[pass]}" -clients "$c"
+		if [ -n "$nginx" ]; then
+			measure "nginx, $c clients" "$nginx" -clients "$c"
+		else
+			echo "| nginx, $c clients | (not installed: apt-get install nginx-light) |"
+		fi
+	done
+}
+
+parts=("$@")
+((${#parts[@]})) || parts=(closed open bert pass)
+echo "batching.sh: $(date -u +%FT%TZ), $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg), DURATION $DURATION"
+case " ${parts[*]} " in *" closed "* | *" open "*) start_linear ;; esac
+for p in "${parts[@]}"; do
+	"part_$p"
+done
+echo
+echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
