@@ -2,11 +2,18 @@ package proxy
 
 import (
 	"fmt"
+	"net"
 	"net/http"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
 	"github.com/batchmesh/batchmesh/internal/config"
+	"github.com/batchmesh/batchmesh/internal/grpcapi"
 	"github.com/batchmesh/batchmesh/internal/modelrt"
 )
 
@@ -43,5 +50,51 @@ func TestVersionFailover(t *testing.T) {
 	}
 	if r, _, _ := send(sc.url+"/v2/models/b/versions/2/infer", rowsRequest(1, 3, 0, 0), false, nil); r.status != http.StatusServiceUnavailable {
 		t.Errorf("a request naming the dead version 2: %d %s, want 503", r.status, r.body)
+	}
+}
+
+// TestVersionFailoverGRPC is TestVersionFailover for gRPC ModelInfer calls.
+func TestVersionFailoverGRPC(t *testing.T) {
+	v1 := startRuntime(t, modelrt.Config{}, "b=sim:linear/1ms+0s")
+	v2 := startRuntime(t, modelrt.Config{Version: "2"}, "b=sim:linear/1ms+0s")
+	cfg, err := config.Parse("t.yaml", fmt.Appendf(nil, `models:
+  - name: b
+    batching: {max_batch_size: 8, max_queue_delay: 1ms, timeout: 5s}
+    versions: [{version: "1", weight: 1, endpoints: [{address: %s}]}, {version: "2", weight: 100000, endpoints: [{address: %s}]}]
+`, v1.addr, v2.addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := startSidecarConfig(t, Config{Models: cfg, ProbeInterval: time.Hour})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := sc.p.NewGRPCServer()
+	go func() { _ = gs.Serve(ln) }()
+	t.Cleanup(gs.Stop)
+	cc, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cc.Close() })
+	client := grpcapi.NewGRPCInferenceServiceClient(cc)
+	call := func(i int, version string) (*grpcapi.ModelInferResponse, error) {
+		req := rowsRequest(1, 3, 0, i)
+		in := codecToGRPC(&req)
+		in.ModelName, in.ModelVersion = "b", version
+		return client.ModelInfer(t.Context(), in)
+	}
+	if out, err := call(0, ""); err != nil || out.GetModelVersion() != "2" {
+		t.Fatalf("before the failure: %v (version %q), want an answer from version 2", err, out.GetModelVersion())
+	}
+	v2.stop()
+	for i := range 10 {
+		if out, err := call(i, ""); err != nil || out.GetModelVersion() != "1" {
+			t.Errorf("call %d with version 2 dead: %v (version %q), want an answer from version 1", i, err, out.GetModelVersion())
+		}
+	}
+	if _, err := call(0, "2"); status.Code(err) != codes.Unavailable {
+		t.Errorf("a call naming the dead version 2: %v, want Unavailable", err)
 	}
 }
