@@ -187,6 +187,30 @@ func TestSlowHeaders(t *testing.T) {
 	t.Logf("a client sending 1 byte/s was cut after %v (-header-timeout %v)", cut.Round(time.Millisecond), headerTimeout)
 }
 
+// TestSilentConnection: a connection that sends nothing at all is closed,
+// quietly, once -header-timeout has passed since it opened.
+func TestSilentConnection(t *testing.T) {
+	h := newHostileRig(t, "-header-timeout", headerTimeout.String())
+	c, err := net.Dial("tcp", h.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	start := time.Now()
+	_ = c.SetReadDeadline(time.Now().Add(headerTimeout + 30*time.Second))
+	got, err := io.ReadAll(c)
+	cut := time.Since(start)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		t.Fatalf("the silent connection was not closed in %v (header timeout %v)", cut, headerTimeout)
+	}
+	const slack = 3 * time.Second
+	if cut < headerTimeout || cut > headerTimeout+slack || len(got) != 0 {
+		t.Errorf("the silent connection was closed after %v with %q; want it closed quietly between the header timeout %v and %v",
+			cut, got, headerTimeout, headerTimeout+slack)
+	}
+}
+
 // TestIdleCloseIsQuiet: a keep-alive connection left idle past
 // -idle-timeout is closed without an unsolicited response.
 func TestIdleCloseIsQuiet(t *testing.T) {

@@ -179,7 +179,7 @@ var runtimeListening = regexp.MustCompile(`msg=listening addr=(\S+)`)
 // picks, with extra flags, and waits until it is ready.
 func startRuntime(t *testing.T, extra ...string) *runtime {
 	t.Helper()
-	flags := append([]string{"-model", simModel, "-slots", "2", "-drain-timeout", "5s"}, extra...)
+	flags := append([]string{"-model", simModel, "-slots", "2", "-drain-timeout", "5s", "-grpc-listen", "off"}, extra...)
 	p := startProc(t, "model", append([]string{"-listen", "127.0.0.1:0"}, flags...)...)
 	r := &runtime{addr: p.waitLog(t, runtimeListening)[1], proc: p}
 	r.args = append([]string{"-listen", r.addr}, flags...)
