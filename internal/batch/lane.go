@@ -121,6 +121,11 @@ type Config struct {
 	// between 1 and its Slots from the runtime's reported queue (weights:
 	// adaptive); without it the declared Slots are the limit.
 	AdaptiveSlots bool
+	// Hedge, RetryBudget and Breakers: see their types (hedge.go,
+	// budget.go, breaker.go). The zero values are the defaults.
+	Hedge       Hedge
+	RetryBudget RetryBudget
+	Breakers    Breakers
 }
 
 // Request is one caller's rows as the lane sees them. Inputs must be valid
@@ -162,6 +167,8 @@ type Lane struct {
 	timerAt time.Time
 	closed  bool
 	running int           // batches in flight
+	retries int           // hedges and retries in flight (the retry budget's count)
+	open    [len(breakerNames)]bool
 	idle    chan struct{} // closed and renewed when running and queued reach 0 while closed
 }
 
@@ -174,6 +181,7 @@ type endpoint struct {
 	rows     int         // rows in flight
 	starts   []time.Time // start of each batch in flight
 	latency  time.Duration
+	tail     latencyTail // for the hedge delay
 	batches  int64
 	failures int64
 }
@@ -185,6 +193,12 @@ type laneMetrics struct {
 	batchRows  metric.Int64Histogram
 	shed       metric.Int64Counter
 	shedAttrs  map[string]metric.MeasurementOption
+
+	hedges        metric.Int64Counter
+	hedgeAttrs    map[string]metric.MeasurementOption
+	retryOverflow metric.Int64Counter
+	circuitOpen   metric.Int64Gauge
+	breakerAttrs  [len(breakerNames)]metric.MeasurementOption
 }
 
 // NewLane validates cfg and builds a lane. It starts no goroutine: batches
@@ -200,6 +214,7 @@ func NewLane(cfg Config) (*Lane, error) {
 	if cfg.Timeout == 0 {
 		cfg.Timeout = 30 * time.Second
 	}
+	cfg.Hedge, cfg.RetryBudget = cfg.Hedge.withDefaults(), cfg.RetryBudget.withDefaults()
 	if cfg.MaxBatchSize < 0 || cfg.MaxQueueSize < 0 || cfg.MaxQueueDelay < 0 {
 		return nil, fmt.Errorf("batch: model %q: negative batch size, queue size or delay", cfg.Model)
 	}
@@ -243,6 +258,7 @@ func NewLane(cfg Config) (*Lane, error) {
 	for _, o := range l.m.shedAttrs {
 		l.m.shed.Add(context.Background(), 0, o)
 	}
+	l.m.zero()
 	return l, nil
 }
 
@@ -271,7 +287,7 @@ func newLaneMetrics(m metric.Meter, model string) (laneMetrics, error) {
 			return lm, fmt.Errorf("batch: metrics: %w", err)
 		}
 	}
-	return lm, nil
+	return lm, newResilienceMetrics(m, model, &lm)
 }
 
 // Shed reasons, the values of batchmesh_shed_total's reason label.
