@@ -301,9 +301,12 @@ func TestNoHedgePastDeadline(t *testing.T) {
 func TestRetryBudget(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		l, f, _, reader := hedgeLane(t, Config{RetryBudget: RetryBudget{Percent: 1, MinConcurrency: 1}})
+		synctest.Wait() // the warm-up's batches have ended
+		l.mu.Lock()
 		l.eps = append(l.eps, &endpoint{Endpoint: Endpoint{Address: "c", Weight: 1, Slots: 1}, healthy: true, limit: 1})
 		l.loads = make([]inference.EndpointLoad, 3)
 		l.cfg.Picker = leastLoaded{} // the batches go to a and b, both hedges would go to c
+		l.mu.Unlock()
 		f.latency["c"] = 10 * time.Millisecond
 		f.set("a", -1)
 		f.set("b", -1)
@@ -346,7 +349,10 @@ func TestRetryAfterFailure(t *testing.T) {
 func TestBreakerMaxBatches(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		l, f, _, reader := hedgeLane(t, Config{})
+		synctest.Wait()
+		l.mu.Lock()
 		l.cfg.Breakers = Breakers{MaxBatches: 1} // after the warm-up, which needs both at once
+		l.mu.Unlock()
 		before := len(f.sent())
 		one := submit(t.Context(), l, newRequest(1, 1))
 		synctest.Wait()
