@@ -84,15 +84,15 @@ func (l *Lane) hedgeDelayLocked(e *endpoint) time.Duration {
 
 // attempt is one send of a batch to one endpoint.
 type attempt struct {
-	ep      *endpoint
-	start   time.Time
-	extra   bool // a hedge or a retry: it holds a share of the retry budget
-	cancel  context.CancelFunc
+	ep     *endpoint
+	start  time.Time
+	extra  bool // a hedge or a retry: it holds a share of the retry budget
+	cancel context.CancelFunc
 	// dropped: the lane gave up on it, its answer is ignored; returned:
 	// its answer is in (both guarded by l.mu).
 	dropped, returned bool
-	outs    []inference.Tensor
-	err     error
+	outs              []inference.Tensor
+	err               error
 }
 
 // retriable reports whether err may be cured by another endpoint.

@@ -166,8 +166,8 @@ type Lane struct {
 	timer   *time.Timer
 	timerAt time.Time
 	closed  bool
-	running int           // batches in flight
-	retries int           // hedges and retries in flight (the retry budget's count)
+	running int // batches in flight
+	retries int // hedges and retries in flight (the retry budget's count)
 	open    [len(breakerNames)]bool
 	idle    chan struct{} // closed and renewed when running and queued reach 0 while closed
 }
