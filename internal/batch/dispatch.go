@@ -252,7 +252,7 @@ func (l *Lane) finishLocked(ep *endpoint, b *batch, start time.Time, err error) 
 // piece its answer. It owns the batch until every piece is answered or
 // failed.
 func (l *Lane) run(b *batch, ep *endpoint, start time.Time) {
-	outs, err, ep := l.send(b, ep, start)
+	outs, ep, err := l.send(b, ep, start)
 	if err != nil && errors.Is(err, inference.ErrInvalid) && len(b.pieces) > 1 {
 		l.bisect(b, ep, err, 2)
 	} else {

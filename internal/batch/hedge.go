@@ -107,7 +107,7 @@ func retriable(err error) bool {
 // (its slot freed at once; the HTTP call runs until the batch's deadline,
 // since the upstream client cannot abandon a call it began). It returns the
 // winning answer and endpoint.
-func (l *Lane) send(b *batch, ep *endpoint, start time.Time) ([]inference.Tensor, error, *endpoint) {
+func (l *Lane) send(b *batch, ep *endpoint, start time.Time) ([]inference.Tensor, *endpoint, error) {
 	done := make(chan *attempt, 2)
 	first := l.launch(b, &attempt{ep: ep, start: start}, 1, done)
 	live := []*attempt{first}
@@ -143,7 +143,7 @@ func (l *Lane) send(b *batch, ep *endpoint, start time.Time) ([]inference.Tensor
 				continue // the other attempt may still answer
 			}
 			l.drop(b, live, a, tries > 1)
-			return a.outs, a.err, a.ep
+			return a.outs, a.ep, a.err
 		}
 	}
 }

@@ -154,11 +154,10 @@ func (l *Lane) admit(p *pending, now time.Time) error {
 // could all be answered if dispatched from now: the batches already in
 // flight on healthy endpoints come first (counted whole: how far the
 // running ones are is not known), then every queued batch full, every
-// healthy slot busy, each batch taking the best endpoint's recent latency
-// plus two deviations (latencyTail), so that a runtime's jitter does not
-// turn admitted requests into 504s. Counting the batches in flight keeps
-// it from admitting a request that would wait out its deadline behind
-// them. Zero when no latency is known yet.
+// healthy slot busy, at the best recent latency. Counting the batches in
+// flight keeps it from admitting a request that would wait out its
+// deadline behind them (a 504 under overload). Zero when no latency is
+// known yet.
 func (l *Lane) earliestFinishLocked(now time.Time, rows int) time.Time {
 	lat := l.bestLatencyLocked()
 	if lat <= 0 {
@@ -167,18 +166,6 @@ func (l *Lane) earliestFinishLocked(now time.Time, rows int) time.Time {
 	batches := (rows+l.cfg.MaxBatchSize-1)/l.cfg.MaxBatchSize + l.inFlightLocked()
 	rounds := (batches + l.slotsLocked() - 1) / l.slotsLocked()
 	return now.Add(time.Duration(rounds) * lat)
-}
-
-// admissionLatencyLocked is the lowest mean + 2 deviations of a healthy
-// endpoint's batch latency, 0 when none is known.
-func (l *Lane) admissionLatencyLocked() time.Duration {
-	var best time.Duration
-	for _, e := range l.eps {
-		if lat := e.tail.mean + 2*e.tail.dev; e.healthy && e.tail.mean > 0 && (best == 0 || lat < best) {
-			best = lat
-		}
-	}
-	return best
 }
 
 // inFlightLocked is the batches in flight on healthy endpoints.
