@@ -373,3 +373,56 @@ func TestBreakerMaxBatches(t *testing.T) {
 		}
 	})
 }
+
+// TestBreakerEndpointBounds: endpoint_max_batches below an endpoint's
+// slots, and row bounds, hold batches in the queue until one ends.
+func TestBreakerEndpointBounds(t *testing.T) {
+	tests := []struct {
+		name     string
+		breakers Breakers
+		rows     int             // rows per request; three requests in three groups
+		wantGaps []time.Duration // between the batches' sends
+		open     string          // the breaker seen open
+	}{
+		{name: "endpoint max batches", breakers: Breakers{EndpointMaxBatches: 1}, rows: 1, wantGaps: []time.Duration{10 * time.Millisecond, 10 * time.Millisecond}, open: breakerEndpointBatches},
+		{name: "endpoint max rows", breakers: Breakers{EndpointMaxRows: 4}, rows: 4, wantGaps: []time.Duration{10 * time.Millisecond, 10 * time.Millisecond}, open: breakerEndpointRows},
+		{name: "max rows", breakers: Breakers{MaxRows: 5}, rows: 4, wantGaps: []time.Duration{0, 10 * time.Millisecond}, open: breakerRows},
+		{name: "none", rows: 4, wantGaps: []time.Duration{0, 0}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				f := newFakeCaller(map[string]time.Duration{"a": 10 * time.Millisecond})
+				reader := sdkmetric.NewManualReader()
+				l := newTestLane(t, Config{Breakers: tt.breakers, Endpoints: []Endpoint{{Address: "a", Slots: 4}},
+					Meter: sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader)).Meter("t")}, f)
+				var outs []<-chan outcome
+				for i := range 3 {
+					outs = append(outs, submit(t.Context(), l, &Request{Inputs: newRequest(i, tt.rows).Inputs, Rows: tt.rows, Group: itoa(i)}))
+					synctest.Wait()
+				}
+				if tt.open != "" {
+					if got := counters(t, reader, "batchmesh_circuit_open", "breaker"); got[tt.open] != 1 {
+						t.Errorf("batchmesh_circuit_open while held = %v, want %s 1", got, tt.open)
+					}
+				}
+				for i, ch := range outs {
+					must(t, "request "+itoa(i), ch)
+				}
+				sent := byTime(f.sent())
+				if len(sent) != 3 {
+					t.Fatalf("%d batches sent, want 3", len(sent))
+				}
+				for i, want := range tt.wantGaps {
+					if got := sent[i+1].at.Sub(sent[i].at); got != want {
+						t.Errorf("batch %d left %v after batch %d, want %v", i+1, got, i, want)
+					}
+				}
+				synctest.Wait()
+				if got := counters(t, reader, "batchmesh_circuit_open", "breaker"); got[tt.open] != 0 {
+					t.Errorf("batchmesh_circuit_open after = %v, want 0", got)
+				}
+			})
+		})
+	}
+}
