@@ -5,7 +5,9 @@ import (
 	"testing"
 	"time"
 
+	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/batchmesh/batchmesh/internal/config"
 )
@@ -71,4 +73,34 @@ func TestCircuitBreakersBadBudget(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "retry_budget.budget_percent: 150 is not 1 to 100") {
 		t.Fatalf("err = %v, want the budget named", err)
 	}
+}
+
+// FuzzClusterMetadata feeds clusterMetadata (which reads the circuit
+// breakers and hedging with the batching and cache settings) arbitrary
+// Cluster bytes, seeded with the control plane's own clusters: it never
+// panics, and what it accepts has a retry budget in range.
+func FuzzClusterMetadata(f *testing.F) {
+	cfg := testConfig(90, 10, 3)
+	cfg.Models[0].CircuitBreakers = config.CircuitBreakers{MaxBatches: 8, MaxRows: 512, EndpointMaxBatches: 3, EndpointMaxRows: 192, RetryBudgetPercent: 50, MinRetryConcurrency: 2}
+	cfg.Models[0].Hedging = config.Hedging{MinDelay: time.Millisecond}
+	for _, c := range served(f, cfg).clusters {
+		b, err := proto.Marshal(c)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var c cluster.Cluster
+		if proto.Unmarshal(data, &c) != nil {
+			return
+		}
+		md, err := clusterMetadata(&c)
+		if err != nil {
+			return
+		}
+		if p := md.breakers.RetryBudgetPercent; p < 1 || p > 100 {
+			t.Fatalf("accepted a retry budget of %d%%", p)
+		}
+	})
 }
