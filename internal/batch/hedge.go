@@ -13,10 +13,10 @@ import (
 )
 
 // Hedge configures hedged attempts: a batch that has no answer after
-// Multiple times its endpoint's recent p99 latency (never less than
-// MinDelay) is sent to another healthy endpoint too, while the batch's
-// deadline leaves time; the first answer wins. The zero value hedges with
-// the defaults.
+// Multiple times its endpoint's recent p99 latency, or half the time left
+// to its deadline if that comes first, and never sooner than MinDelay, is
+// sent to another healthy endpoint too, while the batch's deadline leaves
+// time; the first answer wins. The zero value hedges with the defaults.
 type Hedge struct {
 	// Multiple of the endpoint's p99 latency estimate after which a batch
 	// is hedged; default DefaultHedgeMultiple (3). Negative turns hedging
@@ -115,7 +115,14 @@ func (l *Lane) send(b *batch, ep *endpoint, start time.Time) ([]inference.Tensor
 	l.mu.Lock()
 	delay := l.hedgeDelayLocked(ep)
 	l.mu.Unlock()
-	if delay > 0 && time.Until(b.deadline) > delay {
+	// Leave the hedge at least half the time left (a p99 inflated by a
+	// slow spell must not rule hedging out), but never hedge before
+	// MinDelay.
+	left := time.Until(b.deadline)
+	if delay > left/2 {
+		delay = max(left/2, l.cfg.Hedge.MinDelay)
+	}
+	if delay > 0 && left > delay {
 		t := time.NewTimer(delay)
 		defer t.Stop()
 		hedge = t.C

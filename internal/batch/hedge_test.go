@@ -274,25 +274,42 @@ func TestHedgeLoses(t *testing.T) {
 	})
 }
 
-// TestNoHedgePastDeadline: a request whose deadline comes before the hedge
-// delay is never hedged: it fails alone at its deadline.
-func TestNoHedgePastDeadline(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		l, f, _, _ := hedgeLane(t, Config{})
-		f.set("b", -1)
-		ctx, cancel := context.WithTimeout(t.Context(), 80*time.Millisecond)
-		defer cancel()
-		t0 := time.Now()
-		o := <-submit(ctx, l, newRequest(1, 1))
-		checkKind(t, "request", o.err, inference.KindDeadline)
-		if got := o.at.Sub(t0); got != 80*time.Millisecond {
-			t.Errorf("failed after %v, want at its 80ms deadline", got)
-		}
-		synctest.Wait()
-		if n := len(f.ends()); n != 3 {
-			t.Errorf("%d calls, want 3 (2 warm-up, the request: no hedge)", n)
-		}
-	})
+// TestHedgeWithinDeadline: a batch whose deadline leaves less than twice
+// its hedge delay is hedged at half the time left, but never sooner than
+// MinDelay; one whose deadline comes before MinDelay is never hedged and
+// fails alone at its deadline.
+func TestHedgeWithinDeadline(t *testing.T) {
+	tests := []struct {
+		name     string
+		deadline time.Duration
+		want     inference.Kind
+		wantAt   time.Duration
+		calls    int // 2 warm-up, the request, its hedge
+	}{
+		{name: "half the time left", deadline: 120 * time.Millisecond, want: noError, wantAt: 70 * time.Millisecond, calls: 4},
+		{name: "floor", deadline: 80 * time.Millisecond, want: noError, wantAt: 60 * time.Millisecond, calls: 4},
+		{name: "before the floor", deadline: 45 * time.Millisecond, want: inference.KindDeadline, wantAt: 45 * time.Millisecond, calls: 3},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				l, f, _, _ := hedgeLane(t, Config{})
+				f.set("b", -1)
+				ctx, cancel := context.WithTimeout(t.Context(), tt.deadline)
+				defer cancel()
+				t0 := time.Now()
+				o := <-submit(ctx, l, newRequest(1, 1))
+				checkKind(t, "request", o.err, tt.want)
+				if got := o.at.Sub(t0); got != tt.wantAt {
+					t.Errorf("ended after %v, want %v", got, tt.wantAt)
+				}
+				synctest.Wait()
+				if n := len(f.ends()); n != tt.calls {
+					t.Errorf("%d calls, want %d", n, tt.calls)
+				}
+			})
+		})
+	}
 }
 
 // TestRetryBudget: with a budget of one hedge at a time, two batches hung

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"sync"
@@ -16,19 +15,35 @@ import (
 	"time"
 )
 
-// modelBinary builds the model binary once per test process.
-var modelBinary = sync.OnceValues(func() (string, error) {
-	dir, err := os.MkdirTemp("", "batchmesh-proxy-model-")
-	if err != nil {
-		return "", err
-	}
-	bin := filepath.Join(dir, "model")
+// buildModel builds the model binary into the test's temporary directory
+// (the go build cache makes every build after the first a link).
+func buildModel(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "model")
 	out, err := exec.Command("go", "build", "-o", bin, "github.com/batchmesh/batchmesh/model").CombinedOutput()
 	if err != nil {
-		return "", fmt.Errorf("go build ./model: %w\n%s", err, out)
+		t.Fatalf("go build ./model: %v\n%s", err, out)
 	}
-	return bin, nil
-})
+	return bin
+}
+
+// lockedBuffer is a bytes.Buffer a process writes to while the test reads.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
 
 // runtimeProcess is a reference model runtime in a process of its own,
 // so that a test can SIGSTOP it as a stuck driver would freeze it.
@@ -37,21 +52,17 @@ type runtimeProcess struct {
 	cmd  *exec.Cmd
 }
 
-// startRuntimeProcess runs the model binary with flags on a free loopback
+// startRuntimeProcess runs the model binary bin with flags on a free loopback
 // port and waits until it is ready. It is killed at cleanup.
-func startRuntimeProcess(t *testing.T, flags ...string) *runtimeProcess {
+func startRuntimeProcess(t *testing.T, bin string, flags ...string) *runtimeProcess {
 	t.Helper()
-	bin, err := modelBinary()
-	if err != nil {
-		t.Fatal(err)
-	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	var out bytes.Buffer
+	var out lockedBuffer
 	cmd := exec.Command(bin, append([]string{"-listen", addr}, flags...)...)
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
@@ -96,7 +107,8 @@ func (r *runtimeProcess) signal(t *testing.T, sig syscall.Signal) {
 func TestSIGSTOPNoClientError(t *testing.T) {
 	const model = "p"
 	flags := []string{"-model", model + "=sim:linear/2ms+50us", "-slots", "2"}
-	a, b := startRuntimeProcess(t, flags...), startRuntimeProcess(t, flags...)
+	bin := buildModel(t)
+	a, b := startRuntimeProcess(t, bin, flags...), startRuntimeProcess(t, bin, flags...)
 	sc := startSidecar(t, fmt.Sprintf(`models:
   - name: %s
     batching: {max_batch_size: 32, timeout: 1s}
