@@ -24,7 +24,7 @@ type batch struct {
 // the next one that waits. It is called whenever rows arrive, a batch ends,
 // an endpoint turns healthy or the timer fires.
 func (l *Lane) scheduleLocked(now time.Time) {
-	for l.queued > 0 {
+	for l.queued > 0 && !l.laneOpenLocked() {
 		g := l.nextGroupLocked()
 		if g == nil {
 			return
@@ -81,7 +81,7 @@ func (l *Lane) nextGroupLocked() *group {
 // if any (idle), else one that may take a batch in transit.
 func (l *Lane) pickLocked(key string) (ep *endpoint, idle bool) {
 	for i, e := range l.eps {
-		l.loads[i] = inference.EndpointLoad{InFlightRows: e.rows, Weight: e.Weight, Eligible: e.healthy && e.busy < e.limit}
+		l.loads[i] = inference.EndpointLoad{InFlightRows: e.rows, Weight: e.Weight, Eligible: e.healthy && e.busy < e.limit && !l.endpointOpenLocked(e)}
 	}
 	if i := l.pick(key); i >= 0 {
 		return l.eps[i], true
@@ -91,7 +91,7 @@ func (l *Lane) pickLocked(key string) (ep *endpoint, idle bool) {
 	var best *endpoint
 	var bestAt time.Time
 	for _, e := range l.eps {
-		if !e.healthy || e.busy >= e.limit+1 {
+		if !e.healthy || e.busy >= e.limit+1 || l.endpointOpenLocked(e) {
 			continue
 		}
 		if at := e.freeAt(); best == nil || at.Before(bestAt) {
@@ -216,8 +216,8 @@ func (l *Lane) startLocked(b *batch, ep *endpoint, now time.Time) {
 	go l.run(b, ep, now)
 }
 
-// finishLocked releases ep's slot taken at start.
-func (l *Lane) finishLocked(ep *endpoint, b *batch, start time.Time, err error) {
+// releaseLocked frees the slot on ep that b took at start.
+func (l *Lane) releaseLocked(ep *endpoint, b *batch, start time.Time) {
 	ep.busy--
 	ep.rows -= b.rows
 	for i, s := range ep.starts {
@@ -226,6 +226,14 @@ func (l *Lane) finishLocked(ep *endpoint, b *batch, start time.Time, err error) 
 			break
 		}
 	}
+	l.laneOpenLocked()
+	l.closeEndpointBreakersLocked()
+}
+
+// finishLocked releases ep's slot taken at start and learns from the
+// outcome.
+func (l *Lane) finishLocked(ep *endpoint, b *batch, start time.Time, err error) {
+	l.releaseLocked(ep, b, start)
 	ep.batches++
 	now := time.Now()
 	ep.freedAt = now
@@ -235,6 +243,7 @@ func (l *Lane) finishLocked(ep *endpoint, b *batch, start time.Time, err error) 
 	}
 	lat := now.Sub(start)
 	ep.cost.observe(b.rows, lat)
+	ep.tail.observe(lat)
 	if ep.latency == 0 {
 		ep.latency = lat
 	} else {
@@ -242,18 +251,11 @@ func (l *Lane) finishLocked(ep *endpoint, b *batch, start time.Time, err error) 
 	}
 }
 
-// run sends b to ep and hands each piece its answer. It owns the batch until
-// every piece is answered or failed.
+// run sends b to ep (hedged or retried elsewhere, see send) and hands each
+// piece its answer. It owns the batch until every piece is answered or
+// failed.
 func (l *Lane) run(b *batch, ep *endpoint, start time.Time) {
-	outs, err := l.call(b, ep, 1)
-	l.finish(ep, b, start, err)
-	if err != nil && (errors.Is(err, inference.ErrUnavailable) || errors.Is(err, inference.ErrUpstream)) {
-		if alt, at := l.retryTarget(ep, b); alt != nil {
-			outs, err = l.call(b, alt, 2)
-			l.finish(alt, b, at, err)
-			ep = alt
-		}
-	}
+	outs, ep, err := l.send(b, ep, start)
 	if err != nil && errors.Is(err, inference.ErrInvalid) && len(b.pieces) > 1 {
 		l.bisect(b, ep, err, 2)
 	} else {
@@ -265,45 +267,6 @@ func (l *Lane) run(b *batch, ep *endpoint, start time.Time) {
 	l.scheduleLocked(time.Now())
 	l.noteIdleLocked()
 	l.mu.Unlock()
-}
-
-// finish records the end of b's call to ep. An unreachable endpoint gets
-// no more batches from this lane at once, and the health reporter, which
-// turns it back on, is told.
-func (l *Lane) finish(ep *endpoint, b *batch, start time.Time, err error) {
-	down := err != nil && errors.Is(err, inference.ErrUnavailable)
-	l.mu.Lock()
-	l.finishLocked(ep, b, start, err)
-	if down {
-		ep.healthy = false
-	}
-	l.mu.Unlock()
-	if down && l.cfg.Health != nil {
-		l.cfg.Health.ReportFailure(ep.Address, err)
-	}
-}
-
-// retryTarget picks another healthy endpoint for a failed batch when its
-// deadline leaves room for another try, and takes a slot on it.
-func (l *Lane) retryTarget(failed *endpoint, b *batch) (*endpoint, time.Time) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	now := time.Now()
-	if !b.deadline.After(now) {
-		return nil, now
-	}
-	for i, e := range l.eps {
-		l.loads[i] = inference.EndpointLoad{InFlightRows: e.rows, Weight: e.Weight, Eligible: e.healthy && e != failed}
-	}
-	i := l.pick(b.pieces[0].p.req.Affinity)
-	if i < 0 {
-		return nil, now
-	}
-	e := l.eps[i]
-	e.busy++
-	e.rows += b.rows
-	e.starts = append(e.starts, now)
-	return e, now
 }
 
 // bisect re-sends the halves of a batch the runtime refused, so that only
@@ -321,7 +284,7 @@ func (l *Lane) bisect(b *batch, ep *endpoint, cause error, attempt int) {
 		for _, pc := range part {
 			h.rows += pc.hi - pc.lo
 		}
-		outs, err := l.call(h, ep, attempt)
+		outs, err := l.call(context.Background(), h, ep, attempt)
 		if err != nil && errors.Is(err, inference.ErrInvalid) && len(part) > 1 {
 			l.bisect(h, ep, err, attempt+1)
 			continue
@@ -330,9 +293,10 @@ func (l *Lane) bisect(b *batch, ep *endpoint, cause error, attempt int) {
 	}
 }
 
-// call builds b's upstream request and sends it under b's deadline, in a
-// client span that links every member request's span.
-func (l *Lane) call(b *batch, ep *endpoint, attempt int) ([]inference.Tensor, error) {
+// call builds b's upstream request and sends it under b's deadline (and
+// parent's cancel), in a client span that links every member request's
+// span.
+func (l *Lane) call(parent context.Context, b *batch, ep *endpoint, attempt int) ([]inference.Tensor, error) {
 	tmpl := b.pieces[0].p.req // every request of a group has the same inputs, outputs and parameters
 	req := &inference.Request{
 		Model: l.cfg.Model, Version: l.cfg.Version,
@@ -351,15 +315,15 @@ func (l *Lane) call(b *batch, ep *endpoint, attempt int) ([]inference.Tensor, er
 		}
 		req.Inputs[i] = t
 	}
-	ctx, cancel := context.WithDeadline(context.Background(), b.deadline)
+	ctx, cancel := context.WithDeadline(parent, b.deadline)
 	defer cancel()
 	var links []trace.Link
-	var parent trace.SpanContext
+	var first trace.SpanContext
 	for i, pc := range b.pieces {
 		if sc := pc.p.trace; sc.IsValid() && (i == 0 || pc.p != b.pieces[i-1].p) {
 			links = append(links, trace.Link{SpanContext: sc})
-			if !parent.IsSampled() && sc.IsSampled() {
-				parent = sc
+			if !first.IsSampled() && sc.IsSampled() {
+				first = sc
 			}
 		}
 	}
@@ -377,10 +341,10 @@ func (l *Lane) call(b *batch, ep *endpoint, attempt int) ([]inference.Tensor, er
 		attribute.String("batchmesh.endpoint", ep.Address),
 		attribute.Int("batchmesh.attempt", attempt),
 	)}
-	if !parent.IsValid() {
-		parent = links[0].SpanContext
+	if !first.IsValid() {
+		first = links[0].SpanContext
 	}
-	ctx = trace.ContextWithSpanContext(ctx, parent)
+	ctx = trace.ContextWithSpanContext(ctx, first)
 	ctx, span := l.cfg.Tracer.Start(ctx, "batch "+l.cfg.Model, opts...)
 	outs, err := l.cfg.Caller.Call(ctx, ep.Address, req)
 	if err != nil {

@@ -26,15 +26,20 @@
 // cohorts of half the size.
 //
 // Deadlines: a request's rows are dropped before dispatch once its deadline
-// has passed (504), and a request that cannot finish in time even if every
-// batch ahead of it were full is refused at once (429). The queue is bounded
+// has passed (504), and a request that cannot finish in time behind the
+// batches in flight and queued ahead of it, each full, is refused at once
+// (429). The queue is bounded
 // in rows (429 with a retry hint); a higher-priority request may push out the
 // newest lower-priority ones.
 //
 // Failures: a batch that fails with a 4xx is bisected so that one bad row
 // fails only its own request; a connection failure or 5xx is retried once on
-// another endpoint while the deadline allows. Every submitted request gets
-// exactly one result.
+// another endpoint while the deadline allows. A batch with no answer after a
+// multiple of its endpoint's p99 latency (Hedge) is sent to another endpoint
+// too; the first answer wins and the late attempt counts as a failed call
+// for outlier detection. Hedges and retries share a retry budget
+// (RetryBudget); circuit breakers (Breakers) bound the batches and rows in
+// flight. Every submitted request gets exactly one result.
 //
 // Metrics (through the metric.Meter in Config), all labelled by model:
 //
@@ -42,4 +47,7 @@
 //	batchmesh_queue_wait_seconds   time from arrival to dispatch, per request
 //	batchmesh_batch_rows           rows per upstream batch
 //	batchmesh_shed_total{reason}   requests refused: queue_full, deadline, priority
+//	batchmesh_hedges_total{outcome} batches sent to a second endpoint: won, lost, failed
+//	batchmesh_retry_overflow_total hedges and retries the retry budget refused
+//	batchmesh_circuit_open{breaker} 1 while a breaker holds batches back
 package batch

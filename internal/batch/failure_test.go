@@ -213,31 +213,32 @@ func TestOutputRowMismatch(t *testing.T) {
 func TestShortDeadlineDoesNotFailBatchMates(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		const latency = 10 * time.Millisecond
-		f := newFakeCaller(map[string]time.Duration{"a": latency})
+		f := newSlowCaller(map[string]time.Duration{"a": latency})
 		l := newTestLane(t, Config{MaxQueueDelay: 2 * time.Millisecond, Endpoints: []Endpoint{{Address: "a", Slots: 1}}}, f)
 		warm(t, l)
+		f.set("a", 20*time.Millisecond) // the runtime slows down: 30ms a batch from now on
 		t1 := time.Now()
 		blocker := submit(t.Context(), l, newRequest(8000, 1))
 		synctest.Wait()
-		// Admitted (1 batch of latency fits in 12ms), then sent in transit
-		// at +8ms and answered at +18ms.
+		// Admitted (the blocker and its batch: 2 × 10ms fit in 25ms), then
+		// sent in transit at +8ms and answered at +38ms.
 		short := fp32Request(keysOf(1, 1))
-		shortCtx, cancel := context.WithDeadline(t.Context(), t1.Add(12*time.Millisecond))
+		shortCtx, cancel := context.WithDeadline(t.Context(), t1.Add(25*time.Millisecond))
 		defer cancel()
 		long := newRequest(2, 1)
 		so := submit(shortCtx, l, short)
 		lo := submit(t.Context(), l, long)
 		o := <-so
 		checkKind(t, "short deadline", o.err, inference.KindDeadline)
-		if !o.at.Equal(t1.Add(12 * time.Millisecond)) {
-			t.Errorf("short request failed at +%v, want at its deadline +12ms", o.at.Sub(t1))
+		if !o.at.Equal(t1.Add(25 * time.Millisecond)) {
+			t.Errorf("short request failed at +%v, want at its deadline +25ms", o.at.Sub(t1))
 		}
 		o = <-lo
 		checkKind(t, "batch mate", o.err, noError)
 		if o.err == nil {
 			checkEcho(t, long, o.res)
-			if want := t1.Add(18 * time.Millisecond); !o.at.Equal(want) {
-				t.Errorf("batch mate answered at +%v, want +18ms", o.at.Sub(t1))
+			if want := t1.Add(38 * time.Millisecond); !o.at.Equal(want) {
+				t.Errorf("batch mate answered at +%v, want +38ms", o.at.Sub(t1))
 			}
 		}
 		must(t, "blocker", blocker)

@@ -124,6 +124,11 @@ type Config struct {
 	// Policy decides when a batch that could wait is sent (policy.go);
 	// "" is PolicyTransit.
 	Policy Policy
+	// Hedge, RetryBudget and Breakers: see their types (hedge.go,
+	// budget.go, breaker.go). The zero values are the defaults.
+	Hedge       Hedge
+	RetryBudget RetryBudget
+	Breakers    Breakers
 }
 
 // Request is one caller's rows as the lane sees them. Inputs must be valid
@@ -164,7 +169,9 @@ type Lane struct {
 	timer   *time.Timer
 	timerAt time.Time
 	closed  bool
-	running int           // batches in flight
+	running int // batches in flight
+	retries int // hedges and retries in flight (the retry budget's count)
+	open    [len(breakerNames)]bool
 	idle    chan struct{} // closed and renewed when running and queued reach 0 while closed
 	echo    echo          // the cohort policy's view of returning callers
 }
@@ -180,6 +187,7 @@ type endpoint struct {
 	latency  time.Duration
 	cost     costModel // the cohort policy's fit of latency to rows
 	freedAt  time.Time // when a batch last ended
+	tail     latencyTail // for the hedge delay
 	batches  int64
 	failures int64
 }
@@ -191,6 +199,12 @@ type laneMetrics struct {
 	batchRows  metric.Int64Histogram
 	shed       metric.Int64Counter
 	shedAttrs  map[string]metric.MeasurementOption
+
+	hedges        metric.Int64Counter
+	hedgeAttrs    map[string]metric.MeasurementOption
+	retryOverflow metric.Int64Counter
+	circuitOpen   metric.Int64Gauge
+	breakerAttrs  [len(breakerNames)]metric.MeasurementOption
 }
 
 // NewLane validates cfg and builds a lane. It starts no goroutine: batches
@@ -206,6 +220,7 @@ func NewLane(cfg Config) (*Lane, error) {
 	if cfg.Timeout == 0 {
 		cfg.Timeout = 30 * time.Second
 	}
+	cfg.Hedge, cfg.RetryBudget = cfg.Hedge.withDefaults(), cfg.RetryBudget.withDefaults()
 	if cfg.MaxBatchSize < 0 || cfg.MaxQueueSize < 0 || cfg.MaxQueueDelay < 0 {
 		return nil, fmt.Errorf("batch: model %q: negative batch size, queue size or delay", cfg.Model)
 	}
@@ -252,6 +267,7 @@ func NewLane(cfg Config) (*Lane, error) {
 	for _, o := range l.m.shedAttrs {
 		l.m.shed.Add(context.Background(), 0, o)
 	}
+	l.m.zero()
 	return l, nil
 }
 
@@ -280,7 +296,7 @@ func newLaneMetrics(m metric.Meter, model string) (laneMetrics, error) {
 			return lm, fmt.Errorf("batch: metrics: %w", err)
 		}
 	}
-	return lm, nil
+	return lm, newResilienceMetrics(m, model, &lm)
 }
 
 // Shed reasons, the values of batchmesh_shed_total's reason label.

@@ -153,18 +153,33 @@ func (l *Lane) admit(p *pending, now time.Time) error {
 	return nil
 }
 
-// earliestFinishLocked is an optimistic estimate of when rows, counting
-// those queued ahead, could all be answered if dispatched from now: every
-// batch full, every healthy slot busy, at the best recent latency. Zero
-// when no latency is known yet.
+// earliestFinishLocked estimates when rows, counting those queued ahead,
+// could all be answered if dispatched from now: the batches already in
+// flight on healthy endpoints come first (counted whole: how far the
+// running ones are is not known), then every queued batch full, every
+// healthy slot busy, at the best recent latency. Counting the batches in
+// flight keeps it from admitting a request that would wait out its
+// deadline behind them (a 504 under overload). Zero when no latency is
+// known yet.
 func (l *Lane) earliestFinishLocked(now time.Time, rows int) time.Time {
 	lat := l.bestLatencyLocked()
 	if lat <= 0 {
 		return time.Time{}
 	}
-	batches := (rows + l.cfg.MaxBatchSize - 1) / l.cfg.MaxBatchSize
+	batches := (rows+l.cfg.MaxBatchSize-1)/l.cfg.MaxBatchSize + l.inFlightLocked()
 	rounds := (batches + l.slotsLocked() - 1) / l.slotsLocked()
 	return now.Add(time.Duration(rounds) * lat)
+}
+
+// inFlightLocked is the batches in flight on healthy endpoints.
+func (l *Lane) inFlightLocked() int {
+	n := 0
+	for _, e := range l.eps {
+		if e.healthy {
+			n += e.busy
+		}
+	}
+	return n
 }
 
 // pushOutLocked chooses the newest queued requests of lower priority than

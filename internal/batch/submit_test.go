@@ -78,9 +78,12 @@ func TestAdmissionDeadline(t *testing.T) {
 		{name: "feasible", warm: true, deadline: 11 * time.Millisecond, want: noError, wantAt: latency},
 		// Unknown latency: admitted, then it runs out of time.
 		{name: "cold", deadline: 5 * time.Millisecond, want: inference.KindDeadline, wantAt: 5 * time.Millisecond},
-		// 8 rows ahead plus 1: 3 batches of 4 on one slot need 30ms.
-		{name: "infeasible behind queue", warm: true, ahead: 2, deadline: 25 * time.Millisecond, want: inference.KindOverloaded},
-		{name: "feasible behind queue", warm: true, ahead: 2, deadline: 35 * time.Millisecond, want: noError, wantAt: 30 * time.Millisecond},
+		// 8 rows ahead plus 1 make 3 batches of 4, behind the 2 in flight:
+		// 5 batches on one slot need 50ms. (The fake computes the batch in
+		// transit at once instead of after the running one, so the answer
+		// comes at 30ms.)
+		{name: "infeasible behind queue", warm: true, ahead: 2, deadline: 45 * time.Millisecond, want: inference.KindOverloaded},
+		{name: "feasible behind queue", warm: true, ahead: 2, deadline: 55 * time.Millisecond, want: noError, wantAt: 30 * time.Millisecond},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -246,9 +249,9 @@ func TestRefusalShedsNothing(t *testing.T) {
 		shed     int // low requests pushed out
 	}{
 		// After pushing one low request out, 6 queued rows + 2 make two
-		// batches of 4: 20ms on one slot.
-		{name: "infeasible", deadline: 15 * time.Millisecond, want: inference.KindOverloaded, shed: 0},
-		{name: "feasible", deadline: 25 * time.Millisecond, want: noError, shed: 1},
+		// batches of 4, behind the 2 in flight: 40ms on one slot.
+		{name: "infeasible", deadline: 35 * time.Millisecond, want: inference.KindOverloaded, shed: 0},
+		{name: "feasible", deadline: 45 * time.Millisecond, want: noError, shed: 1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

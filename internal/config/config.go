@@ -103,6 +103,12 @@ type Model struct {
 	Batching Batching
 	Cache    Cache
 
+	// CircuitBreakers and Hedging: see their types. Parse sets the
+	// defaults for keys absent from the file; the zero values mean the
+	// defaults too.
+	CircuitBreakers CircuitBreakers
+	Hedging         Hedging
+
 	// Versions lists the model's versions; at least one, with unique
 	// version strings and weights that sum to more than 0.
 	Versions []Version

@@ -29,6 +29,9 @@ func TestLoadFull(t *testing.T) {
 				Protocol: ProtocolV2,
 				Batching: Batching{MaxBatchSize: 32, MaxQueueSize: 1024, MaxQueueDelay: 5 * time.Millisecond, Policy: BatchPolicyTransit, Timeout: 2 * time.Second},
 				Cache:    Cache{Enabled: true, TTL: 5 * time.Minute, Granularity: GranularityRequest, Scope: ScopeTenant},
+				CircuitBreakers: CircuitBreakers{MaxBatches: 8, MaxRows: 512, EndpointMaxBatches: 3, EndpointMaxRows: 192,
+					RetryBudgetPercent: 50, MinRetryConcurrency: 3},
+				Hedging: Hedging{P99Multiple: 4, MinDelay: 50 * time.Millisecond},
 				Versions: []Version{
 					{Version: "1", Weight: 90, Endpoints: []Endpoint{
 						{Address: "127.0.0.1:8000", Weight: 3, Slots: 2, Zone: "a"},
@@ -40,19 +43,21 @@ func TestLoadFull(t *testing.T) {
 				},
 			},
 			{
-				Name:     "minilm_L6.v2",
-				Protocol: ProtocolOpenAI,
-				Batching: Batching{MaxBatchSize: 0, MaxQueueSize: 4096, MaxQueueDelay: 0, Policy: BatchPolicyCohort, Timeout: time.Second},
-				Cache:    DefaultCache(),
+				Name:            "minilm_L6.v2",
+				Protocol:        ProtocolOpenAI,
+				Batching:        Batching{MaxBatchSize: 0, MaxQueueSize: 4096, MaxQueueDelay: 0, Policy: BatchPolicyCohort, Timeout: time.Second},
+				Cache:           DefaultCache(),
+				CircuitBreakers: DefaultCircuitBreakers(), Hedging: DefaultHedging(),
 				Versions: []Version{
 					{Version: "v1", Weight: 1, Endpoints: []Endpoint{{Address: "10.0.0.7:9000", Weight: 1, Slots: 1}}},
 				},
 			},
 			{
-				Name:     "resnet-50",
-				Protocol: ProtocolTFServing,
-				Batching: Batching{MaxBatchSize: 16, MaxQueueSize: 4096, MaxQueueDelay: 2 * time.Millisecond, Policy: BatchPolicyCohort, Timeout: 500 * time.Millisecond},
-				Cache:    DefaultCache(),
+				Name:            "resnet-50",
+				Protocol:        ProtocolTFServing,
+				Batching:        Batching{MaxBatchSize: 16, MaxQueueSize: 4096, MaxQueueDelay: 2 * time.Millisecond, Policy: BatchPolicyCohort, Timeout: 500 * time.Millisecond},
+				Cache:           DefaultCache(),
+				CircuitBreakers: DefaultCircuitBreakers(), Hedging: DefaultHedging(),
 				Versions: []Version{
 					{Version: "2024.06", Weight: 0, Endpoints: []Endpoint{{Address: "10.0.0.8:8501", Weight: 1, Slots: 1}}},
 					{Version: "3", Weight: 1, Endpoints: []Endpoint{{Address: "10.0.0.9:8501", Weight: 1, Slots: 1}}},
@@ -79,10 +84,11 @@ func TestLoadDefaults(t *testing.T) {
 		Weights:          WeightsStatic,
 		OutlierDetection: DefaultOutlierDetection(),
 		Models: []Model{{
-			Name:     "bert-base",
-			Protocol: ProtocolV2,
-			Batching: Batching{MaxBatchSize: 64, MaxQueueSize: 4096, MaxQueueDelay: 2 * time.Millisecond, Policy: BatchPolicyCohort, Timeout: time.Second},
-			Cache:    Cache{Enabled: false, TTL: 10 * time.Minute, Granularity: GranularityRow, Scope: ScopeShared},
+			Name:            "bert-base",
+			Protocol:        ProtocolV2,
+			Batching:        Batching{MaxBatchSize: 64, MaxQueueSize: 4096, MaxQueueDelay: 2 * time.Millisecond, Policy: BatchPolicyCohort, Timeout: time.Second},
+			Cache:           Cache{Enabled: false, TTL: 10 * time.Minute, Granularity: GranularityRow, Scope: ScopeShared},
+			CircuitBreakers: DefaultCircuitBreakers(), Hedging: DefaultHedging(),
 			Versions: []Version{{Version: "1", Weight: 1, Endpoints: []Endpoint{{Address: "127.0.0.1:8000", Weight: 1, Slots: 1}}}},
 		}},
 	}

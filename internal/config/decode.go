@@ -18,7 +18,7 @@ import (
 // Keys allowed at each level of the file, in the order errors list them.
 var (
 	configKeys   = []string{"cache_bytes", "weights", "outlier_detection", "models"}
-	modelKeys    = []string{"name", "protocol", "batching", "cache", "versions"}
+	modelKeys    = []string{"name", "protocol", "batching", "cache", "circuit_breakers", "hedging", "versions"}
 	batchingKeys = []string{"max_batch_size", "max_queue_delay", "max_queue_size", "batch_policy", "timeout"}
 	cacheKeys    = []string{"enabled", "ttl", "granularity", "scope"}
 	versionKeys  = []string{"version", "weight", "endpoints"}
@@ -360,7 +360,8 @@ func (d *decoder) list(n *yaml.Node, path, what string) []*yaml.Node {
 }
 
 func (d *decoder) model(n *yaml.Node, path string) Model {
-	m := Model{Protocol: DefaultProtocol, Batching: DefaultBatching(), Cache: DefaultCache()}
+	m := Model{Protocol: DefaultProtocol, Batching: DefaultBatching(), Cache: DefaultCache(),
+		CircuitBreakers: DefaultCircuitBreakers(), Hedging: DefaultHedging()}
 	d.mapping(n, path, modelKeys, func(key string, v *yaml.Node, path string) {
 		switch key {
 		case "name":
@@ -371,6 +372,10 @@ func (d *decoder) model(n *yaml.Node, path string) Model {
 			d.batching(v, path, &m.Batching)
 		case "cache":
 			d.cache(v, path, &m.Cache)
+		case "circuit_breakers":
+			d.breakers(v, path, &m.CircuitBreakers)
+		case "hedging":
+			d.hedging(v, path, &m.Hedging)
 		case "versions":
 			for i, n := range d.list(v, path, "versions") {
 				m.Versions = append(m.Versions, d.version(n, index(path, i)))

@@ -26,6 +26,8 @@ func FuzzParse(f *testing.F) {
 		"cache_bytes: 1TiB\nweights: adaptive\nmodels: ~\n",
 		"models:\n- &m\n  name: a\n  <<: *m\n",
 		"---\nmodels: []\n---\n",
+		modelHead + "    circuit_breakers: {max_batches: 2, endpoint_max_rows: 64, retry_budget_percent: 100}\n    hedging: {p99_multiple: 0, min_delay: 1ms}\n" + versionsTail,
+		modelHead + "    circuit_breakers: {max_rows: -1, min_retry_concurrency: x}\n    hedging: {min_delay: 5}\n" + versionsTail,
 	} {
 		f.Add([]byte(s))
 	}

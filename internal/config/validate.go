@@ -110,6 +110,8 @@ func (c *checker) model(cfg *Config, m *Model, path string) {
 	}
 	c.positive(bp+".timeout", b.Timeout)
 
+	c.resilience(m, path)
+
 	cp := path + ".cache"
 	c.positive(cp+".ttl", m.Cache.TTL)
 	c.oneOf(cp+".granularity", m.Cache.Granularity, "cache granularity", GranularityRow, GranularityRequest)

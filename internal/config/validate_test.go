@@ -50,6 +50,30 @@ func TestValidate(t *testing.T) {
 				"outlier_detection.max_ejection_percent: 101 is not a percentage; must be 1 to 100",
 			},
 		},
+		{name: "circuit breakers and hedging defaults", change: func(c *Config) {
+			c.Models[0].CircuitBreakers, c.Models[0].Hedging = DefaultCircuitBreakers(), DefaultHedging()
+		}},
+		{name: "hedging off", change: func(c *Config) { c.Models[0].Hedging = Hedging{MinDelay: time.Millisecond} }},
+		{
+			name: "circuit breakers out of range",
+			change: func(c *Config) {
+				c.Models[0].CircuitBreakers = CircuitBreakers{MaxBatches: -1, EndpointMaxRows: -2, RetryBudgetPercent: 0, MinRetryConcurrency: 0}
+			},
+			want: []string{
+				"models[0].circuit_breakers.max_batches: -1 is negative; must be 1 or more, or 0 for no bound",
+				"models[0].circuit_breakers.endpoint_max_rows: -2 is negative; must be 1 or more, or 0 for no bound",
+				"models[0].circuit_breakers.retry_budget_percent: 0 is not a percentage; must be 1 to 100",
+				"models[0].circuit_breakers.min_retry_concurrency: 0 must be 1 or more",
+			},
+		},
+		{
+			name:   "hedging out of range",
+			change: func(c *Config) { c.Models[0].Hedging = Hedging{P99Multiple: -3} },
+			want: []string{
+				"models[0].hedging.p99_multiple: -3 is negative; must be 1 or more, or 0 to turn hedging off",
+				"models[0].hedging.min_delay: 0s is too short; must be more than 0",
+			},
+		},
 		{
 			name: "outlier detection base ejection time",
 			change: func(c *Config) {

@@ -16,6 +16,7 @@ func twoEndpoints(t *testing.T, zoneA, zoneB string, weightA, weightB int) (*con
 	cfg, err := config.Parse("t.yaml", []byte(fmt.Sprintf(`models:
   - name: m
     batching: {max_batch_size: 8, timeout: 5s}
+    hedging: {p99_multiple: 0} # a hedge would answer from the endpoint the balancer did not pick
     versions: [{version: "1", endpoints: [{address: %s, weight: %d, zone: %s}, {address: %s, weight: %d, zone: %s}]}]
 `, a.addr, weightA, zoneA, b.addr, weightB, zoneB)))
 	if err != nil {

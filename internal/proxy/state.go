@@ -137,6 +137,7 @@ func (p *Proxy) buildState(cfg *config.Config, old *state) (*state, []func(), er
 					Policy: batchPolicy(mc.Batching.Policy),
 					Caller: c, Tracer: p.cfg.Tracer, AdaptiveSlots: adaptive, Health: p.health,
 					Meter: p.cfg.Meter, Picker: p.newPicker(vc, uint64(i*1000+j+1)),
+					Hedge: hedgeOf(mc.Hedging), RetryBudget: budgetOf(mc.CircuitBreakers), Breakers: breakersOf(mc.CircuitBreakers),
 				})
 				if err != nil {
 					return nil, nil, fmt.Errorf("proxy: %w", err)
@@ -168,7 +169,8 @@ func (old *state) reusable(cfg *config.Config, mc config.Model, vc config.Versio
 		return nil
 	}
 	om := old.models[mc.Name]
-	if om == nil || om.cfg.Batching != mc.Batching || om.cfg.Cache != mc.Cache || om.cfg.Protocol != mc.Protocol {
+	if om == nil || om.cfg.Batching != mc.Batching || om.cfg.Cache != mc.Cache ||
+		om.cfg.CircuitBreakers != mc.CircuitBreakers || om.cfg.Hedging != mc.Hedging || om.cfg.Protocol != mc.Protocol {
 		return nil
 	}
 	for _, v := range om.versions {

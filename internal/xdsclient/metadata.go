@@ -21,6 +21,8 @@ type clusterMD struct {
 	weights        string
 	batching       config.Batching
 	cache          config.Cache
+	breakers       config.CircuitBreakers
+	hedging        config.Hedging
 }
 
 // clusterMetadata reads a batchmesh cluster's name and its
@@ -69,6 +71,7 @@ func clusterMetadata(c *cluster.Cluster) (*clusterMD, error) {
 		md.cache.Granularity = r.str(cm, "granularity", md.cache.Granularity)
 		md.cache.Scope = r.str(cm, "scope", md.cache.Scope)
 	}
+	md.breakers, md.hedging = resilience(c, f, r)
 	if r.err != nil {
 		return nil, r.err
 	}

@@ -213,8 +213,10 @@ func buildConfig(loads map[string]*endpoint.ClusterLoadAssignment, rt *routing, 
 				return nil, fmt.Errorf("xdsclient: cluster %q has weights %q but cluster %q has %q: one control plane sets one mode", md.name, md.weights, weightsFrom, cfg.Weights)
 			}
 			if i == 0 {
-				m = config.Model{Name: model, Protocol: md.protocol, Batching: md.batching, Cache: md.cache}
-			} else if md.protocol != m.Protocol || md.batching != m.Batching || md.cache != m.Cache {
+				m = config.Model{Name: model, Protocol: md.protocol, Batching: md.batching, Cache: md.cache,
+					CircuitBreakers: md.breakers, Hedging: md.hedging}
+			} else if md.protocol != m.Protocol || md.batching != m.Batching || md.cache != m.Cache ||
+				md.breakers != m.CircuitBreakers || md.hedging != m.Hedging {
 				return nil, fmt.Errorf("xdsclient: model %q: the metadata of cluster %q disagrees with its other versions", model, md.name)
 			}
 			cla, ok := loads[md.load]

@@ -82,7 +82,7 @@ func diffConfig(got, want *config.Config) string {
 }
 
 // viewOf makes a view of the resources of a served config.
-func viewOf(t *testing.T, rs map[resource.Type][]types.Resource) *view {
+func viewOf(t testing.TB, rs map[resource.Type][]types.Resource) *view {
 	t.Helper()
 	v := &view{
 		listeners: map[string]*listener.Listener{},
@@ -109,7 +109,7 @@ func viewOf(t *testing.T, rs map[resource.Type][]types.Resource) *view {
 	return v
 }
 
-func served(t *testing.T, cfg *config.Config) *view {
+func served(t testing.TB, cfg *config.Config) *view {
 	t.Helper()
 	rs, err := xdsserver.Resources(cfg)
 	if err != nil {

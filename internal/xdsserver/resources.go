@@ -267,7 +267,7 @@ func modelRoutes(m *config.Model, wc *route.WeightedCluster) []*route.Route {
 
 func modelCluster(cfg *config.Config, m *config.Model, v *config.Version) (*cluster.Cluster, error) {
 	name := ClusterName(m.Name, v.Version)
-	md, err := structpb.NewStruct(map[string]any{
+	fields := map[string]any{
 		"model":    m.Name,
 		"version":  v.Version,
 		"protocol": m.Protocol,
@@ -288,7 +288,11 @@ func modelCluster(cfg *config.Config, m *config.Model, v *config.Version) (*clus
 			"granularity": m.Cache.Granularity,
 			"scope":       m.Cache.Scope,
 		},
-	})
+	}
+	for k, v := range resilienceMetadata(m) {
+		fields[k] = v
+	}
+	md, err := structpb.NewStruct(fields)
 	if err != nil {
 		return nil, fmt.Errorf("xdsserver: cluster %q metadata: %w", name, err)
 	}
@@ -297,6 +301,7 @@ func modelCluster(cfg *config.Config, m *config.Model, v *config.Version) (*clus
 		ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_EDS},
 		EdsClusterConfig:     &cluster.Cluster_EdsClusterConfig{EdsConfig: adsSource(), ServiceName: name},
 		LbPolicy:             cluster.Cluster_LEAST_REQUEST,
+		CircuitBreakers:      circuitBreakers(m),
 		Metadata:             &core.Metadata{FilterMetadata: map[string]*structpb.Struct{MetadataKey: md}},
 	}, nil
 }
