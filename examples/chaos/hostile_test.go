@@ -152,9 +152,9 @@ func TestContentLengthWithTransferEncoding(t *testing.T) {
 
 // TestSlowHeaders: a client sending its headers one byte a second is cut
 // off once -header-timeout has passed since its first byte, and nothing is
-// answered to it. The slack covers a loaded machine and the second the
-// listener takes to tell "POST" from the HTTP/2 preface ("PRI") before the
-// HTTP server's own header timer starts (docs/grpc.md).
+// answered to it — including the second the listener takes to tell "POST"
+// from the HTTP/2 preface ("PRI"), which counts against the timeout
+// (docs/grpc.md). The slack covers a loaded machine.
 func TestSlowHeaders(t *testing.T) {
 	h := newHostileRig(t, "-header-timeout", headerTimeout.String())
 	c, err := net.Dial("tcp", h.addr)
