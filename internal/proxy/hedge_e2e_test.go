@@ -63,7 +63,7 @@ func startRuntimeProcess(t *testing.T, bin string, flags ...string) *runtimeProc
 	addr := ln.Addr().String()
 	ln.Close()
 	var out lockedBuffer
-	cmd := exec.Command(bin, append([]string{"-listen", addr}, flags...)...)
+	cmd := exec.Command(bin, append([]string{"-listen", addr, "-grpc-listen", "off"}, flags...)...)
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
