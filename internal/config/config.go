@@ -193,6 +193,12 @@ type Endpoint struct {
 
 	// Zone is the endpoint's locality zone; optional.
 	Zone string
+
+	// Draining marks an endpoint that finishes what it has but takes no
+	// new work: the control plane's discovery sets it for a Kubernetes
+	// endpoint that is serving and terminating, and sends it as xDS health
+	// DRAINING. A file cannot set it.
+	Draining bool
 }
 
 // Model returns the model with the given name, or nil. The result points
@@ -218,6 +224,18 @@ func Load(path string) (*Config, error) {
 	return Parse(path, data)
 }
 
+// LoadPartial is Load for the control plane's -kubernetes mode, where
+// discovery supplies the versions: a model may list no versions (it gives
+// its name's batching and cache settings), and the file may list no
+// models. Everything it does list is checked as Load checks it.
+func LoadPartial(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	return parse(path, data, true)
+}
+
 // Parse parses a YAML config, applies defaults and validates it. name
 // identifies data in error messages, usually its file name.
 //
@@ -225,12 +243,18 @@ func Load(path string) (*Config, error) {
 // each an *Error with name, line and key path, joined with errors.Join
 // and sorted by line.
 func Parse(name string, data []byte) (*Config, error) {
+	return parse(name, data, false)
+}
+
+// parse is Parse; with partial, models and versions may be absent
+// (LoadPartial).
+func parse(name string, data []byte, partial bool) (*Config, error) {
 	d := newDecoder(name)
 	c := d.decode(data)
 	if c == nil {
 		return nil, join(d.errs)
 	}
-	ch := &checker{file: name, lines: d.lines, failed: d.failed}
+	ch := &checker{file: name, lines: d.lines, failed: d.failed, partial: partial}
 	ch.config(c)
 	errs := append(d.errs, ch.errs...)
 	if len(errs) > 0 {
