@@ -49,7 +49,7 @@ type key struct{ model, version string }
 type acc struct {
 	weight int
 	eps    map[string]config.Endpoint // by address
-	from   string                      // the first Service, namespace/name
+	from   string                     // the first Service, namespace/name
 }
 
 // Build turns labelled Services and their EndpointSlices into versions and
