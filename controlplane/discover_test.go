@@ -58,6 +58,9 @@ func TestDiscoveryEndpointSlices(t *testing.T) {
 		rts[ip] = runtimetest.Start(t, modelrt.Config{Models: runtimetest.Models(t, "m=sim:linear/300ms+0s")},
 			runtimetest.Listen(ip+":8000"), runtimetest.WithMetrics())
 	}
+	// kube-apiserver picks its advertised address from the default route's
+	// interface: lo, whose global address is 192.0.2.10.
+	netnstest.Run(t, "ip", "route", "add", "default", "dev", "lo")
 	a := apiservertest.Start(t)
 	kubeconfig := writeKubeconfig(t, a)
 	client := kubeClient(t, kubeconfig)
@@ -121,21 +124,22 @@ func TestDiscoveryEndpointSlices(t *testing.T) {
 	})
 	waitEndpoints(t, sc, start, discoveryBound, "192.0.2.11:8000@zone-b", "192.0.2.12:8000@zone-c")
 
-	// Delete the first slice: .10 (draining) goes, .11 stays by the second.
+	// Delete the second slice: .12 goes, .11 stays by the first.
 	start = time.Now()
 	mustDo(t, func() error {
-		return client.DiscoveryV1().EndpointSlices("models").Delete(ctx, "m-v1-a", metav1.DeleteOptions{})
+		return client.DiscoveryV1().EndpointSlices("models").Delete(ctx, "m-v1-b", metav1.DeleteOptions{})
 	})
-	waitEndpoints(t, sc, start, discoveryBound, "192.0.2.11:8000@zone-b", "192.0.2.12:8000@zone-c")
+	waitEndpoints(t, sc, start, discoveryBound, "192.0.2.11:8000@zone-b")
 
-	// Scale in: .11 becomes not ready, absent; every request reaches .12.
-	sliceB, err := client.DiscoveryV1().EndpointSlices("models").Get(ctx, "m-v1-b", metav1.GetOptions{})
+	// Roll on: .10 leaves the slice, .11 is not ready (absent), .12 comes
+	// back in zone-c; every request reaches .12.
+	sliceA, err := client.DiscoveryV1().EndpointSlices("models").Get(ctx, "m-v1-a", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	sliceB.Endpoints[0].Conditions = conditions(endpointState{})
+	sliceA.Endpoints = []discoveryv1.Endpoint{ep("192.0.2.11", "zone-b", endpointState{}), ep("192.0.2.12", "zone-c", ready)}
 	start = time.Now()
-	updateSlice(t, client, sliceB)
+	updateSlice(t, client, sliceA)
 	waitEndpoints(t, sc, start, discoveryBound, "192.0.2.12:8000@zone-c")
 	before := rows(t, rts["192.0.2.12"])
 	for range 3 {
