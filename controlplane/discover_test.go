@@ -36,7 +36,7 @@ import (
 // see the change: the acceptance criterion of Kubernetes discovery.
 const discoveryBound = time.Second
 
-// TestDiscoveryEndpointSlices runs everything for real in a network
+// TestAPIServerDiscovery runs everything for real in a network
 // namespace of its own: kube-apiserver and etcd, the control plane with
 // -kubeconfig, a sidecar with a real -xds client, and three runtimes on
 // documentation addresses (192.0.2.10-12, added to the namespace's lo: the
@@ -45,7 +45,7 @@ const discoveryBound = time.Second
 // discoveryBound each time, with zones kept, a duplicate address counted
 // once, a terminating endpoint drained (its batch in flight finishes, new
 // ones go elsewhere), and requests reach the runtimes the slices name.
-func TestDiscoveryEndpointSlices(t *testing.T) {
+func TestAPIServerDiscovery(t *testing.T) {
 	if os.Getenv("TEST_ASSET_KUBE_APISERVER") == "" || os.Getenv("TEST_ASSET_ETCD") == "" {
 		apiservertest.Start(t) // skips, saying how to get the binaries
 	}
