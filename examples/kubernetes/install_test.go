@@ -197,6 +197,12 @@ func TestWebhookSelectors(t *testing.T) {
 		{}, {inject.LabelInject: "enabled"}, {inject.LabelInject: "disabled"},
 		{"istio-injection": "enabled"}, {inject.LabelInject: "enabled", "istio-injection": "enabled"},
 		{"kubernetes.io/metadata.name": "kube-system"},
+		// Istio by revision: on without istio-injection, off with it set
+		// to anything but enabled.
+		{"istio.io/rev": "canary"}, {inject.LabelInject: "enabled", "istio.io/rev": "canary"},
+		{inject.LabelInject: "enabled", "istio.io/rev": "canary", "istio-injection": "disabled"},
+		{inject.LabelInject: "enabled", "istio.io/rev": "canary", "istio-injection": "enabled"},
+		{"istio.io/rev": "canary", "istio-injection": "disabled"},
 	}
 	pods := []map[string]string{{}, {inject.LabelInject: "true"}, {inject.LabelInject: "false"}, {inject.LabelInject: "yes"}}
 	for _, ns := range namespaces {
