@@ -4,8 +4,10 @@ import (
 	"cmp"
 	"fmt"
 	"net"
+	"net/netip"
 	"slices"
 	"strconv"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -61,7 +63,8 @@ type acc struct {
 // when serving and terminating, and absent otherwise; an address listed
 // by several slices counts once, healthy if any lists it ready. FQDN
 // slices, slices without a usable port and Services with bad labels or
-// annotations are skipped (Found.Skipped says why). A version with no
+// annotations are skipped, as are endpoints whose address is not an IP
+// address (Found.Skipped says why). A version with no
 // healthy endpoint is left out: its draining ones finish their work as
 // the sidecars retire the version.
 //
@@ -174,8 +177,15 @@ func addSlice(eps map[string]config.Endpoint, s *discoveryv1.EndpointSlice, prot
 	if why != "" {
 		return why
 	}
+	var bad []string
 	for _, e := range s.Endpoints {
 		if len(e.Addresses) == 0 {
+			continue
+		}
+		// Kubernetes uses the first address only.
+		ip, err := netip.ParseAddr(e.Addresses[0])
+		if err != nil || ip.Zone() != "" {
+			bad = append(bad, strconv.Quote(e.Addresses[0]))
 			continue
 		}
 		ready := e.Conditions.Ready == nil || *e.Conditions.Ready // nil: unknown, taken as ready
@@ -192,8 +202,7 @@ func addSlice(eps map[string]config.Endpoint, s *discoveryv1.EndpointSlice, prot
 		default:
 			continue // not ready: absent
 		}
-		// Kubernetes uses the first address only.
-		addr := net.JoinHostPort(e.Addresses[0], strconv.Itoa(int(port)))
+		addr := net.JoinHostPort(ip.String(), strconv.Itoa(int(port)))
 		if old, dup := eps[addr]; dup && !old.Draining {
 			continue
 		}
@@ -203,6 +212,9 @@ func addSlice(eps map[string]config.Endpoint, s *discoveryv1.EndpointSlice, prot
 		}
 		eps[addr] = config.Endpoint{Address: addr, Weight: config.DefaultWeight, Slots: slots, Zone: zone, Draining: draining}
 	}
+	if len(bad) > 0 {
+		return fmt.Sprintf("endpoints with addresses %s left out: not IP addresses", strings.Join(bad, ", "))
+	}
 	return ""
 }
 
@@ -211,7 +223,7 @@ func addSlice(eps map[string]config.Endpoint, s *discoveryv1.EndpointSlice, prot
 func slicePort(ports []discoveryv1.EndpointPort, protocol string) (int32, string) {
 	var usable []discoveryv1.EndpointPort
 	for _, p := range ports {
-		if p.Port == nil || (p.Protocol != nil && *p.Protocol != corev1.ProtocolTCP) {
+		if p.Port == nil || *p.Port < 1 || *p.Port > 65535 || (p.Protocol != nil && *p.Protocol != corev1.ProtocolTCP) {
 			continue
 		}
 		usable = append(usable, p)

@@ -107,6 +107,18 @@ func TestBuild(t *testing.T) {
 		want:    map[string][]config.Version{"m": {{Version: "1", Weight: 1, Endpoints: []config.Endpoint{e("[2001:db8::1]:8000", "")}}}},
 		skipped: []string{"endpointslice ns/f of service ns/m-v1: address type FQDN"},
 	}, {
+		name:     "an address that is not an IP address is left out, and said; ports outside 1-65535 are unusable",
+		services: []*corev1.Service{service("ns", "m-v1", "m", "1", nil)},
+		slices: []*discoveryv1.EndpointSlice{
+			epSlice("ns", "a", "m-v1", v4, http8000, endpoint("10.0.0.1", "", ready), endpoint("10.0.0.x", "", ready)),
+			epSlice("ns", "b", "m-v1", v4, []port{{name: "http", port: 0}}, endpoint("10.0.0.2", "", ready)),
+		},
+		want: map[string][]config.Version{"m": {{Version: "1", Weight: 1, Endpoints: []config.Endpoint{e("10.0.0.1:8000", "")}}}},
+		skipped: []string{
+			`endpointslice ns/a of service ns/m-v1: endpoints with addresses "10.0.0.x" left out: not IP addresses`,
+			`endpointslice ns/b of service ns/m-v1: 0 TCP ports`,
+		},
+	}, {
 		name: "versions, weights and slots from labels and annotations; version defaults to the Service name",
 		services: []*corev1.Service{
 			service("ns", "m-v1", "m", "1", map[string]string{AnnotationWeight: "90", AnnotationSlots: "2"}),
