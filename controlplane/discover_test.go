@@ -73,6 +73,9 @@ func TestAPIServerDiscovery(t *testing.T) {
 	}
 	ads := startDiscovering(t, "-kubeconfig", kubeconfig, "-config", cfgPath)
 
+	// The sidecar connects before the control plane has anything to serve.
+	sc := sidecartest.Start(t, sidecar.Config{XDS: xdsclient.Config{Server: ads, NodeID: "app.models"}})
+
 	mustDo(t, func() error {
 		_, err := client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "models"}}, metav1.CreateOptions{})
 		return err
@@ -86,14 +89,13 @@ func TestAPIServerDiscovery(t *testing.T) {
 	})
 	ready := endpointState{ready: true}
 	sliceA := slice("m-v1-a", "m-v1", ep("192.0.2.10", "zone-a", ready))
+	start := time.Now()
 	mustDo(t, func() error {
 		_, err := client.DiscoveryV1().EndpointSlices("models").Create(ctx, sliceA, metav1.CreateOptions{})
 		return err
 	})
 
-	// The sidecar connects once the control plane serves m.
-	sc := sidecartest.Start(t, sidecar.Config{XDS: xdsclient.Config{Server: ads, NodeID: "app.models"}})
-	waitEndpoints(t, sc, time.Now(), 10*time.Second, "192.0.2.10:8000@zone-a")
+	waitEndpoints(t, sc, start, discoveryBound, "192.0.2.10:8000@zone-a")
 	infer(t, sc, 200)
 	wantRows(t, rts, map[string]int{"192.0.2.10": 1})
 
@@ -106,7 +108,7 @@ func TestAPIServerDiscovery(t *testing.T) {
 		ep("192.0.2.10", "zone-a", endpointState{serving: true, terminating: true}),
 		ep("192.0.2.11", "zone-b", ready),
 	}
-	start := time.Now()
+	start = time.Now()
 	updateSlice(t, client, sliceA)
 	waitEndpoints(t, sc, start, discoveryBound, "192.0.2.11:8000@zone-b")
 	if code := <-inflight; code != http.StatusOK {
