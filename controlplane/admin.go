@@ -22,8 +22,9 @@ type snapshotState struct {
 }
 
 // adminHandler serves /healthz, /readyz, /snapshot, with metrics /metrics,
-// and with caPEM (the webhook's self-generated CA) /webhook/ca.pem.
-func adminHandler(srv *xdsserver.Server, rl *reloader, lrs *xdsserver.LRS, metrics http.Handler, caPEM []byte) http.Handler {
+// and with caPEM (the webhook's self-generated CA) /webhook/ca.pem. /readyz
+// answers 503 with ready's error until that is nil.
+func adminHandler(srv *xdsserver.Server, rl *reloader, lrs *xdsserver.LRS, metrics http.Handler, caPEM []byte, ready func() error) http.Handler {
 	mux := http.NewServeMux()
 	if caPEM != nil {
 		mux.HandleFunc("GET /webhook/ca.pem", func(w http.ResponseWriter, _ *http.Request) {
@@ -38,8 +39,8 @@ func adminHandler(srv *xdsserver.Server, rl *reloader, lrs *xdsserver.LRS, metri
 		_, _ = w.Write([]byte("ok\n")) // the client may have gone; nothing to do
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if srv.Version() == "" {
-			http.Error(w, "no config loaded", http.StatusServiceUnavailable)
+		if err := ready(); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
 			return
 		}
 		_, _ = w.Write([]byte("ok\n")) // the client may have gone; nothing to do

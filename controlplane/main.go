@@ -6,7 +6,9 @@
 //
 //	-listen ADDR   ADS gRPC address (default 127.0.0.1:18000)
 //	-admin ADDR    admin HTTP address (default 127.0.0.1:18001): /healthz, /readyz, /metrics, /snapshot
-//	-config FILE   the config file (required); polled every second
+//	-config FILE   the config file (required without -kubernetes); polled every second
+//	-kubernetes    discover runtimes from labelled Services and their EndpointSlices (in-cluster credentials)
+//	-kubeconfig F  the same, with the credentials of a kubeconfig file
 //	-tls-cert FILE, -tls-key FILE   serve ADS and LRS over TLS
 //	-client-ca FILE                 and require client certificates (mTLS)
 //
@@ -101,9 +103,18 @@ func run(ctx context.Context, args []string, stderr io.Writer, ready func(ads, a
 	if err != nil {
 		return err
 	}
-	srv, lrs, rl, err := newControlPlane(ctx, f.config, f.tls.mode() == mutualTLS, log, metrics)
+	srv, lrs, rl, disc, err := newControlPlane(ctx, f, log, metrics)
 	if err != nil {
 		return err
+	}
+	readiness := func() error {
+		if srv.Version() == "" {
+			return errors.New("no config loaded")
+		}
+		return nil
+	}
+	if disc != nil {
+		readiness = disc.ready
 	}
 	servers, err := listen(ctx, f, rl, log)
 	if err != nil {
@@ -114,9 +125,9 @@ func run(ctx context.Context, args []string, stderr io.Writer, ready func(ads, a
 	// The xDS streams end when ctx does, which lets GracefulStop finish.
 	srv.Register(ctx, g)
 	lrs.Register(g)
-	hs := &http.Server{Handler: adminHandler(srv, rl, lrs, metrics.Handler(), servers.caPEM()), ReadHeaderTimeout: 5 * time.Second}
+	hs := &http.Server{Handler: adminHandler(srv, rl, lrs, metrics.Handler(), servers.caPEM(), readiness), ReadHeaderTimeout: 5 * time.Second}
 
-	errc := make(chan error, 3)
+	errc := make(chan error, 4)
 	go func() { errc <- g.Serve(servers.ads) }()
 	go func() { errc <- hs.Serve(servers.admin) }()
 	if servers.webhook != nil {
@@ -125,7 +136,18 @@ func run(ctx context.Context, args []string, stderr io.Writer, ready func(ads, a
 	reloadDone := make(chan struct{})
 	go func() {
 		defer close(reloadDone)
-		rl.run(ctx, time.Second, 100*time.Millisecond)
+		if rl.path != "" {
+			rl.run(ctx, time.Second, 100*time.Millisecond)
+		}
+	}()
+	discoverDone := make(chan struct{})
+	go func() {
+		defer close(discoverDone)
+		if disc != nil {
+			if err := disc.w.Run(ctx); err != nil {
+				errc <- err
+			}
+		}
 	}()
 	weightsDone := make(chan struct{})
 	go func() {
@@ -149,6 +171,7 @@ func run(ctx context.Context, args []string, stderr io.Writer, ready func(ads, a
 	cancel()
 	stopServers(g, hs, servers.webhook)
 	<-reloadDone
+	<-discoverDone
 	<-weightsDone
 	if errors.Is(serveErr, http.ErrServerClosed) || errors.Is(serveErr, grpc.ErrServerStopped) {
 		serveErr = nil
@@ -160,9 +183,13 @@ func run(ctx context.Context, args []string, stderr io.Writer, ready func(ads, a
 type flags struct {
 	listen  string // ADS gRPC address
 	admin   string // admin HTTP address
-	config  string // config file
+	config  string // config file; may be "" with discover
 	webhook *webhookFlags
 	tls     *tlsFlags
+	// discover turns on Kubernetes discovery, with the credentials of
+	// kubeconfig, or in-cluster ones when that is "".
+	discover   bool
+	kubeconfig string
 }
 
 func parseFlags(args []string, stderr io.Writer) (flags, error) {
@@ -170,41 +197,55 @@ func parseFlags(args []string, stderr io.Writer) (flags, error) {
 	fs.SetOutput(stderr)
 	listen := fs.String("listen", "127.0.0.1:18000", "ADS and LRS gRPC `address` (without -tls-cert and -client-ca, set a reachable address, e.g. :18000, only behind a network policy)")
 	adminAddr := fs.String("admin", "127.0.0.1:18001", "admin HTTP `address`: /healthz, /readyz, /metrics, /snapshot")
-	path := fs.String("config", "", "config `file` (required)")
+	path := fs.String("config", "", "config `file` (required without -kubernetes: then its models may list no versions)")
 	webhook := registerWebhookFlags(fs)
 	tls := registerTLSFlags(fs)
-	kubernetes := fs.Bool("kubernetes", false, "discover runtimes from Services and EndpointSlices (not supported yet)")
+	kubernetes := fs.Bool("kubernetes", false, "discover runtimes from Services labelled batchmesh.io/model and their EndpointSlices, with the pod's in-cluster credentials")
+	kubeconfig := fs.String("kubeconfig", "", "discover runtimes as -kubernetes does, with the credentials of this kubeconfig `file`")
 	fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		return flags{}, err
 	}
-	if *kubernetes {
-		return flags{}, errors.New("-kubernetes: discovering runtimes from EndpointSlices is not supported yet; list them in -config (docs/kubernetes.md)")
-	}
-	if *path == "" {
-		return flags{}, errors.New("-config is required")
+	discover := *kubernetes || *kubeconfig != ""
+	if *path == "" && !discover {
+		return flags{}, errors.New("-config is required (or -kubernetes or -kubeconfig, to discover the runtimes)")
 	}
 	if err := tls.check(); err != nil {
 		return flags{}, err
 	}
-	return flags{listen: *listen, admin: *adminAddr, config: *path, webhook: webhook, tls: tls}, nil
+	return flags{listen: *listen, admin: *adminAddr, config: *path, webhook: webhook, tls: tls, discover: discover, kubeconfig: *kubeconfig}, nil
 }
 
-// newControlPlane builds the xDS server, its LRS server and the reloader of
-// the config file at path, and loads the file.
-func newControlPlane(ctx context.Context, path string, requireClientCert bool, log *slog.Logger, metrics *telemetry.Metrics) (*xdsserver.Server, *xdsserver.LRS, *reloader, error) {
+// newControlPlane builds the xDS server, its LRS server (requiring client
+// certificates with f's -client-ca), the reloader of the config file and,
+// with f.discover, the discoverer that merges the file with what
+// Kubernetes holds (nil without); it loads the file.
+func newControlPlane(ctx context.Context, f flags, log *slog.Logger, metrics *telemetry.Metrics) (*xdsserver.Server, *xdsserver.LRS, *reloader, *discoverer, error) {
 	srv := xdsserver.New(xdsserver.Config{Logger: log, Meter: metrics.Meter("batchmesh/controlplane")})
-	lrs := xdsserver.NewLRS(srv, xdsserver.LRSConfig{Logger: log, RequireClientCert: requireClientCert})
+	lrs := xdsserver.NewLRS(srv, xdsserver.LRSConfig{Logger: log, RequireClientCert: f.tls.mode() == mutualTLS})
 	refusals, err := metrics.Meter("batchmesh/controlplane").Int64Counter("batchmesh_xds_config_refused",
 		metric.WithDescription("Edits of the -config file refused (the last good config kept serving)."))
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, nil, err
 	}
-	rl := &reloader{path: path, srv: srv, log: log, update: lrs.Update, refusals: refusals}
-	if err := rl.load(ctx); err != nil {
-		return nil, nil, nil, err
+	rl := &reloader{path: f.config, srv: srv, log: log, update: lrs.Update, refusals: refusals}
+	var disc *discoverer
+	if f.discover {
+		client, err := newKubeClient(f.kubeconfig)
+		if err != nil {
+			return nil, nil, nil, nil, err
+		}
+		if disc, err = newDiscoverer(client, lrs.Update, log); err != nil {
+			return nil, nil, nil, nil, err
+		}
+		rl.update, rl.partial = disc.setFile, true
 	}
-	return srv, lrs, rl, nil
+	if rl.path != "" {
+		if err := rl.load(ctx); err != nil {
+			return nil, nil, nil, nil, err
+		}
+	}
+	return srv, lrs, rl, disc, nil
 }
 
 // listeners are the control plane's open listeners.

@@ -39,6 +39,10 @@ type reloader struct {
 	// base of the adaptive weights.
 	update func(context.Context, *config.Config) (string, error)
 
+	// partial loads with config.LoadPartial: models may list no
+	// versions (-kubernetes).
+	partial bool
+
 	last stamp // owned by the goroutine running run, after load
 
 	// refusals counts batchmesh_xds_config_refused_total; nil counts nothing.
@@ -57,7 +61,11 @@ func (r *reloader) load(ctx context.Context) error {
 		return err
 	}
 	r.last = st
-	cfg, err := config.Load(r.path)
+	load := config.Load
+	if r.partial {
+		load = config.LoadPartial
+	}
+	cfg, err := load(r.path)
 	if err == nil {
 		update := r.update
 		if update == nil {

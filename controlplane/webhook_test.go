@@ -159,10 +159,16 @@ func TestWebhookCertDir(t *testing.T) {
 	}
 }
 
-func TestKubernetesNotSupportedYet(t *testing.T) {
-	err := run(context.Background(), []string{"-kubernetes"}, io.Discard, nil)
-	if err == nil || !strings.Contains(err.Error(), "-kubernetes: discovering runtimes from EndpointSlices is not supported yet") {
-		t.Fatalf("-kubernetes: %v; want not supported yet", err)
+func TestKubernetesFlags(t *testing.T) {
+	// -kubernetes makes -config optional; outside a pod the in-cluster
+	// credentials are missing, and the error says so.
+	err := run(context.Background(), []string{"-kubernetes", "-listen", "127.0.0.1:0", "-admin", "127.0.0.1:0"}, io.Discard, nil)
+	if err == nil || !strings.Contains(err.Error(), "kubernetes:") || strings.Contains(err.Error(), "-config is required") {
+		t.Fatalf("-kubernetes outside a cluster: %v; want the missing in-cluster credentials", err)
+	}
+	err = run(context.Background(), []string{"-kubeconfig", filepath.Join(t.TempDir(), "absent"), "-listen", "127.0.0.1:0", "-admin", "127.0.0.1:0"}, io.Discard, nil)
+	if err == nil || !strings.Contains(err.Error(), "absent") {
+		t.Fatalf("-kubeconfig of a missing file: %v; want an error naming it", err)
 	}
 }
 

@@ -141,7 +141,7 @@ func TestInstallManifests(t *testing.T) {
 	if cm == nil {
 		t.Fatal("no ConfigMap batchmesh-config")
 	}
-	if _, err := config.Parse("config.yaml", []byte(cm.Data["config.yaml"])); err != nil {
+	if _, err := config.LoadPartial(writeTemp(t, cm.Data["config.yaml"])); err != nil {
 		t.Errorf("the control plane's config: %v", err)
 	}
 	if args["webhook-config"] != m.webhook.Name {
@@ -152,12 +152,22 @@ func TestInstallManifests(t *testing.T) {
 	if args["webhook-hosts"] != host || !strings.HasPrefix(args["inject-xds"], host+":18000") {
 		t.Errorf("-webhook-hosts %q, -inject-xds %q; want the Service %s", args["webhook-hosts"], args["inject-xds"], host)
 	}
+	// Least privilege: get and patch of the webhook configuration; get,
+	// list and watch of Services and EndpointSlices (discovery).
+	read := []string{"get", "list", "watch"}
 	for _, r := range m.roles {
 		for _, rule := range r.Rules {
-			if !slices.Equal(rule.ResourceNames, []string{m.webhook.Name}) {
-				t.Errorf("ClusterRole %s grants %v on %v beyond the webhook configuration", r.Name, rule.Verbs, rule.Resources)
+			switch {
+			case slices.Equal(rule.ResourceNames, []string{m.webhook.Name}) && slices.Equal(rule.Verbs, []string{"get", "patch"}):
+			case slices.Equal(rule.APIGroups, []string{""}) && slices.Equal(rule.Resources, []string{"services"}) && slices.Equal(rule.Verbs, read):
+			case slices.Equal(rule.APIGroups, []string{"discovery.k8s.io"}) && slices.Equal(rule.Resources, []string{"endpointslices"}) && slices.Equal(rule.Verbs, read):
+			default:
+				t.Errorf("ClusterRole %s grants %v on %v %v beyond the webhook configuration and discovery", r.Name, rule.Verbs, rule.APIGroups, rule.Resources)
 			}
 		}
+	}
+	if _, ok := args["kubernetes"]; !ok {
+		t.Error("the control plane runs without -kubernetes: it would not discover the runtimes")
 	}
 	for _, w := range m.webhook.Webhooks {
 		s := w.ClientConfig.Service
@@ -187,6 +197,12 @@ func TestWebhookSelectors(t *testing.T) {
 		{}, {inject.LabelInject: "enabled"}, {inject.LabelInject: "disabled"},
 		{"istio-injection": "enabled"}, {inject.LabelInject: "enabled", "istio-injection": "enabled"},
 		{"kubernetes.io/metadata.name": "kube-system"},
+		// Istio by revision: on without istio-injection, off with it set
+		// to anything but enabled.
+		{"istio.io/rev": "canary"}, {inject.LabelInject: "enabled", "istio.io/rev": "canary"},
+		{inject.LabelInject: "enabled", "istio.io/rev": "canary", "istio-injection": "disabled"},
+		{inject.LabelInject: "enabled", "istio.io/rev": "canary", "istio-injection": "enabled"},
+		{"istio.io/rev": "canary", "istio-injection": "disabled"},
 	}
 	pods := []map[string]string{{}, {inject.LabelInject: "true"}, {inject.LabelInject: "false"}, {inject.LabelInject: "yes"}}
 	for _, ns := range namespaces {
@@ -246,4 +262,14 @@ func TestExampleInjected(t *testing.T) {
 	if !got["client"] || got["bert-runtime"] || len(got) != 2 {
 		t.Fatalf("injected deployments %v; want client only", got)
 	}
+}
+
+// writeTemp writes data to a file of the test's and returns its path.
+func writeTemp(t *testing.T, data string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(path, []byte(data), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }

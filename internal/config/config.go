@@ -219,6 +219,12 @@ type Endpoint struct {
 	// (the default: the model protocol's REST routes), or EndpointGRPC (the
 	// Open Inference Protocol's GRPCInferenceService, v2 models only).
 	Protocol string
+
+	// Draining marks an endpoint that finishes what it has but takes no
+	// new work: the control plane's discovery sets it for a Kubernetes
+	// endpoint that is serving and terminating, and sends it as xDS health
+	// DRAINING. A file cannot set it.
+	Draining bool
 }
 
 // Allowed values of Endpoint.Protocol ("" is EndpointHTTP).
@@ -250,6 +256,18 @@ func Load(path string) (*Config, error) {
 	return Parse(path, data)
 }
 
+// LoadPartial is Load for the control plane's -kubernetes mode, where
+// discovery supplies the versions: a model may list no versions (it gives
+// its name's batching and cache settings), and the file may list no
+// models. Everything it does list is checked as Load checks it.
+func LoadPartial(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	return parse(path, data, true)
+}
+
 // Parse parses a YAML config, applies defaults and validates it. name
 // identifies data in error messages, usually its file name.
 //
@@ -257,12 +275,18 @@ func Load(path string) (*Config, error) {
 // each an *Error with name, line and key path, joined with errors.Join
 // and sorted by line.
 func Parse(name string, data []byte) (*Config, error) {
+	return parse(name, data, false)
+}
+
+// parse is Parse; with partial, models and versions may be absent
+// (LoadPartial).
+func parse(name string, data []byte, partial bool) (*Config, error) {
 	d := newDecoder(name)
 	c := d.decode(data)
 	if c == nil {
 		return nil, join(d.errs)
 	}
-	ch := &checker{file: name, lines: d.lines, failed: d.failed}
+	ch := &checker{file: name, lines: d.lines, failed: d.failed, partial: partial}
 	ch.config(c)
 	errs := append(d.errs, ch.errs...)
 	if len(errs) > 0 {

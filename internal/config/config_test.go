@@ -267,3 +267,42 @@ func dump(v any) string {
 	r := strings.NewReplacer("{", "{\n", "} ", "}\n", " ", "\n")
 	return r.Replace(s)
 }
+
+func TestLoadPartial(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, data string) string {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, []byte(data), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	settings := write("settings.yaml", "models:\n  - name: a\n    batching: {max_batch_size: 8}\n  - name: b\n    versions: [{version: 1, endpoints: [{address: 10.0.0.1:80}]}]\n")
+	c, err := LoadPartial(settings)
+	if err != nil {
+		t.Fatalf("LoadPartial: %v", err)
+	}
+	if len(c.Models) != 2 || len(c.Models[0].Versions) != 0 || c.Models[0].Batching.MaxBatchSize != 8 || len(c.Models[1].Versions) != 1 {
+		t.Errorf("LoadPartial = %+v", c)
+	}
+	if _, err := Load(settings); err == nil || !strings.Contains(err.Error(), "models[0].versions") {
+		t.Errorf("Load of a model without versions: %v; want models[0].versions refused", err)
+	}
+	none, err := LoadPartial(write("none.yaml", "weights: adaptive\n"))
+	if err != nil || len(none.Models) != 0 || none.Weights != WeightsAdaptive {
+		t.Errorf("LoadPartial of a file without models = %+v, %v", none, err)
+	}
+	// Everything listed is still checked.
+	for _, bad := range []struct{ data, want string }{
+		{"models: [{name: a, batching: {timeout: 0s}}]\n", "models[0].batching.timeout"},
+		{"models: [{name: a, versions: [{version: 1}]}]\n", "models[0].versions[0].endpoints"},
+		{"models: [{name: a}, {name: a}]\n", "duplicate model name"},
+	} {
+		if _, err := LoadPartial(write("bad.yaml", bad.data)); err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("LoadPartial(%q): %v; want an error naming %s", bad.data, err, bad.want)
+		}
+	}
+	if _, err := LoadPartial(filepath.Join(dir, "absent.yaml")); err == nil {
+		t.Error("LoadPartial of a missing file: no error")
+	}
+}

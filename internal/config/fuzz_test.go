@@ -3,6 +3,7 @@ package config
 import (
 	"os"
 	"path/filepath"
+	"reflect"
 	"testing"
 )
 
@@ -41,6 +42,21 @@ func FuzzParse(f *testing.F) {
 		}
 		if err := c.Validate(); err != nil {
 			t.Fatalf("Parse accepted what Validate refuses: %v\n%s", err, data)
+		}
+	})
+}
+
+// FuzzParsePartial checks that the parse of LoadPartial never panics and
+// accepts everything Parse accepts, the same.
+func FuzzParsePartial(f *testing.F) {
+	for _, s := range []string{"", oneModel, "models: [{name: a}]\n", "models: []\n", "models: [{name: a, versions: []}]\n"} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		partial, perr := parse("fuzz.yaml", data, true)
+		full, err := Parse("fuzz.yaml", data)
+		if err == nil && (perr != nil || !reflect.DeepEqual(partial, full)) {
+			t.Fatalf("Parse accepted what the partial parse did not take the same: %v\n%s", perr, data)
 		}
 	})
 }

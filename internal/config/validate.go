@@ -18,6 +18,9 @@ type checker struct {
 	lines  map[string]int // key path → line; nil from Validate
 	failed []string       // key paths the decoder could not decode
 	errs   []*Error
+	// partial lets a file list no models, and a model no versions
+	// (LoadPartial).
+	partial bool
 }
 
 // line returns the line of path, or of its nearest ancestor with one.
@@ -71,7 +74,7 @@ func (c *checker) config(cfg *Config) {
 	}
 	c.oneOf("weights", cfg.Weights, "weights mode", WeightsStatic, WeightsAdaptive)
 	c.outlier(cfg.OutlierDetection, "outlier_detection")
-	if len(cfg.Models) == 0 {
+	if len(cfg.Models) == 0 && !c.partial {
 		c.errorf("models", "at least one model is required")
 	}
 	names := make(map[string]string) // name → path of the model that has it
@@ -122,7 +125,9 @@ func (c *checker) model(cfg *Config, m *Model, path string) {
 
 	vp := path + ".versions"
 	if len(m.Versions) == 0 {
-		c.errorf(vp, "at least one version is required")
+		if !c.partial {
+			c.errorf(vp, "at least one version is required")
+		}
 		return
 	}
 	seen := make(map[string]string) // version → path of the version that has it

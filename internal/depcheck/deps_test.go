@@ -106,10 +106,23 @@ var rules = []rule{
 	},
 	{
 		pkgs:   []string{"./..."},
-		except: []string{"./internal/inject/...", "./controlplane/...", "./examples/..."},
+		except: []string{"./internal/inject/...", "./internal/discovery/...", "./controlplane/...", "./examples/..."},
 		forbid: []string{"k8s.io/...", "sigs.k8s.io/...", "gomodules.xyz/..."},
 		deep:   true,
-		why:    "the Kubernetes API types stay in the injector and the control plane: the sidecar and model binaries do without them",
+		why:    "the Kubernetes API types and client stay in the injector, discovery and the control plane: the sidecar and model binaries do without them",
+	},
+	{
+		pkgs:   []string{"./internal/discovery/..."},
+		forbid: []string{"./internal/..."},
+		allow:  []string{"./internal/discovery/...", "./internal/config/..."},
+		deep:   true,
+		why:    "discovery turns Services and EndpointSlices into config versions; it knows nothing else of the mesh",
+	},
+	{
+		pkgs:   []string{"./..."},
+		except: []string{"./internal/discovery/...", "./controlplane/..."},
+		forbid: []string{"./internal/discovery/..."},
+		why:    "only the control plane watches Kubernetes: client-go must not reach the sidecar binary",
 	},
 }
 

@@ -58,8 +58,11 @@ const (
 
 	labelIstioInject = "sidecar.istio.io/inject"
 	labelIstioRev    = "istio.io/rev"
-	istioProxyName   = "istio-proxy"
-	istioInitName    = "istio-init"
+	// labelIstioInjection on a namespace turns Istio's injection on
+	// ("enabled") or off (any other value), whatever istio.io/rev says.
+	labelIstioInjection = "istio-injection"
+	istioProxyName      = "istio-proxy"
+	istioInitName       = "istio-init"
 )
 
 // Names of the injected containers and volume.
@@ -118,17 +121,20 @@ type Scope struct {
 	// (or the caller, like `controlplane inject`, injects regardless).
 	NamespaceEnabled bool
 	// NamespaceIstio: the namespace has Istio injection on
-	// (istio-injection=enabled).
+	// (istio-injection=enabled, or istio.io/rev without istio-injection).
 	NamespaceIstio bool
 }
 
 // ScopeOf returns the Scope of a namespace with the given labels: Istio
-// injection is on with istio-injection=enabled (what the install's webhook
-// selectors test).
+// injection is on with istio-injection=enabled, or, without an
+// istio-injection label, with istio.io/rev (a revision's injector, as
+// Istio decides; what the install's webhook selectors test).
 func ScopeOf(nsLabels map[string]string) Scope {
+	injection, set := nsLabels[labelIstioInjection]
+	_, rev := nsLabels[labelIstioRev]
 	return Scope{
 		NamespaceEnabled: nsLabels[LabelInject] == NamespaceEnabled,
-		NamespaceIstio:   nsLabels["istio-injection"] == "enabled",
+		NamespaceIstio:   injection == "enabled" || (!set && rev),
 	}
 }
 

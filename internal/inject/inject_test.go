@@ -66,6 +66,22 @@ func TestScopeOf(t *testing.T) {
 	if s := ScopeOf(map[string]string{LabelInject: "true"}); s.NamespaceEnabled || s.NamespaceIstio {
 		t.Fatalf("ScopeOf(inject=true) = %+v; want neither (namespaces say enabled)", s)
 	}
+	// Istio by revision, as Istio decides: istio.io/rev turns injection on
+	// unless istio-injection is set, which wins either way.
+	for _, tt := range []struct {
+		labels map[string]string
+		istio  bool
+	}{
+		{map[string]string{"istio.io/rev": "canary"}, true},
+		{map[string]string{"istio.io/rev": "canary", "istio-injection": "enabled"}, true},
+		{map[string]string{"istio.io/rev": "canary", "istio-injection": "disabled"}, false},
+		{map[string]string{"istio-injection": "disabled"}, false},
+		{map[string]string{}, false},
+	} {
+		if s := ScopeOf(tt.labels); s.NamespaceIstio != tt.istio {
+			t.Errorf("ScopeOf(%v).NamespaceIstio = %v, want %v", tt.labels, s.NamespaceIstio, tt.istio)
+		}
+	}
 }
 
 func TestPodInjects(t *testing.T) {

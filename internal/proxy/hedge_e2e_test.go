@@ -63,8 +63,6 @@ func startRuntimeProcess(t *testing.T, bin string, flags ...string) *runtimeProc
 	addr := ln.Addr().String()
 	ln.Close()
 	var out lockedBuffer
-	// No gRPC listener: its default port is fixed, and two runtimes (or
-	// anything else on the machine) would contend for it.
 	cmd := exec.Command(bin, append([]string{"-listen", addr, "-grpc-listen", "off"}, flags...)...)
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {

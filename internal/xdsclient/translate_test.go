@@ -282,3 +282,26 @@ func TestTranslateUnroutedModel(t *testing.T) {
 		t.Fatalf("models %+v, want bert alone", got.Models)
 	}
 }
+
+// TestTranslateDraining checks that an endpoint the control plane sends
+// DRAINING (a terminating Kubernetes endpoint) leaves the sidecar's
+// config: no new batch or pass-through call goes to it, and the lane that
+// held it is retired, finishing what it has in flight.
+func TestTranslateDraining(t *testing.T) {
+	cfg := testConfig(90, 10, 3)
+	cfg.Models[0].Versions[0].Endpoints[1].Draining = true
+	got, err := translate(served(t, cfg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var addrs []string
+	for _, e := range got.Models[0].Versions[0].Endpoints {
+		addrs = append(addrs, e.Address)
+	}
+	if !slices.Equal(addrs, []string{"127.0.0.1:8000"}) {
+		t.Errorf("version 1's endpoints %v, want only the one not draining", addrs)
+	}
+	if err := got.Validate(); err != nil {
+		t.Error(err)
+	}
+}

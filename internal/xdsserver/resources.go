@@ -309,7 +309,9 @@ func modelCluster(cfg *config.Config, m *config.Model, v *config.Version) (*clus
 // loadAssignment groups a version's endpoints into one locality per zone,
 // in order of first appearance; endpoints without a zone share the locality
 // of empty zone. A locality's weight is the sum of its endpoints' weights;
-// endpoints and localities of weight 0 are left out.
+// endpoints and localities of weight 0 are left out. A draining endpoint
+// (config.Endpoint.Draining) has health DRAINING: clients send it nothing
+// new.
 func loadAssignment(m *config.Model, v *config.Version) *endpoint.ClusterLoadAssignment {
 	name := ClusterName(m.Name, v.Version)
 	cla := &endpoint.ClusterLoadAssignment{ClusterName: name}
@@ -343,6 +345,10 @@ func lbEndpoint(e config.Endpoint) *endpoint.LbEndpoint {
 	if e.Protocol == config.EndpointGRPC {
 		md.Fields["protocol"] = structpb.NewStringValue(e.Protocol) // absent: http
 	}
+	health := core.HealthStatus_HEALTHY
+	if e.Draining {
+		health = core.HealthStatus_DRAINING
+	}
 	return &endpoint.LbEndpoint{
 		HostIdentifier: &endpoint.LbEndpoint_Endpoint{Endpoint: &endpoint.Endpoint{
 			Address: &core.Address{Address: &core.Address_SocketAddress{SocketAddress: &core.SocketAddress{
@@ -350,7 +356,7 @@ func lbEndpoint(e config.Endpoint) *endpoint.LbEndpoint {
 				PortSpecifier: &core.SocketAddress_PortValue{PortValue: uint32(port)},
 			}}},
 		}},
-		HealthStatus:        core.HealthStatus_HEALTHY,
+		HealthStatus:        health,
 		LoadBalancingWeight: wrapperspb.UInt32(uint32(e.Weight)),
 		Metadata:            &core.Metadata{FilterMetadata: map[string]*structpb.Struct{MetadataKey: md}},
 	}

@@ -352,3 +352,26 @@ func checkRouterLast(t *testing.T, m *hcm.HttpConnectionManager, name string) {
 		t.Errorf("%s: http filters %v, want router last", name, fs)
 	}
 }
+
+// TestResourcesDraining checks that a draining endpoint (Kubernetes
+// discovery's serving and terminating) is sent with health DRAINING and
+// the others HEALTHY.
+func TestResourcesDraining(t *testing.T) {
+	cfg := mustParse(t, "models: [{name: m, versions: [{version: 1, endpoints: [{address: 10.0.0.1:80}, {address: 10.0.0.2:80}]}]}]\n")
+	cfg.Models[0].Versions[0].Endpoints[1].Draining = true
+	rs, err := Resources(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cla := byName[*endpoint.ClusterLoadAssignment](rs[resource.EndpointType])[ClusterName("m", "1")]
+	got := map[string]core.HealthStatus{}
+	for _, loc := range cla.GetEndpoints() {
+		for _, e := range loc.GetLbEndpoints() {
+			got[e.GetEndpoint().GetAddress().GetSocketAddress().GetAddress()] = e.GetHealthStatus()
+		}
+	}
+	want := map[string]core.HealthStatus{"10.0.0.1": core.HealthStatus_HEALTHY, "10.0.0.2": core.HealthStatus_DRAINING}
+	if !maps.Equal(got, want) {
+		t.Errorf("health by address %v, want %v", got, want)
+	}
+}
