@@ -79,11 +79,15 @@ func run(args []string, stderr io.Writer) error {
 	fs.Bool("version", false, "print the version and exit")
 	maxQueue := fs.Int("max-queue", 0, "batches that may wait for a slot; one more is a 429 (0: no bound)")
 	drain := fs.Duration("drain-timeout", 30*time.Second, "on SIGTERM, how long to wait for requests in flight")
+	modelVersion := fs.String("model-version", "1", "the version every model reports and serves (/v2/models/{m}/versions/{v}/...)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if v := *modelVersion; v == "" || v == "." || v == ".." || strings.ContainsAny(v, "/|? #%") {
+		return fmt.Errorf("-model-version %q: must be a non-empty URL path segment (no / | ? # %% or space, not . or ..)", v)
 	}
 	logger := slog.New(slog.NewTextHandler(stderr, nil))
 	metrics, err := telemetry.NewMetrics()
@@ -97,7 +101,8 @@ func run(args []string, stderr io.Writer) error {
 	defer tracing.Close(context.Background())
 	mcfg := modelrt.Config{
 		Models: models, Slots: *slots, MaxBatch: *maxBatch, MaxBodyBytes: *maxBody, MaxQueue: *maxQueue,
-		Meter: metrics.Meter("batchmesh/model"), Metrics: metrics.Handler(), Logger: logger,
+		Version: *modelVersion,
+		Meter:   metrics.Meter("batchmesh/model"), Metrics: metrics.Handler(), Logger: logger,
 	}
 	if tracing.Exporter != "none" {
 		mcfg.Tracer, mcfg.Propagator = tracing.Provider.Tracer("batchmesh/model"), tracing.Propagator

@@ -25,6 +25,8 @@ func TestFlagErrors(t *testing.T) {
 		{"duplicate", []string{"-model", "m=sim:linear/1ms+0s", "-model", "m=sim:linear/1ms+0s"}, "twice"},
 		{"missing weights", []string{"-model", "m=mlp:/nonexistent.safetensors"}, "nonexistent"},
 		{"bad slots", []string{"-model", "m=sim:linear/1ms+0s", "-slots", "-1"}, "slots"},
+		{"bad model version", []string{"-model", "m=sim:linear/1ms+0s", "-model-version", "2/x"}, "-model-version"},
+		{"empty model version", []string{"-model", "m=sim:linear/1ms+0s", "-model-version", ""}, "-model-version"},
 		{"gen-weights without -o", []string{"gen-weights"}, "-o"},
 		{"gen-weights bad sizes", []string{"gen-weights", "-o", "x", "-sizes", "4,zero"}, "zero"},
 	} {

@@ -80,12 +80,14 @@ type peeker interface {
 // classify reads just enough of c to tell the HTTP/2 preface from
 // anything else and hands c to its side.
 func (s *Split) classify(c net.Conn) {
+	limit := time.Now().Add(s.timeout)
 	p, ok := c.(peeker)
+	var pc *peekedConn
 	if !ok {
-		pc := &peekedConn{Conn: c, r: bufio.NewReader(c)}
+		pc = &peekedConn{Conn: c, r: bufio.NewReader(c)}
 		p, c = pc, pc
 	}
-	_ = c.SetReadDeadline(time.Now().Add(s.timeout))
+	_ = c.SetReadDeadline(limit)
 	h2, err := isHTTP2(p)
 	_ = c.SetReadDeadline(time.Time{})
 	if err != nil {
@@ -95,6 +97,8 @@ func (s *Split) classify(c net.Conn) {
 	side := s.h1
 	if h2 {
 		side = s.h2
+	} else if pc != nil {
+		pc.limit = limit // the sniff's time counts against the first request's header timeout
 	}
 	select {
 	case side.c <- c:
@@ -149,10 +153,25 @@ func (l *splitSide) Close() error {
 
 func (l *splitSide) Addr() net.Addr { return l.s.ln.Addr() }
 
-// peekedConn reads again the bytes sniffed from its connection.
+// peekedConn reads again the bytes sniffed from its connection. Its first
+// SetReadDeadline — the HTTP server's header timeout of the first request
+// — is moved no later than limit (when set), so that the time the split
+// spent reading the first bytes counts against that timeout; later ones
+// are the caller's. Only the goroutine serving the connection sets them.
 type peekedConn struct {
 	net.Conn
-	r *bufio.Reader
+	r     *bufio.Reader
+	limit time.Time
+}
+
+func (c *peekedConn) SetReadDeadline(t time.Time) error {
+	if !c.limit.IsZero() {
+		if t.IsZero() || t.After(c.limit) {
+			t = c.limit
+		}
+		c.limit = time.Time{}
+	}
+	return c.Conn.SetReadDeadline(t)
 }
 
 func (c *peekedConn) Read(p []byte) (int, error) { return c.r.Read(p) }

@@ -2,9 +2,11 @@ package capture_test
 
 import (
 	"bufio"
+	"errors"
 	"io"
 	"net"
 	"testing"
+	"time"
 
 	"github.com/batchmesh/batchmesh/internal/capture"
 )
@@ -56,5 +58,57 @@ func TestSplit(t *testing.T) {
 	_ = s.Close()
 	if _, err := s.HTTP1().Accept(); err == nil {
 		t.Error("Accept after Close succeeded")
+	}
+}
+
+// TestSplitSniffCountsAgainstTheFirstDeadline: an HTTP/1 connection's
+// first read deadline (the HTTP server's header timeout) is moved no later
+// than the split's timeout from the connection's opening, so the time the
+// split spent on its first bytes is not granted twice; a later deadline is
+// left as it is set.
+func TestSplitSniffCountsAgainstTheFirstDeadline(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := capture.NewSplit(ln, 200*time.Millisecond)
+	defer s.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := io.WriteString(c, "G"); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.HTTP1().Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer got.Close()
+	if err := got.SetReadDeadline(time.Now().Add(time.Hour)); err != nil { // as a 1 h header timeout would
+		t.Fatal(err)
+	}
+	b := make([]byte, 8)
+	if n, err := got.Read(b); err != nil || string(b[:n]) != "G" {
+		t.Fatalf("first read: %q, %v; want the sniffed G", b[:n], err)
+	}
+	// Without the split's limit the read would wait the hour: a watchdog
+	// closes the connection, and the read fails with no timeout.
+	watchdog := time.AfterFunc(10*time.Second, func() { got.Close() })
+	defer watchdog.Stop()
+	var ne net.Error
+	if _, err := got.Read(b); !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("read past the split's timeout: %v; want a timeout, not the hour the first deadline asked for", err)
+	}
+	// The next deadline (no deadline at all) is the caller's.
+	if err := got.SetReadDeadline(time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.WriteString(c, "ET"); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := got.Read(b); err != nil || string(b[:n]) != "ET" {
+		t.Errorf("read with the deadline cleared: %q, %v; want ET", b[:n], err)
 	}
 }

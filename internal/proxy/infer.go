@@ -107,7 +107,7 @@ func (p *Proxy) serveVersion(rc *fasthttp.RequestCtx, route codec.Route, m *mode
 	if route.Kind == codec.RoutePredict {
 		serve = p.servePredict
 	}
-	p.infer(ctx, rc, m, v, start, serve)
+	p.infer(ctx, rc, m, v, route.Version != "", start, serve)
 }
 
 // deadlineContext is a context that carries a deadline and is never
@@ -176,11 +176,22 @@ type serveFunc func(ctx context.Context, rc *fasthttp.RequestCtx, m *model, v *v
 
 // infer runs serve for a batched request and records it: the answer's or
 // the error's status (in the model's protocol's error shape), metrics and
-// span.
-func (p *Proxy) infer(ctx context.Context, rc *fasthttp.RequestCtx, m *model, v *version, start time.Time, serve serveFunc) {
+// span. A request that did not name its version (pinned false) and finds
+// v unable to serve it — no healthy endpoint left, or none reachable — is
+// served by another version of the split while its deadline lasts (see
+// failoverVersion); it is counted once, with the answer it finally gets.
+func (p *Proxy) infer(ctx context.Context, rc *fasthttp.RequestCtx, m *model, v *version, pinned bool, start time.Time, serve serveFunc) {
 	name := m.cfg.Name
 	ctx, span := p.startServerSpan(ctx, rc, name)
 	res, rows, prio, err := serve(ctx, rc, m, v)
+	for tried := []*version{v}; err != nil && !pinned && inference.KindOf(err) == inference.KindUnavailable && ctx.Err() == nil; {
+		next := p.failoverVersion(m, tried)
+		if next == nil {
+			break
+		}
+		v, tried = next, append(tried, next)
+		res, rows, prio, err = serve(ctx, rc, m, v)
+	}
 	status := fasthttp.StatusOK
 	if err != nil {
 		if res.status == "" {
@@ -222,7 +233,14 @@ func (p *Proxy) serveInfer(ctx context.Context, rc *fasthttp.RequestCtx, m *mode
 	if hl != codec.NoHeader {
 		// Binary tensors alias the body, which fasthttp reuses once this
 		// handler returns; batches may still read them after a deadline.
-		body = slices.Clone(body)
+		// Take the buffer from fasthttp rather than copy it (a body may be
+		// -max-body long), and leave it readable as a raw body, which
+		// fasthttp only drops: a fail-over to another version decodes it
+		// again (and finds fasthttp's buffer already taken).
+		if b := rc.Request.SwapBody(nil); len(b) > 0 {
+			body = b
+		}
+		rc.Request.SetBodyRaw(body)
 	}
 	req, err := codec.DecodeRequest(body, hl)
 	if err != nil {

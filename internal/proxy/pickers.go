@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"math/rand/v2"
+	"slices"
 
 	"github.com/batchmesh/batchmesh/internal/balancer"
 	"github.com/batchmesh/batchmesh/internal/batch"
@@ -120,6 +121,28 @@ func weighted(vs []*version, total int, ok func(*version) bool) *version {
 		last = v
 	}
 	return last
+}
+
+// failoverVersion picks, by weight, a version of m to serve a request that
+// named no version after the versions in tried could not: one in the split
+// (weight above 0), batched, with a healthy endpoint, and not tried yet. It
+// returns nil when there is none. Rows queued on a version whose last
+// endpoint went down are failed by its lane at once, so they have their
+// deadline left to spend here.
+func (p *Proxy) failoverVersion(m *model, tried []*version) *version {
+	ok := func(v *version) bool {
+		return v.cfg.Weight > 0 && v.lane != nil && !slices.Contains(tried, v) && p.versionUp(v)
+	}
+	total := 0
+	for _, v := range m.versions {
+		if ok(v) {
+			total += v.cfg.Weight
+		}
+	}
+	if total == 0 {
+		return nil
+	}
+	return weighted(m.versions, total, ok)
 }
 
 // versionUp reports whether some endpoint of v is healthy: the version

@@ -120,7 +120,7 @@ func (p *Proxy) serveEmbeddings(rc *fasthttp.RequestCtx, start time.Time) {
 		p.forward(ctx, rc, m, v, start)
 		return
 	}
-	p.infer(ctx, rc, m, v, start, func(ctx context.Context, rc *fasthttp.RequestCtx, m *model, v *version) (cachedResult, int, batch.Priority, error) {
+	p.infer(ctx, rc, m, v, false, start, func(ctx context.Context, rc *fasthttp.RequestCtx, m *model, v *version) (cachedResult, int, batch.Priority, error) {
 		return p.embed(ctx, rc, m, v, &req)
 	})
 }

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -252,9 +253,19 @@ func (b *bodyBudget) refusal(h *fasthttp.RequestHeader) error {
 // inFlight returns the body bytes taken now.
 func (b *bodyBudget) inFlight() int64 { return b.used.Load() }
 
-// fasthttpLogger sends fasthttp's own log lines to slog as warnings.
+// fasthttpLogger sends fasthttp's own log lines to slog as warnings —
+// except a connection's end on a body cut short at its limit (a 413 past
+// -max-body, a 429 past the body budget): the client already has its
+// answer, and a warning per refused request would let any client flood
+// the log, so that one is a debug line.
 type fasthttpLogger struct{ l *slog.Logger }
 
 func (f fasthttpLogger) Printf(format string, args ...any) {
-	f.l.Warn("fasthttp: " + fmt.Sprintf(format, args...))
+	level := slog.LevelWarn
+	for _, a := range args {
+		if err, ok := a.(error); ok && errors.Is(err, fasthttp.ErrBodyTooLarge) {
+			level = slog.LevelDebug
+		}
+	}
+	f.l.Log(context.Background(), level, "fasthttp: "+fmt.Sprintf(format, args...))
 }

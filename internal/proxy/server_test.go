@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/valyala/fasthttp"
 )
 
 // rawConn dials the sidecar's inference listener for raw writes.
@@ -263,6 +265,13 @@ func TestFasthttpLogsThroughSlog(t *testing.T) {
 	l.Printf("error when serving connection %q: %v", "1.2.3.4", context.Canceled)
 	if got := buf.String(); !strings.Contains(got, "level=WARN") || !strings.Contains(got, "fasthttp: error when serving connection") {
 		t.Errorf("log line %q, want a WARN through slog", got)
+	}
+	// A body cut at its limit (413, or 429 past the budget) is the
+	// client's doing: a debug line, not a warning per refused request.
+	buf.Reset()
+	l.Printf("error when serving connection %q<->%q: %v", "1.2.3.4", "5.6.7.8", fmt.Errorf("wrapped: %w", fasthttp.ErrBodyTooLarge))
+	if got := buf.String(); got != "" {
+		t.Errorf("a body over its limit logged %q at the default level; want a debug line only", got)
 	}
 }
 

@@ -17,9 +17,12 @@ type grpcListener struct {
 	srv   *grpc.Server
 }
 
-// splitGRPC wraps the inference listener ln and builds the gRPC server.
+// splitGRPC wraps the inference listener ln and builds the gRPC server. A
+// connection has the header timeout to send its first bytes, as it would
+// without the split: a silent one is closed then, not held for the idle
+// timeout.
 func (s *Sidecar) splitGRPC(ln net.Listener) *grpcListener {
-	return &grpcListener{split: capture.NewSplit(ln, s.cfg.Proxy.IdleTimeout), srv: s.proxy.NewGRPCServer()}
+	return &grpcListener{split: capture.NewSplit(ln, s.cfg.Proxy.HeaderTimeout), srv: s.proxy.NewGRPCServer()}
 }
 
 // serve serves gRPC until stop, sending Serve's error to served.
