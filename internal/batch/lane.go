@@ -185,8 +185,8 @@ type endpoint struct {
 	rows     int         // rows in flight
 	starts   []time.Time // start of each batch in flight
 	latency  time.Duration
-	cost     costModel // the cohort policy's fit of latency to rows
-	freedAt  time.Time // when a batch last ended
+	cost     costModel   // the cohort policy's fit of latency to rows
+	freedAt  time.Time   // when a batch last ended
 	tail     latencyTail // for the hedge delay
 	batches  int64
 	failures int64
