@@ -418,9 +418,9 @@ func TestParseServiceAddresses(t *testing.T) {
 	assertEqual(t, c.Models[0].Versions[0].ServiceAddresses, []string{"10.96.0.10:8000", "[fd00::10]:8000"})
 
 	for bad, want := range map[string]string{
-		"service_addresses: 10.96.0.10:8000":       `s.yaml:6: models[0].versions[0].service_addresses: expected a list of service_addresses, got`,
+		"service_addresses: 10.96.0.10:8000":        `s.yaml:6: models[0].versions[0].service_addresses: expected a list of service_addresses, got`,
 		"service_addresses: [\"bert.ml.svc:8000\"]": `s.yaml:6: models[0].versions[0].service_addresses[0]: "bert.ml.svc:8000": the host "bert.ml.svc" is not an IP address`,
-		"service_addresses: [[1]]":                 `s.yaml:6: models[0].versions[0].service_addresses[0]: expected a string`,
+		"service_addresses: [[1]]":                  `s.yaml:6: models[0].versions[0].service_addresses[0]: expected a string`,
 	} {
 		_, err := Parse("s.yaml", []byte(strings.Replace(file, `service_addresses: ["10.96.0.10:8000", "[fd00::10]:8000"]`, bad, 1)))
 		if err == nil || !strings.Contains(err.Error(), want) {
