@@ -96,6 +96,7 @@ func TestAPIServerDiscovery(t *testing.T) {
 	})
 
 	waitEndpoints(t, sc, start, discoveryBound, "192.0.2.10:8000@zone-a")
+	wantServiceAddresses(t, client, sc)
 	infer(t, sc, 200)
 	wantRows(t, rts, map[string]int{"192.0.2.10": 1})
 
@@ -284,6 +285,42 @@ func sidecarEndpoints(sc *sidecartest.Sidecar) ([]string, error) {
 	}
 	slices.Sort(out)
 	return out, nil
+}
+
+// wantServiceAddresses checks that the sidecar's /config_dump gives model
+// m's version the ClusterIP the API server allocated to Service m-v1, at
+// its port 8000: the address transparent capture takes as the model.
+func wantServiceAddresses(t *testing.T, client kubernetes.Interface, sc *sidecartest.Sidecar) {
+	t.Helper()
+	svc, err := client.CoreV1().Services("models").Get(t.Context(), "m-v1", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(svc.Spec.ClusterIPs) == 0 || svc.Spec.ClusterIPs[0] == corev1.ClusterIPNone {
+		t.Fatalf("service m-v1 has cluster IPs %q; want one allocated", svc.Spec.ClusterIPs)
+	}
+	var want []string
+	for _, ip := range svc.Spec.ClusterIPs {
+		want = append(want, net.JoinHostPort(ip, "8000"))
+	}
+	resp, err := http.Get(sc.AdminURL + "/config_dump")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var dump struct {
+		Models []struct {
+			Versions []struct {
+				ServiceAddresses []string `json:"service_addresses"`
+			}
+		}
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&dump); err != nil {
+		t.Fatal(err)
+	}
+	if len(dump.Models) != 1 || len(dump.Models[0].Versions) != 1 || !slices.Equal(dump.Models[0].Versions[0].ServiceAddresses, want) {
+		t.Fatalf("sidecar config_dump models %+v; want one version with service addresses %q", dump.Models, want)
+	}
 }
 
 // waitEndpoints polls the sidecar until its endpoints are want, failing t

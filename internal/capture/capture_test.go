@@ -87,7 +87,9 @@ func TestExplicitCall(t *testing.T) {
 
 func TestMatcher(t *testing.T) {
 	var m capture.Matcher
-	eps := []string{"10.0.0.5:8000", "localhost:8001"}
+	// A model's addresses: its endpoints, then its service addresses (a
+	// Kubernetes Service's ClusterIP), as proxy.ModelEndpoints lists them.
+	eps := []string{"10.0.0.5:8000", "localhost:8001", "10.96.0.10:8000"}
 	for _, tt := range []struct {
 		host string
 		dst  string
@@ -99,6 +101,8 @@ func TestMatcher(t *testing.T) {
 		{"x", "127.0.0.1:8001", true},                  // a name, resolved
 		{"localhost:8001", "10.1.1.1:1", true},         // a name, by Host
 		{"other:8000", "10.0.0.6:8000", false},         // not an endpoint
+		{"bert.ml.svc:8000", "10.96.0.10:8000", true},  // a service address: the model
+		{"bert.ml.svc:8000", "10.96.0.10:9000", false}, // a service address, other port
 		{"bert:8000", "[::ffff:10.0.0.5]:8000", false}, // netip keeps the mapped form distinct; OriginalDst unmaps
 	} {
 		if got := m.Match(context.Background(), eps, []byte(tt.host), netip.MustParseAddrPort(tt.dst)); got != tt.want {

@@ -196,6 +196,15 @@ type Version struct {
 	// Endpoints lists the runtimes serving the version; at least one, with
 	// unique addresses and weights that sum to more than 0.
 	Endpoints []Endpoint
+
+	// ServiceAddresses (service_addresses) are more "ip:port" addresses
+	// that mean this version's model to the transparent listener: a
+	// captured connection to one of them is a call to the model, as one to
+	// an endpoint is. Kubernetes discovery sets them to the ClusterIPs of
+	// the version's Services; a file may list its own (a virtual IP in
+	// front of the runtimes). Optional; each is an IP address and a port
+	// from 1 to 65535.
+	ServiceAddresses []string
 }
 
 // Endpoint is one model runtime.

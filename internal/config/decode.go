@@ -21,7 +21,7 @@ var (
 	modelKeys    = []string{"name", "protocol", "batching", "cache", "circuit_breakers", "hedging", "versions"}
 	batchingKeys = []string{"max_batch_size", "max_queue_delay", "max_queue_size", "batch_policy", "timeout"}
 	cacheKeys    = []string{"enabled", "ttl", "granularity", "scope"}
-	versionKeys  = []string{"version", "weight", "endpoints"}
+	versionKeys  = []string{"version", "weight", "endpoints", "service_addresses"}
 	endpointKeys = []string{"address", "weight", "slots", "zone", "protocol"}
 )
 
@@ -434,6 +434,10 @@ func (d *decoder) version(n *yaml.Node, path string) Version {
 		case "endpoints":
 			for i, n := range d.list(v, path, "endpoints") {
 				ver.Endpoints = append(ver.Endpoints, d.endpoint(n, index(path, i)))
+			}
+		case "service_addresses":
+			for i, n := range d.list(v, path, "service_addresses") {
+				ver.ServiceAddresses = append(ver.ServiceAddresses, d.str(n, index(path, i), ""))
 			}
 		}
 	})

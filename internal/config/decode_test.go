@@ -406,3 +406,25 @@ func TestParseVersionNumbers(t *testing.T) {
 	}
 	assertEqual(t, got, []string{"1", "2.10", "007"})
 }
+
+func TestParseServiceAddresses(t *testing.T) {
+	const file = "models:\n  - name: a\n    versions:\n" +
+		"      - version: 1\n        endpoints: [{address: \"10.0.0.1:8000\"}]\n" +
+		"        service_addresses: [\"10.96.0.10:8000\", \"[fd00::10]:8000\"]\n"
+	c, err := Parse("v.yaml", []byte(file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	assertEqual(t, c.Models[0].Versions[0].ServiceAddresses, []string{"10.96.0.10:8000", "[fd00::10]:8000"})
+
+	for bad, want := range map[string]string{
+		"service_addresses: 10.96.0.10:8000":        `s.yaml:6: models[0].versions[0].service_addresses: expected a list of service_addresses, got`,
+		"service_addresses: [\"bert.ml.svc:8000\"]": `s.yaml:6: models[0].versions[0].service_addresses[0]: "bert.ml.svc:8000": the host "bert.ml.svc" is not an IP address`,
+		"service_addresses: [[1]]":                  `s.yaml:6: models[0].versions[0].service_addresses[0]: expected a string`,
+	} {
+		_, err := Parse("s.yaml", []byte(strings.Replace(file, `service_addresses: ["10.96.0.10:8000", "[fd00::10]:8000"]`, bad, 1)))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: error %v, want it to contain %q", bad, err, want)
+		}
+	}
+}

@@ -25,6 +25,7 @@ func FuzzParse(f *testing.F) {
 		"a: &a [*a]\nmodels: *a\n",
 		"models: [{name: a, versions: [{version: 1, endpoints: [{address: \"[::1]:80\", weight: 0}, {address: \"h:1\"}]}]}]\n",
 		"cache_bytes: 1TiB\nweights: adaptive\nmodels: ~\n",
+		"models: [{name: a, versions: [{version: 1, endpoints: [{address: \"h:1\"}], service_addresses: [\"10.96.0.1:80\", \"[fd00::1]:80\", h:1, 7]}]}]\n",
 		"models:\n- &m\n  name: a\n  <<: *m\n",
 		"---\nmodels: []\n---\n",
 		modelHead + "    circuit_breakers: {max_batches: 2, endpoint_max_rows: 64, retry_budget_percent: 100}\n    hedging: {p99_multiple: 0, min_delay: 1ms}\n" + versionsTail,

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -173,6 +174,24 @@ func (c *checker) version(v *Version, path string) {
 		}
 	}
 	c.weights(ep, "endpoint", weights)
+	for k, a := range v.ServiceAddresses {
+		if reason := checkServiceAddress(a); reason != "" {
+			c.errorf(index(path+".service_addresses", k), "%s", reason)
+		}
+	}
+}
+
+// checkServiceAddress returns why addr is not an IP address and a port
+// from 1 to 65535, or "".
+func checkServiceAddress(addr string) string {
+	if reason := checkAddress(addr); reason != "" {
+		return reason
+	}
+	host, _, _ := net.SplitHostPort(addr)
+	if ip, err := netip.ParseAddr(host); err != nil || ip.Zone() != "" {
+		return fmt.Sprintf("%s: the host %s is not an IP address; a service address is ip:port", quote(addr), quote(host))
+	}
+	return ""
 }
 
 // endpointProtocols checks each endpoint's protocol: http (or unset) or

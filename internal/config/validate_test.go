@@ -66,6 +66,20 @@ func TestValidate(t *testing.T) {
 				"models[0].circuit_breakers.min_retry_concurrency: 0 must be 1 or more",
 			},
 		},
+		{name: "service addresses", change: func(c *Config) {
+			c.Models[0].Versions[0].ServiceAddresses = []string{"10.96.0.10:8000", "[fd00::10]:8000"}
+		}},
+		{
+			name: "service addresses that are not ip:port",
+			change: func(c *Config) {
+				c.Models[0].Versions[0].ServiceAddresses = []string{"bert.ml.svc:8000", "10.96.0.10:0", "10.96.0.10"}
+			},
+			want: []string{
+				`models[0].versions[0].service_addresses[0]: "bert.ml.svc:8000": the host "bert.ml.svc" is not an IP address; a service address is ip:port`,
+				`models[0].versions[0].service_addresses[1]: "10.96.0.10:0": the port "0" is out of range; must be 1-65535`,
+				`models[0].versions[0].service_addresses[2]: "10.96.0.10" is not host:port`,
+			},
+		},
 		{
 			name:   "hedging out of range",
 			change: func(c *Config) { c.Models[0].Hedging = Hedging{P99Multiple: -3} },

@@ -3,6 +3,7 @@ package discovery
 import (
 	"cmp"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"slices"
@@ -52,6 +53,7 @@ type acc struct {
 	weight int
 	eps    map[string]config.Endpoint // by address
 	from   string                     // the first Service, namespace/name
+	svc    map[string]bool            // the Services' ClusterIP addresses, ip:port
 }
 
 // Build turns labelled Services and their EndpointSlices into versions and
@@ -64,7 +66,12 @@ type acc struct {
 // by several slices counts once, healthy if any lists it ready. FQDN
 // slices, slices without a usable port and Services with bad labels or
 // annotations are skipped, as are endpoints whose address is not an IP
-// address (Found.Skipped says why). A version with no
+// address (Found.Skipped says why).
+//
+// A version's ServiceAddresses are the ClusterIPs of its Services
+// (spec.clusterIPs; headless Services have none) at the Service port
+// chosen as a slice's is, so that a sidecar capturing a call to the
+// Service batches it. A version with no
 // healthy endpoint is left out: its draining ones finish their work as
 // the sidecars retire the version.
 //
@@ -94,13 +101,20 @@ func Build(services []*corev1.Service, eps []*discoveryv1.EndpointSlice, protoco
 		}
 		a := versions[k]
 		if a == nil {
-			a = &acc{weight: weight, eps: map[string]config.Endpoint{}, from: id}
+			a = &acc{weight: weight, eps: map[string]config.Endpoint{}, from: id, svc: map[string]bool{}}
 			versions[k] = a
 		} else if a.weight != weight {
 			f.Skipped = append(f.Skipped, fmt.Sprintf("service %s: annotation %s: %d differs from %d on service %s, which is also version %q of model %q; using %d",
 				id, AnnotationWeight, weight, a.weight, a.from, k.version, k.model, a.weight))
 		}
 		proto := protocol(k.model)
+		addrs, why := serviceAddresses(svc, proto)
+		if why != "" {
+			f.Skipped = append(f.Skipped, fmt.Sprintf("service %s: its cluster IP is not used: %s", id, why))
+		}
+		for _, addr := range addrs {
+			a.svc[addr] = true
+		}
 		for _, s := range byService[id] {
 			if why := addSlice(a.eps, s, proto, slots); why != "" {
 				f.Skipped = append(f.Skipped, fmt.Sprintf("endpointslice %s/%s of service %s: %s", s.Namespace, s.Name, id, why))
@@ -118,6 +132,9 @@ func Build(services []*corev1.Service, eps []*discoveryv1.EndpointSlice, protoco
 			continue
 		}
 		slices.SortFunc(v.Endpoints, func(a, b config.Endpoint) int { return cmp.Compare(a.Address, b.Address) })
+		if len(a.svc) > 0 {
+			v.ServiceAddresses = slices.Sorted(maps.Keys(a.svc))
+		}
 		f.Models[k.model] = append(f.Models[k.model], v)
 	}
 	for _, vs := range f.Models {
@@ -239,4 +256,51 @@ func slicePort(ports []discoveryv1.EndpointPort, protocol string) (int32, string
 		return *usable[0].Port, ""
 	}
 	return 0, fmt.Sprintf("%d TCP ports and none named %q or %q; name the runtime's port one of them", len(usable), protocol, PortHTTP)
+}
+
+// serviceAddresses returns the ip:port addresses of a Service's cluster
+// IPs at its port for protocol (chosen as slicePort does), none for a
+// headless or ExternalName Service; with why a Service that has cluster
+// IPs gives none.
+func serviceAddresses(svc *corev1.Service, protocol string) ([]string, string) {
+	ips := svc.Spec.ClusterIPs
+	if len(ips) == 0 && svc.Spec.ClusterIP != "" {
+		ips = []string{svc.Spec.ClusterIP}
+	}
+	var usable []netip.Addr
+	var bad []string
+	for _, s := range ips {
+		if s == corev1.ClusterIPNone || s == "" {
+			continue
+		}
+		ip, err := netip.ParseAddr(s)
+		if err != nil || ip.Zone() != "" {
+			bad = append(bad, strconv.Quote(s))
+			continue
+		}
+		usable = append(usable, ip)
+	}
+	var why []string
+	if len(bad) > 0 {
+		why = append(why, fmt.Sprintf("cluster IPs %s are not IP addresses", strings.Join(bad, ", ")))
+	}
+	if len(usable) == 0 {
+		return nil, strings.Join(why, "; ")
+	}
+	ports := make([]discoveryv1.EndpointPort, len(svc.Spec.Ports))
+	for i, p := range svc.Spec.Ports {
+		ports[i] = discoveryv1.EndpointPort{Name: &p.Name, Protocol: &p.Protocol, Port: &p.Port}
+		if p.Protocol == "" {
+			ports[i].Protocol = nil
+		}
+	}
+	port, whyPort := slicePort(ports, protocol)
+	if whyPort != "" {
+		return nil, strings.Join(append(why, "service ports: "+whyPort), "; ")
+	}
+	out := make([]string, len(usable))
+	for i, ip := range usable {
+		out[i] = net.JoinHostPort(ip.String(), strconv.Itoa(int(port)))
+	}
+	return out, strings.Join(why, "; ")
 }

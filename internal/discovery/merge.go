@@ -37,6 +37,7 @@ func Merge(file *config.Config, found map[string][]config.Version) *config.Confi
 		m.Versions = make([]config.Version, len(vs))
 		for i, v := range vs {
 			v.Endpoints = slices.Clone(v.Endpoints)
+			v.ServiceAddresses = slices.Clone(v.ServiceAddresses)
 			m.Versions[i] = v
 		}
 		out.Models = append(out.Models, m)

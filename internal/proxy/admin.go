@@ -84,6 +84,8 @@ type dumpVersion struct {
 	Version   string         `json:"version"`
 	Weight    int            `json:"weight"`
 	Endpoints []dumpEndpoint `json:"endpoints"`
+	// ServiceAddresses: config.Version.ServiceAddresses, when any.
+	ServiceAddresses []string `json:"service_addresses,omitempty"`
 }
 
 type dumpModel struct {
@@ -111,7 +113,7 @@ func (p *Proxy) configDump() map[string]any {
 			},
 		}
 		for _, v := range m.versions {
-			dv := dumpVersion{Version: v.cfg.Version, Weight: v.cfg.Weight}
+			dv := dumpVersion{Version: v.cfg.Version, Weight: v.cfg.Weight, ServiceAddresses: v.cfg.ServiceAddresses}
 			for _, e := range v.cfg.Endpoints {
 				dv.Endpoints = append(dv.Endpoints, dumpEndpoint{Address: e.Address, Weight: e.Weight, Slots: e.Slots, Zone: e.Zone, Protocol: e.Protocol, Healthy: p.health.Up(e.Address)})
 			}

@@ -181,10 +181,11 @@ func (p *Proxy) pickEndpoint(v *version) (string, error) {
 	return "", inference.Errorf(inference.KindUnavailable, "proxy: version %q has no healthy endpoint", v.cfg.Version)
 }
 
-// ModelEndpoints returns the endpoint addresses of every version of the
-// named model in the applied configuration, or nil when the proxy does not
-// serve that model. The transparent listener matches captured requests
-// against them.
+// ModelEndpoints returns the endpoint addresses and the service addresses
+// (config.Version.ServiceAddresses: a Kubernetes Service's ClusterIP) of
+// every version of the named model in the applied configuration, or nil
+// when the proxy does not serve that model. The transparent listener
+// matches captured requests against them.
 func (p *Proxy) ModelEndpoints(name string) []string {
 	m := p.st.Load().models[name]
 	if m == nil {
@@ -195,6 +196,7 @@ func (p *Proxy) ModelEndpoints(name string) []string {
 		for _, e := range v.cfg.Endpoints {
 			out = append(out, e.Address)
 		}
+		out = append(out, v.cfg.ServiceAddresses...)
 	}
 	return out
 }

@@ -23,6 +23,7 @@ type clusterMD struct {
 	cache          config.Cache
 	breakers       config.CircuitBreakers
 	hedging        config.Hedging
+	serviceAddrs   []string // the version's Service addresses, ip:port
 }
 
 // clusterMetadata reads a batchmesh cluster's name and its
@@ -72,6 +73,7 @@ func clusterMetadata(c *cluster.Cluster) (*clusterMD, error) {
 		md.cache.Scope = r.str(cm, "scope", md.cache.Scope)
 	}
 	md.breakers, md.hedging = resilience(c, f, r)
+	md.serviceAddrs = r.strs(f, "service_addresses")
 	if r.err != nil {
 		return nil, r.err
 	}
@@ -117,6 +119,29 @@ func (r *mdReader) str(f map[string]*structpb.Value, key, def string) string {
 		return def
 	}
 	return s.StringValue
+}
+
+// strs reads a list of strings; absent is nil.
+func (r *mdReader) strs(f map[string]*structpb.Value, key string) []string {
+	v, ok := f[key]
+	if !ok {
+		return nil
+	}
+	l := v.GetListValue()
+	if l == nil {
+		r.fail(key, errType)
+		return nil
+	}
+	out := make([]string, 0, len(l.GetValues()))
+	for i, e := range l.GetValues() {
+		s, ok := e.GetKind().(*structpb.Value_StringValue)
+		if !ok {
+			r.fail(fmt.Sprintf("%s[%d]", key, i), errType)
+			return nil
+		}
+		out = append(out, s.StringValue)
+	}
+	return out
 }
 
 func (r *mdReader) bool(f map[string]*structpb.Value, key string, def bool) bool {

@@ -227,7 +227,7 @@ func buildConfig(loads map[string]*endpoint.ClusterLoadAssignment, rt *routing, 
 			if err != nil {
 				return nil, err
 			}
-			m.Versions = append(m.Versions, config.Version{Version: version, Weight: rt.routed[k], Endpoints: eps})
+			m.Versions = append(m.Versions, config.Version{Version: version, Weight: rt.routed[k], Endpoints: eps, ServiceAddresses: md.serviceAddrs})
 		}
 		cfg.Models = append(cfg.Models, m)
 	}

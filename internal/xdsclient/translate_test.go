@@ -36,7 +36,7 @@ func testConfig(w1, w2, epWeight int) *config.Config {
 			{Version: "1", Weight: w1, Endpoints: []config.Endpoint{
 				{Address: "127.0.0.1:8000", Weight: epWeight, Slots: 2, Zone: "a"},
 				{Address: "127.0.0.1:8001", Weight: 1, Slots: 1, Zone: "b", Protocol: config.EndpointGRPC},
-			}},
+			}, ServiceAddresses: []string{"10.96.0.10:8000", "[fd00::10]:8000"}},
 			{Version: "2", Weight: w2, Endpoints: []config.Endpoint{{Address: "127.0.0.1:8002", Weight: 1, Slots: 1}}},
 			{Version: "3", Weight: 0, Endpoints: []config.Endpoint{{Address: "[::1]:8003", Weight: 5, Slots: 4, Zone: "a"}}},
 		},
@@ -52,7 +52,8 @@ func testConfig(w1, w2, epWeight int) *config.Config {
 }
 
 // diffConfig compares what xDS carries of two configs: models, protocols,
-// batching and cache settings, versions and their weights, and endpoints
+// batching and cache settings, versions and their weights and service
+// addresses, and endpoints
 // with weight, slots, zone and protocol (in any order; endpoints of weight 0, which
 // xDS leaves out, are ignored). It returns "" when they match.
 func diffConfig(got, want *config.Config) string {
@@ -61,7 +62,7 @@ func diffConfig(got, want *config.Config) string {
 		for _, m := range c.Models {
 			fmt.Fprintf(&b, "model %s %s %+v %+v\n", m.Name, m.Protocol, m.Batching, m.Cache)
 			for _, v := range m.Versions {
-				fmt.Fprintf(&b, "  version %s weight %d\n", v.Version, v.Weight)
+				fmt.Fprintf(&b, "  version %s weight %d service addresses %q\n", v.Version, v.Weight, v.ServiceAddresses)
 				var eps []string
 				for _, e := range v.Endpoints {
 					if e.Weight > 0 {
@@ -232,6 +233,25 @@ func TestTranslateErrors(t *testing.T) {
 				v.clusters[c.GetName()] = c
 			},
 			contains: "one control plane sets one mode",
+		},
+		{
+			name: "service addresses not a list",
+			edit: func(v *view) {
+				c := proto.Clone(v.clusters["batchmesh|bert|1"]).(*cluster.Cluster)
+				c.GetMetadata().GetFilterMetadata()[MetadataKey].GetFields()["service_addresses"] = structpb.NewStringValue("10.96.0.10:8000")
+				v.clusters[c.GetName()] = c
+			},
+			contains: `cluster "batchmesh|bert|1" metadata: service_addresses: wrong type`,
+		},
+		{
+			name: "service address not a string",
+			edit: func(v *view) {
+				c := proto.Clone(v.clusters["batchmesh|bert|1"]).(*cluster.Cluster)
+				l, _ := structpb.NewList([]any{"10.96.0.10:8000", 8000.0})
+				c.GetMetadata().GetFilterMetadata()[MetadataKey].GetFields()["service_addresses"] = structpb.NewListValue(l)
+				v.clusters[c.GetName()] = c
+			},
+			contains: "service_addresses[1]: wrong type",
 		},
 		{
 			name: "model name mismatch",

@@ -292,6 +292,15 @@ func modelCluster(cfg *config.Config, m *config.Model, v *config.Version) (*clus
 	for k, v := range resilienceMetadata(m) {
 		fields[k] = v
 	}
+	if len(v.ServiceAddresses) > 0 {
+		// service_addresses are the version's Service addresses (ip:port),
+		// which the sidecar's transparent listener takes as this model.
+		addrs := make([]any, len(v.ServiceAddresses))
+		for i, a := range v.ServiceAddresses {
+			addrs[i] = a
+		}
+		fields["service_addresses"] = addrs
+	}
 	md, err := structpb.NewStruct(fields)
 	if err != nil {
 		return nil, fmt.Errorf("xdsserver: cluster %q metadata: %w", name, err)
