@@ -215,7 +215,7 @@ func (b *bodyBudget) take(h *fasthttp.RequestHeader, n int) error {
 	if b.used.Add(int64(n)) > b.limit {
 		b.used.Add(-int64(n))
 		return inference.Errorf(inference.KindOverloaded,
-			"proxy: %d bytes of request bodies are in flight, the budget (max_body_bytes_in_flight); retry later", b.limit)
+			"proxy: %d bytes of request bodies are in flight, the budget (-max-body-in-flight); retry later", b.limit)
 	}
 	b.held.Store(h, hold{bytes: int64(n)})
 	return nil
