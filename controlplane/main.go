@@ -40,6 +40,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 	"time"
 
@@ -133,27 +134,7 @@ func run(ctx context.Context, args []string, stderr io.Writer, ready func(ads, a
 	if servers.webhook != nil {
 		go func() { errc <- servers.webhook.srv.Serve(servers.webhook.lis) }()
 	}
-	reloadDone := make(chan struct{})
-	go func() {
-		defer close(reloadDone)
-		if rl.path != "" {
-			rl.run(ctx, time.Second, 100*time.Millisecond)
-		}
-	}()
-	discoverDone := make(chan struct{})
-	go func() {
-		defer close(discoverDone)
-		if disc != nil {
-			if err := disc.w.Run(ctx); err != nil {
-				errc <- err
-			}
-		}
-	}()
-	weightsDone := make(chan struct{})
-	go func() {
-		defer close(weightsDone)
-		lrs.Run(ctx)
-	}()
+	wait := startBackground(ctx, rl, disc, lrs, errc)
 	warnIfExposed(log, "ADS and LRS", servers.ads.Addr(), f.tls.mode())
 	warnIfExposed(log, "admin", servers.admin.Addr(), plaintext)
 	log.Info("controlplane serving", "ads", servers.ads.Addr().String(), "admin", servers.admin.Addr().String(),
@@ -170,13 +151,30 @@ func run(ctx context.Context, args []string, stderr io.Writer, ready func(ads, a
 	log.Info("controlplane stopping")
 	cancel()
 	stopServers(g, hs, servers.webhook)
-	<-reloadDone
-	<-discoverDone
-	<-weightsDone
+	wait()
 	if errors.Is(serveErr, http.ErrServerClosed) || errors.Is(serveErr, grpc.ErrServerStopped) {
 		serveErr = nil
 	}
 	return serveErr
+}
+
+// startBackground runs the config file's reloader, Kubernetes discovery
+// (its error ends run through errc) and the adaptive weights until ctx
+// ends; wait returns once all three have stopped.
+func startBackground(ctx context.Context, rl *reloader, disc *discoverer, lrs *xdsserver.LRS, errc chan<- error) (wait func()) {
+	var wg sync.WaitGroup
+	if rl.path != "" {
+		wg.Go(func() { rl.run(ctx, time.Second, 100*time.Millisecond) })
+	}
+	if disc != nil {
+		wg.Go(func() {
+			if err := disc.w.Run(ctx); err != nil {
+				errc <- err
+			}
+		})
+	}
+	wg.Go(func() { lrs.Run(ctx) })
+	return wg.Wait
 }
 
 // flags are the command line's settings.
