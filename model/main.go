@@ -124,6 +124,17 @@ func run(args []string, stderr io.Writer) error {
 	}
 	defer gsrv.stop()
 
+	if err := serveUntilSignal(srv, ln, gsrv, *drain, logger); err != nil {
+		return err
+	}
+	_ = metrics.Close(context.Background())
+	logger.Info("stopped")
+	return nil
+}
+
+// serveUntilSignal serves ln until it fails or SIGTERM/SIGINT comes, then
+// drains both servers for at most drain.
+func serveUntilSignal(srv *modelrt.Server, ln net.Listener, gsrv grpcServer, drain time.Duration, logger *slog.Logger) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	served := make(chan error, 1)
@@ -137,8 +148,8 @@ func run(args []string, stderr io.Writer) error {
 		return err
 	case <-ctx.Done():
 	}
-	logger.Info("draining: not ready, finishing requests in flight", "timeout", *drain)
-	sctx, cancel := context.WithTimeout(context.Background(), *drain)
+	logger.Info("draining: not ready, finishing requests in flight", "timeout", drain)
+	sctx, cancel := context.WithTimeout(context.Background(), drain)
 	defer cancel()
 	gsrv.drain(sctx)
 	if err := srv.Shutdown(sctx); err != nil {
@@ -147,8 +158,6 @@ func run(args []string, stderr io.Writer) error {
 	if err := <-served; err != nil {
 		return err
 	}
-	_ = metrics.Close(context.Background())
-	logger.Info("stopped")
 	return nil
 }
 
