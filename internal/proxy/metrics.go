@@ -25,16 +25,16 @@ import (
 )
 
 type metrics struct {
-	requests     metric.Int64Counter
-	duration     metric.Float64Histogram
-	upRequests   metric.Int64Counter
-	upDuration   metric.Float64Histogram
+	requests   metric.Int64Counter
+	duration   metric.Float64Histogram
+	upRequests metric.Int64Counter
+	upDuration metric.Float64Histogram
 	// attrs holds each series' attribute set, built once: an immutable
 	// map replaced whole when a series is new (rare: models × endpoints ×
 	// codes), so that a request's lookups take no lock and allocate
 	// nothing (a sync.Map boxes the key on every Load).
-	attrs   atomic.Pointer[map[labels]series]
-	attrsMu sync.Mutex // serialises the replacements of attrs
+	attrs        atomic.Pointer[map[labels]series]
+	attrsMu      sync.Mutex // serialises the replacements of attrs
 	weightGauge  metric.Int64ObservableGauge
 	availGauge   metric.Int64ObservableGauge
 	registration metric.Registration
