@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"testing"
+	"time"
 
 	"github.com/valyala/fasthttp"
 
@@ -58,5 +59,28 @@ func BenchmarkPassThroughHandler(b *testing.B) {
 		if code := rc.Response.StatusCode(); code != fasthttp.StatusOK {
 			b.Fatalf("status %d: %s", code, rc.Response.Body())
 		}
+	}
+}
+
+// TestMetricsAllocateNothing guards the pass-through path's metrics: once
+// a series exists, counting a request and an upstream call with the real
+// metrics SDK allocates nothing (each attribute set is built once and
+// passed as a stored option slice).
+func TestMetricsAllocateNothing(t *testing.T) {
+	metrics, err := telemetry.NewMetrics()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pm, err := newMetrics(metrics.Meter("sidecar"), func() []endpointWeight { return nil }, func() []versionAvailable { return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	record := func() {
+		pm.request("m", 200, cacheBypass, time.Millisecond)
+		pm.upstream("m", "127.0.0.1:1", 200, time.Millisecond)
+	}
+	record() // builds the series
+	if n := testing.AllocsPerRun(1000, record); n != 0 {
+		t.Errorf("%v allocations per request's metrics, want 0", n)
 	}
 }
