@@ -99,7 +99,7 @@ header() {
 }
 
 start_linear() {
-	"$BIN/model" -listen "$RT" -model m=sim:linear/5ms+200us -slots 1 >"$BIN/model.log" 2>&1 &
+	"$BIN/model" -listen "$RT" -grpc-listen off -model m=sim:linear/5ms+200us -slots 1 >"$BIN/model.log" 2>&1 &
 	wait_ready "http://$RT/v2/health/ready"
 	"$BIN/textbook" -listen "$TB" -upstream "$RT" -max-batch 32 -max-wait 10ms >"$BIN/textbook.log" 2>&1 &
 	wait_ready "http://$TB/v2/health/ready"
@@ -127,7 +127,7 @@ part_open() {
 }
 
 part_bert() {
-	"$BIN/model" -listen "$RTB" -model m=sim:h200/bert-base -slots 1 >"$BIN/model-bert.log" 2>&1 &
+	"$BIN/model" -listen "$RTB" -grpc-listen off -model m=sim:h200/bert-base -slots 1 >"$BIN/model-bert.log" 2>&1 &
 	wait_ready "http://$RTB/v2/health/ready"
 	sidecar bert "$RTB" 64 cohort
 	header "sim:h200/bert-base, 1 slot: 256 one-row clients through the sidecar vs the runtime's best (64-row requests)"
@@ -136,7 +136,7 @@ part_bert() {
 }
 
 part_pass() {
-	"$BIN/model" -listen "$RT0" -model m=sim:linear/0s+0s -slots 64 >"$BIN/model0.log" 2>&1 &
+	"$BIN/model" -listen "$RT0" -grpc-listen off -model m=sim:linear/0s+0s -slots 64 >"$BIN/model0.log" 2>&1 &
 	wait_ready "http://$RT0/v2/health/ready"
 	sidecar pass "$RT0" 0 cohort
 	local nginx=
