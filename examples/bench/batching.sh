@@ -23,6 +23,8 @@ trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$BI
 go build -o "$BIN/" ./model ./sidecar ./examples/bench ./examples/bench/textbook
 RT=127.0.0.1:18830 RT0=127.0.0.1:18831 RTB=127.0.0.1:18832
 TB=127.0.0.1:18840 NGX=127.0.0.1:18841
+declare -A PID=()
+LAST_RPS=0
 declare -A SC=([transit]=127.0.0.1:18850 [cohort]=127.0.0.1:18852 [pass]=127.0.0.1:18854 [bert]=127.0.0.1:18856)
 
 wait_ready() { # URL
@@ -44,6 +46,7 @@ models:
     versions: [{version: "1", endpoints: [{address: "$2", slots: 1}]}]
 YAML
 	"$BIN/sidecar" -config "$BIN/$1.yaml" -listen "$listen" -admin "$admin" -log-level warn >"$BIN/$1.log" 2>&1 &
+	PID[$1]=$!
 	wait_ready "http://$admin/readyz"
 }
 
@@ -57,11 +60,34 @@ measure() {
 	}
 	field() { echo "$out" | sed -n "s/.*\"$1\": *\([0-9.e+-]*\).*/\1/p" | head -1; }
 	local rps p50 p99 p999 errs batch off drop
-	rps=$(field rows_per_sec) p50=$(field p50_ns) p99=$(field p99_ns) p999=$(field p999_ns)
+	rps=$(field rows_per_sec) p50=$(field p50_ns)
+	LAST_RPS=$rps p99=$(field p99_ns) p999=$(field p999_ns)
 	errs=$(field errors) batch=$(field mean_batch_rows) off=$(field offered_per_sec) drop=$(field dropped)
 	awk -v l="$label" -v r="$rps" -v a="$p50" -v b="$p99" -v c="$p999" -v e="$errs" -v m="$batch" -v o="${off:-}" -v d="${drop:-0}" 'BEGIN {
 		printf "| %s | %s%.0f | %.2f | %.2f | %.2f | %d%s | %s |\n", l, (o == "" ? "" : sprintf("%.0f → ", o)), r, a / 1e6, b / 1e6, c / 1e6, e,
 			(o == "" ? "" : sprintf(", %d dropped", d)), (m > 0 ? sprintf("%.1f", m) : "-") }'
+}
+
+# cpu_ticks PID: the CPU time (user + system, in clock ticks) of PID and
+# its children so far.
+cpu_ticks() {
+	local t=0 p
+	for p in "$1" $(pgrep -P "$1"); do
+		t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+	done
+	echo "$t"
+}
+
+# measure_cpu LABEL HOSTPORT PID [bench flags...]: measure, and add the CPU
+# that PID (and its children) spent per request to CPU_ROWS.
+measure_cpu() {
+	local label=$1 target=$2 pid=$3 t0 t1
+	shift 3
+	t0=$(cpu_ticks "$pid")
+	measure "$label" "$target" "$@"
+	t1=$(cpu_ticks "$pid")
+	CPU_ROWS+=("$(awk -v l="$label" -v t=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v r="$LAST_RPS" -v d="${DURATION%s}" \
+		'BEGIN { printf "| %s | %.1f |", l, (r > 0 ? t / hz * 1e6 / (r * d) : 0) }')")
 }
 
 header() {
@@ -73,7 +99,7 @@ header() {
 }
 
 start_linear() {
-	"$BIN/model" -listen "$RT" -model m=sim:linear/5ms+200us -slots 1 >"$BIN/model.log" 2>&1 &
+	"$BIN/model" -listen "$RT" -grpc-listen off -model m=sim:linear/5ms+200us -slots 1 >"$BIN/model.log" 2>&1 &
 	wait_ready "http://$RT/v2/health/ready"
 	"$BIN/textbook" -listen "$TB" -upstream "$RT" -max-batch 32 -max-wait 10ms >"$BIN/textbook.log" 2>&1 &
 	wait_ready "http://$TB/v2/health/ready"
@@ -101,7 +127,7 @@ part_open() {
 }
 
 part_bert() {
-	"$BIN/model" -listen "$RTB" -model m=sim:h200/bert-base -slots 1 >"$BIN/model-bert.log" 2>&1 &
+	"$BIN/model" -listen "$RTB" -grpc-listen off -model m=sim:h200/bert-base -slots 1 >"$BIN/model-bert.log" 2>&1 &
 	wait_ready "http://$RTB/v2/health/ready"
 	sidecar bert "$RTB" 64 cohort
 	header "sim:h200/bert-base, 1 slot: 256 one-row clients through the sidecar vs the runtime's best (64-row requests)"
@@ -110,7 +136,7 @@ part_bert() {
 }
 
 part_pass() {
-	"$BIN/model" -listen "$RT0" -model m=sim:linear/0s+0s -slots 64 >"$BIN/model0.log" 2>&1 &
+	"$BIN/model" -listen "$RT0" -grpc-listen off -model m=sim:linear/0s+0s -slots 64 >"$BIN/model0.log" 2>&1 &
 	wait_ready "http://$RT0/v2/health/ready"
 	sidecar pass "$RT0" 0 cohort
 	local nginx=
@@ -134,18 +160,24 @@ http {
 }
 NGINX
 		nginx -c "$BIN/nginx/nginx.conf" -p "$BIN/nginx" >"$BIN/nginx.log" 2>&1 &
+		PID[nginx]=$!
 		wait_ready "http://$NGX/v2/health/ready" && nginx=$NGX
 	fi
 	header "Pass-through: batching off, zero-cost runtime"
+	CPU_ROWS=()
 	for c in 64 1; do
 		measure "direct, $c clients" "$RT0" -clients "$c"
-		measure "sidecar pass-through, $c clients" "${SC[pass]}" -clients "$c"
+		measure_cpu "sidecar pass-through, $c clients" "${SC[pass]}" "${PID[pass]}" -clients "$c"
 		if [ -n "$nginx" ]; then
-			measure "nginx, $c clients" "$nginx" -clients "$c"
+			measure_cpu "nginx, $c clients" "$nginx" "${PID[nginx]}" -clients "$c"
 		else
 			echo "| nginx, $c clients | (not installed: apt-get install nginx-light) |"
 		fi
 	done
+	echo
+	echo "| proxy | CPU µs per request (from /proc/PID/stat) |"
+	echo "|---|---|"
+	printf '%s\n' "${CPU_ROWS[@]}"
 }
 
 parts=("$@")

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -23,11 +25,16 @@ import (
 )
 
 type metrics struct {
-	requests     metric.Int64Counter
-	duration     metric.Float64Histogram
-	upRequests   metric.Int64Counter
-	upDuration   metric.Float64Histogram
-	attrs        sync.Map // labels → metric.MeasurementOption
+	requests   metric.Int64Counter
+	duration   metric.Float64Histogram
+	upRequests metric.Int64Counter
+	upDuration metric.Float64Histogram
+	// attrs holds each series' attribute set, built once: an immutable
+	// map replaced whole when a series is new (rare: models × endpoints ×
+	// codes), so that a request's lookups take no lock and allocate
+	// nothing (a sync.Map boxes the key on every Load).
+	attrs        atomic.Pointer[map[labels]series]
+	attrsMu      sync.Mutex // serialises the replacements of attrs
 	weightGauge  metric.Int64ObservableGauge
 	availGauge   metric.Int64ObservableGauge
 	registration metric.Registration
@@ -97,10 +104,28 @@ type labels struct {
 	withCode               bool
 }
 
+// series is the attribute set of one series, as the options of an Add and
+// of a Record: passed with "...", a stored slice is not copied, where a
+// literal option escapes to a new slice on every call.
+type series struct {
+	add    []metric.AddOption
+	record []metric.RecordOption
+}
+
 // opt returns the cached attribute set for l, building it on first use.
-func (pm *metrics) opt(l labels) metric.MeasurementOption {
-	if o, ok := pm.attrs.Load(l); ok {
-		return o.(metric.MeasurementOption)
+func (pm *metrics) opt(l labels) series {
+	if m := pm.attrs.Load(); m != nil {
+		if o, ok := (*m)[l]; ok {
+			return o
+		}
+	}
+	pm.attrsMu.Lock()
+	defer pm.attrsMu.Unlock()
+	old := pm.attrs.Load()
+	if old != nil {
+		if o, ok := (*old)[l]; ok {
+			return o
+		}
 	}
 	as := []attribute.KeyValue{attribute.String("model", l.model)}
 	if l.endpoint != "" {
@@ -112,8 +137,14 @@ func (pm *metrics) opt(l labels) metric.MeasurementOption {
 	if l.cache != "" {
 		as = append(as, attribute.String("cache", l.cache))
 	}
-	o := metric.WithAttributeSet(attribute.NewSet(as...))
-	pm.attrs.Store(l, o)
+	set := metric.WithAttributeSet(attribute.NewSet(as...))
+	o := series{add: []metric.AddOption{set}, record: []metric.RecordOption{set}}
+	next := map[labels]series{}
+	if old != nil {
+		next = maps.Clone(*old)
+	}
+	next[l] = o
+	pm.attrs.Store(&next)
 	return o
 }
 
@@ -131,11 +162,11 @@ func (pm *metrics) track(st *state) {
 			results = []string{cacheHit, cacheMiss, cachePartial, cacheCoalesced, cacheBypass}
 		}
 		for _, r := range results {
-			pm.requests.Add(ctx, 0, pm.opt(labels{model: name, code: 200, withCode: true, cache: r}))
+			pm.requests.Add(ctx, 0, pm.opt(labels{model: name, code: 200, withCode: true, cache: r}).add...)
 		}
 		for _, v := range m.versions {
 			for _, e := range v.cfg.Endpoints {
-				pm.upRequests.Add(ctx, 0, pm.opt(labels{model: name, endpoint: e.Address, code: 200, withCode: true}))
+				pm.upRequests.Add(ctx, 0, pm.opt(labels{model: name, endpoint: e.Address, code: 200, withCode: true}).add...)
 			}
 		}
 	}
@@ -143,14 +174,14 @@ func (pm *metrics) track(st *state) {
 
 func (pm *metrics) request(model string, code int, cache string, d time.Duration) {
 	ctx := context.Background()
-	pm.requests.Add(ctx, 1, pm.opt(labels{model: model, code: code, withCode: true, cache: cache}))
-	pm.duration.Record(ctx, d.Seconds(), pm.opt(labels{model: model}))
+	pm.requests.Add(ctx, 1, pm.opt(labels{model: model, code: code, withCode: true, cache: cache}).add...)
+	pm.duration.Record(ctx, d.Seconds(), pm.opt(labels{model: model}).record...)
 }
 
 func (pm *metrics) upstream(model, endpoint string, code int, d time.Duration) {
 	ctx := context.Background()
-	pm.upRequests.Add(ctx, 1, pm.opt(labels{model: model, endpoint: endpoint, code: code, withCode: true}))
-	pm.upDuration.Record(ctx, d.Seconds(), pm.opt(labels{model: model, endpoint: endpoint}))
+	pm.upRequests.Add(ctx, 1, pm.opt(labels{model: model, endpoint: endpoint, code: code, withCode: true}).add...)
+	pm.upDuration.Record(ctx, d.Seconds(), pm.opt(labels{model: model, endpoint: endpoint}).record...)
 }
 
 // callFailed reports whether an upstream call counts as a failure for
