@@ -48,17 +48,18 @@ func (s grpcService) ModelInfer(ctx context.Context, in *grpcapi.ModelInferReque
 	ctx, cancel := context.WithDeadline(ctx, start.Add(timeout))
 	defer cancel()
 	ctx, span := p.startGRPCSpan(ctx, md, name)
-	out, res, rows, prio, err := p.grpcInfer(ctx, md, m, v, in)
+	var (
+		out  *grpcapi.ModelInferResponse
+		res  cachedResult
+		rows int
+		prio batch.Priority
+	)
 	// As for REST (infer): a call that named no version fails over to
 	// another version of the split when its version cannot serve it.
-	for tried := []*version{v}; err != nil && in.GetModelVersion() == "" && inference.KindOf(err) == inference.KindUnavailable && ctx.Err() == nil; {
-		next := p.failoverVersion(m, tried)
-		if next == nil {
-			break
-		}
-		v, tried = next, append(tried, next)
+	v = p.failover(ctx, m, v, in.GetModelVersion() != "", func(v *version) error {
 		out, res, rows, prio, err = p.grpcInfer(ctx, md, m, v, in)
-	}
+		return err
+	})
 	code := 200
 	if err != nil {
 		code = inference.HTTPStatus(err)

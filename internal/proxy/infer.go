@@ -183,15 +183,16 @@ type serveFunc func(ctx context.Context, rc *fasthttp.RequestCtx, m *model, v *v
 func (p *Proxy) infer(ctx context.Context, rc *fasthttp.RequestCtx, m *model, v *version, pinned bool, start time.Time, serve serveFunc) {
 	name := m.cfg.Name
 	ctx, span := p.startServerSpan(ctx, rc, name)
-	res, rows, prio, err := serve(ctx, rc, m, v)
-	for tried := []*version{v}; err != nil && !pinned && inference.KindOf(err) == inference.KindUnavailable && ctx.Err() == nil; {
-		next := p.failoverVersion(m, tried)
-		if next == nil {
-			break
-		}
-		v, tried = next, append(tried, next)
+	var (
+		res  cachedResult
+		rows int
+		prio batch.Priority
+		err  error
+	)
+	v = p.failover(ctx, m, v, pinned, func(v *version) error {
 		res, rows, prio, err = serve(ctx, rc, m, v)
-	}
+		return err
+	})
 	status := fasthttp.StatusOK
 	if err != nil {
 		if res.status == "" {

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"math/rand/v2"
 	"slices"
 
@@ -121,6 +122,23 @@ func weighted(vs []*version, total int, ok func(*version) bool) *version {
 		last = v
 	}
 	return last
+}
+
+// failover calls serve with v and, for a request that did not name its
+// version (pinned false), again with other versions of the split while the
+// last one could not serve it (inference.KindUnavailable), ctx is live and
+// failoverVersion finds one. It returns the version of the last call.
+func (p *Proxy) failover(ctx context.Context, m *model, v *version, pinned bool, serve func(*version) error) *version {
+	err := serve(v)
+	for tried := []*version{v}; err != nil && !pinned && inference.KindOf(err) == inference.KindUnavailable && ctx.Err() == nil; {
+		next := p.failoverVersion(m, tried)
+		if next == nil {
+			break
+		}
+		v, tried = next, append(tried, next)
+		err = serve(v)
+	}
+	return v
 }
 
 // failoverVersion picks, by weight, a version of m to serve a request that
