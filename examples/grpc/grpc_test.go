@@ -20,38 +20,11 @@ import (
 
 	"github.com/batchmesh/batchmesh/internal/codec"
 	"github.com/batchmesh/batchmesh/internal/modelrt"
+	"github.com/batchmesh/batchmesh/internal/nodetest"
 	"github.com/batchmesh/batchmesh/internal/runtimetest"
 	"github.com/batchmesh/batchmesh/internal/sidecar"
 	"github.com/batchmesh/batchmesh/internal/sidecartest"
 )
-
-// installClient copies the example into a temporary directory and runs npm
-// ci there, so that the repository's tree stays clean. It skips the test
-// when node or npm is missing.
-func installClient(t *testing.T) string {
-	t.Helper()
-	for _, tool := range []string{"node", "npm"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s is not installed: this test runs Node's gRPC client (install Node.js 18 or later)", tool)
-		}
-	}
-	dir := t.TempDir()
-	for _, f := range []string{"package.json", "package-lock.json", "infer.mjs"} {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dir, f), b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	cmd := exec.Command("npm", "ci", "--no-audit", "--no-fund", "--loglevel=error")
-	cmd.Dir = dir
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("npm ci: %v\n%s", err, out)
-	}
-	return dir
-}
 
 // restAnswer is the runtime's own REST answer for row i, as binary output
 // bytes.
@@ -81,7 +54,7 @@ func restAnswer(t *testing.T, url string, i int) []byte {
 // for the row, in the form the call used, and a malformed tensor is
 // INVALID_ARGUMENT (3) naming the input.
 func TestNodeGRPCClient(t *testing.T) {
-	dir := installClient(t)
+	dir := nodetest.Install(t, "Node's gRPC client (@grpc/grpc-js)", "infer.mjs")
 	proto, err := filepath.Abs("../../internal/grpcapi/grpc_predict_v2.proto")
 	if err != nil {
 		t.Fatal(err)

@@ -11,44 +11,16 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/batchmesh/batchmesh/internal/modelrt"
+	"github.com/batchmesh/batchmesh/internal/nodetest"
 	"github.com/batchmesh/batchmesh/internal/runtimetest"
 	"github.com/batchmesh/batchmesh/internal/sidecar"
 	"github.com/batchmesh/batchmesh/internal/sidecartest"
 )
-
-// installClient copies the example into a temporary directory and runs npm
-// ci there, so that the repository's tree stays clean. It skips the test
-// when node or npm is missing.
-func installClient(t *testing.T) string {
-	t.Helper()
-	for _, tool := range []string{"node", "npm"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s is not installed: this test runs the official OpenAI client under Node (install Node.js 18 or later)", tool)
-		}
-	}
-	dir := t.TempDir()
-	for _, f := range []string{"package.json", "package-lock.json", "embeddings.mjs"} {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dir, f), b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	cmd := exec.Command("npm", "ci", "--no-audit", "--no-fund", "--loglevel=error")
-	cmd.Dir = dir
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("npm ci: %v\n%s", err, out)
-	}
-	return dir
-}
 
 func runNode(t *testing.T, dir string, env []string, args ...string) map[string]any {
 	t.Helper()
@@ -96,7 +68,7 @@ func batchRows(t *testing.T, url string) (sum, count float64) {
 }
 
 func TestOfficialOpenAIClient(t *testing.T) {
-	dir := installClient(t)
+	dir := nodetest.Install(t, "the official OpenAI client", "embeddings.mjs")
 	rt := runtimetest.Start(t, modelrt.Config{Models: runtimetest.Models(t, "e=embed:h200/minilm-l6"), Slots: 1}, runtimetest.WithMetrics())
 	sc := sidecartest.Start(t, sidecar.Config{Source: "openai.yaml", Models: sidecartest.Models(t, "openai.yaml", fmt.Sprintf(`models:
   - name: e

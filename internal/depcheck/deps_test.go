@@ -79,9 +79,9 @@ var rules = []rule{
 	},
 	{
 		pkgs:   []string{"./..."},
-		except: []string{"./internal/runtimetest/...", "./internal/sidecartest/...", "./internal/netnstest/...", "./internal/apiservertest/...", "./internal/certtest/..."},
-		forbid: []string{"./internal/runtimetest/...", "./internal/sidecartest/...", "./internal/netnstest/...", "./internal/apiservertest/...", "./internal/certtest/..."},
-		why:    "runtimetest, sidecartest, netnstest, apiservertest and certtest start runtimes, sidecars, network namespaces and API servers, or make throwaway CAs, for tests; only _test.go files may import them",
+		except: []string{"./internal/runtimetest/...", "./internal/sidecartest/...", "./internal/netnstest/...", "./internal/apiservertest/...", "./internal/certtest/...", "./internal/nodetest/..."},
+		forbid: []string{"./internal/runtimetest/...", "./internal/sidecartest/...", "./internal/netnstest/...", "./internal/apiservertest/...", "./internal/certtest/...", "./internal/nodetest/..."},
+		why:    "runtimetest, sidecartest, netnstest, apiservertest, certtest and nodetest start runtimes, sidecars, network namespaces and API servers, make throwaway CAs or install Node clients, for tests; only _test.go files may import them",
 	},
 	{
 		pkgs:   []string{"./internal/redirect/..."},
