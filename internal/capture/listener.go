@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/batchmesh/batchmesh/internal/rawconn"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -150,7 +151,10 @@ func (l *Listener) acceptLoop() {
 func (l *Listener) classify(c *net.TCPConn) {
 	dst, err := OriginalDst(c)
 	explicit := err != nil || l.isSelf(c, dst)
-	br := bufio.NewReader(c)
+	// The HTTP server reads and writes through rawconn (no scheduler
+	// system-call state per read and write); a splice copies from c.
+	rc := rawconn.Wrap(c)
+	br := bufio.NewReader(rc)
 	if !explicit {
 		_ = c.SetReadDeadline(time.Now().Add(l.cfg.SniffTimeout))
 		first, err := br.Peek(sniffLen)
@@ -163,7 +167,7 @@ func (l *Listener) classify(c *net.TCPConn) {
 			return
 		}
 	}
-	hc := &Conn{Conn: c, r: br, Original: dst, Explicit: explicit}
+	hc := &Conn{Conn: rc, r: br, Original: dst, Explicit: explicit}
 	select {
 	case l.http <- hc:
 	case <-l.done:

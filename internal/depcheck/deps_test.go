@@ -93,9 +93,16 @@ var rules = []rule{
 	{
 		pkgs:   []string{"./internal/capture/..."},
 		forbid: []string{"./internal/..."},
-		allow:  []string{"./internal/capture/..."},
+		allow:  []string{"./internal/capture/...", "./internal/rawconn/..."},
 		deep:   true,
 		why:    "capture moves connections; what a request means is the proxy's, asked through Router.Serves",
+	},
+	{
+		pkgs:   []string{"./internal/rawconn/..."},
+		forbid: []string{"./internal/...", "github.com/..."},
+		allow:  []string{"./internal/rawconn/..."},
+		deep:   true,
+		why:    "rawconn is a TCP connection with cheaper system calls; it knows nothing of HTTP or the mesh",
 	},
 	{
 		pkgs:   []string{"./internal/inject/..."},

@@ -24,6 +24,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/batchmesh/batchmesh/internal/rawconn"
 	"log/slog"
 	"net"
 	"sync"
@@ -161,8 +162,10 @@ func (s *Sidecar) Run(ctx context.Context) error {
 		return err
 	}
 	if cl != nil {
-		ln = cl
+		ln = cl // it makes its HTTP connections rawconn's itself
 		defer router.Close()
+	} else {
+		ln = rawconn.Listener{Listener: ln}
 	}
 	g := s.splitGRPC(ln)
 	served := make(chan error, 3)

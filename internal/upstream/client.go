@@ -3,7 +3,9 @@ package upstream
 import (
 	"context"
 	"encoding/json"
+	"github.com/batchmesh/batchmesh/internal/rawconn"
 	"log/slog"
+	"net"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -98,6 +100,13 @@ func (c *Client) pool(addr string) *pool {
 		DisablePathNormalizing: true,
 		RetryIfErr:             retryStale,
 		DialDualStack:          true, // IPv6 endpoints, and names with IPv6 addresses
+		DialTimeout: func(addr string, t time.Duration) (net.Conn, error) {
+			c, err := fasthttp.DialDualStackTimeout(addr, t)
+			if err != nil {
+				return nil, err
+			}
+			return rawconn.Wrap(c), nil
+		},
 	}})
 	return ep.(*pool)
 }
