@@ -2,8 +2,8 @@
 # The batching and pass-through comparison of docs/batching.md, all in one
 # run on one machine, so that its ratios are fair even on a busy machine:
 #
-#   examples/bench/batching.sh            # the whole table (about 5 minutes)
-#   DURATION=3s examples/bench/batching.sh closed open   # some parts only
+#   examples/bench/batching.sh            # the whole table (about 13 minutes)
+#   DURATION=3s ROUNDS=1 examples/bench/batching.sh closed open   # some parts, once
 #
 # Parts: closed (closed-loop one-row clients 1, 16, 64), open (Poisson
 # arrivals at 1000, 2000, 2600 rows/s), bert (sim:h200/bert-base, 256
@@ -12,19 +12,22 @@
 # simulated runtime (5ms + 0.2ms per row, one batch at a time): direct
 # calls, the textbook batcher (examples/bench/textbook: max 32 rows, 10ms),
 # and the sidecar with max_batch_size 64 under batch_policy transit (the
-# earlier rule) and cohort (the default). Builds what it needs; listens on
+# earlier rule) and cohort (the default). Each row is the median of ROUNDS
+# (3) runs, taken in turns with the other systems of its group. Builds
+# what it needs; listens on
 # 127.0.0.1 only; stops everything it started.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
 DURATION=${DURATION:-5s}
 BIN=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$BIN"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; [ -n "${KEEP:-}" ] || rm -rf "$BIN"' EXIT
 go build -o "$BIN/" ./model ./sidecar ./examples/bench ./examples/bench/textbook
 RT=127.0.0.1:18830 RT0=127.0.0.1:18831 RTB=127.0.0.1:18832
 TB=127.0.0.1:18840 NGX=127.0.0.1:18841
 declare -A PID=()
-LAST_RPS=0
+ROUNDS=${ROUNDS:-3}
+CPU_ROWS=()
 declare -A SC=([transit]=127.0.0.1:18850 [cohort]=127.0.0.1:18852 [pass]=127.0.0.1:18854 [bert]=127.0.0.1:18856)
 
 wait_ready() { # URL
@@ -50,22 +53,57 @@ YAML
 	wait_ready "http://$admin/readyz"
 }
 
-# measure LABEL HOSTPORT [bench flags...]: one run, one table row.
-measure() {
-	local label=$1 target=$2 out
-	shift 2
+# run_once HOSTPORT [bench flags...]: one bench run; prints "ROWS_PER_SEC
+# ROWS TABLE_CELLS" (the cells after the label) or "0 0 (failed) |".
+run_once() {
+	local target=$1 out
+	shift
 	out=$("$BIN/bench" -target "http://$target/v2/models/m/infer" -duration "$DURATION" -timeout 30s -json "$@" 2>/dev/null) || {
-		echo "| $label | (failed) |"
+		echo "0 0 (failed) |"
 		return
 	}
 	field() { echo "$out" | sed -n "s/.*\"$1\": *\([0-9.e+-]*\).*/\1/p" | head -1; }
-	local rps p50 p99 p999 errs batch off drop
-	rps=$(field rows_per_sec) p50=$(field p50_ns)
-	LAST_RPS=$rps p99=$(field p99_ns) p999=$(field p999_ns)
-	errs=$(field errors) batch=$(field mean_batch_rows) off=$(field offered_per_sec) drop=$(field dropped)
-	awk -v l="$label" -v r="$rps" -v a="$p50" -v b="$p99" -v c="$p999" -v e="$errs" -v m="$batch" -v o="${off:-}" -v d="${drop:-0}" 'BEGIN {
-		printf "| %s | %s%.0f | %.2f | %.2f | %.2f | %d%s | %s |\n", l, (o == "" ? "" : sprintf("%.0f → ", o)), r, a / 1e6, b / 1e6, c / 1e6, e,
+	awk -v r="$(field rows_per_sec)" -v n="$(field rows)" -v a="$(field p50_ns)" -v b="$(field p99_ns)" -v c="$(field p999_ns)" \
+		-v e="$(field errors)" -v m="$(field mean_batch_rows)" -v o="$(field offered_per_sec)" -v d="$(field dropped)" 'BEGIN {
+		printf "%f %d %s%.0f | %.2f | %.2f | %.2f | %d%s | %s |\n", r, n, (o == "" ? "" : sprintf("%.0f → ", o)), r, a / 1e6, b / 1e6, c / 1e6, e,
 			(o == "" ? "" : sprintf(", %d dropped", d)), (m > 0 ? sprintf("%.1f", m) : "-") }'
+}
+
+# compare SPEC...: ROUNDS rounds of one bench run per SPEC, interleaved
+# (A B C, A B C, ...) so that a change in the machine's load falls on every
+# system alike; prints each SPEC's median round (by rows/s) as a table row.
+# SPEC is "LABEL|HOSTPORT|PID|bench flags": with a PID, the CPU that PID
+# and its children spent per row over all rounds goes to CPU_ROWS.
+compare() {
+	local i r spec label target pid flags t0 line
+	local -a ticks=() rows=()
+	for ((r = 0; r < ROUNDS; r++)); do
+		i=0
+		for spec in "$@"; do
+			IFS='|' read -r label target pid flags <<<"$spec"
+			[ -n "$pid" ] && t0=$(cpu_ticks "$pid")
+			# shellcheck disable=SC2086 # flags are words
+			line=$(run_once "$target" $flags)
+			if [ -n "$pid" ]; then
+				ticks[i]=$((${ticks[i]:-0} + $(cpu_ticks "$pid") - t0))
+			fi
+			rows[i]=$((${rows[i]:-0} + $(echo "$line" | cut -d' ' -f2)))
+			echo "$line" >>"$BIN/round.$i"
+			i=$((i + 1))
+		done
+	done
+	i=0
+	for spec in "$@"; do
+		IFS='|' read -r label target pid flags <<<"$spec"
+		line=$(sort -g -k1,1 "$BIN/round.$i" | sed -n "$(((ROUNDS + 1) / 2))p")
+		echo "| $label | ${line#* * }"
+		if [ -n "$pid" ]; then
+			CPU_ROWS+=("$(awk -v l="$label" -v t="${ticks[i]}" -v hz="$(getconf CLK_TCK)" -v n="${rows[i]}" \
+				'BEGIN { printf "| %s | %.1f |", l, (n > 0 ? t / hz * 1e6 / n : 0) }')")
+		fi
+		rm -f "$BIN/round.$i"
+		i=$((i + 1))
+	done
 }
 
 # cpu_ticks PID: the CPU time (user + system, in clock ticks) of PID and
@@ -76,18 +114,6 @@ cpu_ticks() {
 		t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat")))
 	done
 	echo "$t"
-}
-
-# measure_cpu LABEL HOSTPORT PID [bench flags...]: measure, and add the CPU
-# that PID (and its children) spent per request to CPU_ROWS.
-measure_cpu() {
-	local label=$1 target=$2 pid=$3 t0 t1
-	shift 3
-	t0=$(cpu_ticks "$pid")
-	measure "$label" "$target" "$@"
-	t1=$(cpu_ticks "$pid")
-	CPU_ROWS+=("$(awk -v l="$label" -v t=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v r="$LAST_RPS" -v d="${DURATION%s}" \
-		'BEGIN { printf "| %s | %.1f |", l, (r > 0 ? t / hz * 1e6 / (r * d) : 0) }')")
 }
 
 header() {
@@ -110,19 +136,16 @@ start_linear() {
 part_closed() {
 	header "Closed loop: one-row clients, sim:linear/5ms+200us, 1 slot"
 	for c in 1 16 64; do
-		measure "direct, $c clients" "$RT" -clients "$c"
-		measure "textbook (32, 10ms), $c clients" "$TB" -clients "$c"
-		measure "sidecar transit, $c clients" "${SC[transit]}" -clients "$c"
-		measure "sidecar cohort, $c clients" "${SC[cohort]}" -clients "$c"
+		compare "direct, $c clients|$RT||-clients $c" "textbook (32, 10ms), $c clients|$TB||-clients $c" \
+			"sidecar transit, $c clients|${SC[transit]}||-clients $c" "sidecar cohort, $c clients|${SC[cohort]}||-clients $c"
 	done
 }
 
 part_open() {
 	header "Open loop: Poisson one-row arrivals, sim:linear/5ms+200us, 1 slot (rows/s: offered → served)"
 	for r in 1000 2000 2600; do
-		measure "textbook (32, 10ms), $r/s" "$TB" -rate "$r"
-		measure "sidecar transit, $r/s" "${SC[transit]}" -rate "$r"
-		measure "sidecar cohort, $r/s" "${SC[cohort]}" -rate "$r"
+		compare "textbook (32, 10ms), $r/s|$TB||-rate $r" "sidecar transit, $r/s|${SC[transit]}||-rate $r" \
+			"sidecar cohort, $r/s|${SC[cohort]}||-rate $r"
 	done
 }
 
@@ -131,8 +154,7 @@ part_bert() {
 	wait_ready "http://$RTB/v2/health/ready"
 	sidecar bert "$RTB" 64 cohort
 	header "sim:h200/bert-base, 1 slot: 256 one-row clients through the sidecar vs the runtime's best (64-row requests)"
-	measure "sidecar cohort, 256 clients" "${SC[bert]}" -clients 256
-	measure "direct, 64-row requests, 2 clients" "$RTB" -clients 2 -rows 64
+	compare "sidecar cohort, 256 clients|${SC[bert]}||-clients 256" "direct, 64-row requests, 2 clients|$RTB||-clients 2 -rows 64"
 }
 
 part_pass() {
@@ -164,13 +186,12 @@ NGINX
 		wait_ready "http://$NGX/v2/health/ready" && nginx=$NGX
 	fi
 	header "Pass-through: batching off, zero-cost runtime"
-	CPU_ROWS=()
 	for c in 64 1; do
-		measure "direct, $c clients" "$RT0" -clients "$c"
-		measure_cpu "sidecar pass-through, $c clients" "${SC[pass]}" "${PID[pass]}" -clients "$c"
 		if [ -n "$nginx" ]; then
-			measure_cpu "nginx, $c clients" "$nginx" "${PID[nginx]}" -clients "$c"
+			compare "direct, $c clients|$RT0||-clients $c" "sidecar pass-through, $c clients|${SC[pass]}|${PID[pass]}|-clients $c" \
+				"nginx, $c clients|$nginx|${PID[nginx]}|-clients $c"
 		else
+			compare "direct, $c clients|$RT0||-clients $c" "sidecar pass-through, $c clients|${SC[pass]}|${PID[pass]}|-clients $c"
 			echo "| nginx, $c clients | (not installed: apt-get install nginx-light) |"
 		fi
 	done
@@ -182,7 +203,7 @@ NGINX
 
 parts=("$@")
 ((${#parts[@]})) || parts=(closed open bert pass)
-echo "batching.sh: $(date -u +%FT%TZ), $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg), DURATION $DURATION"
+echo "batching.sh: $(date -u +%FT%TZ), $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg), DURATION $DURATION, median of $ROUNDS rounds"
 case " ${parts[*]} " in *" closed "* | *" open "*) start_linear ;; esac
 for p in "${parts[@]}"; do
 	"part_$p"

@@ -5,13 +5,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/batchmesh/batchmesh/internal/rawconn"
 	"log/slog"
 	"net"
 	"net/netip"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/batchmesh/batchmesh/internal/rawconn"
 )
 
 // Defaults of Config.

@@ -15,6 +15,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/batchmesh/batchmesh/internal/codec"
+	"github.com/batchmesh/batchmesh/internal/rawconn"
 )
 
 // ErrUnreachable is wrapped by the error Run returns when nothing accepts a
@@ -86,6 +87,9 @@ func newRun(s *settings, p *pool, done <-chan struct{}) *run {
 		Name:                   "batchmesh-loadgen",
 		MaxConns:               s.Clients, // each client has at most one request in flight
 		DisablePathNormalizing: true,
+		// A load generator should cost little CPU: the machine it shares
+		// with the system under test is what is measured.
+		DialTimeout: rawconn.DialFunc(fasthttp.DialTimeout),
 	}
 	r.clients = make([]*client, s.Clients)
 	for i := range r.clients {

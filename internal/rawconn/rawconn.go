@@ -23,6 +23,7 @@ import (
 	"net"
 	"os"
 	"syscall"
+	"time"
 	"unsafe"
 )
 
@@ -167,4 +168,16 @@ func (l Listener) Accept() (net.Conn, error) {
 		return nil, err
 	}
 	return Wrap(c), nil
+}
+
+// DialFunc wraps the connections dial makes: for a client's dialler
+// setting, such as fasthttp's DialTimeout.
+func DialFunc(dial func(addr string, timeout time.Duration) (net.Conn, error)) func(addr string, timeout time.Duration) (net.Conn, error) {
+	return func(addr string, timeout time.Duration) (net.Conn, error) {
+		c, err := dial(addr, timeout)
+		if err != nil {
+			return nil, err
+		}
+		return Wrap(c), nil
+	}
 }

@@ -24,7 +24,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/batchmesh/batchmesh/internal/rawconn"
 	"log/slog"
 	"net"
 	"sync"
@@ -36,6 +35,7 @@ import (
 	"github.com/batchmesh/batchmesh/internal/config"
 	"github.com/batchmesh/batchmesh/internal/loadreport"
 	"github.com/batchmesh/batchmesh/internal/proxy"
+	"github.com/batchmesh/batchmesh/internal/rawconn"
 	"github.com/batchmesh/batchmesh/internal/xdsclient"
 )
 

@@ -3,9 +3,7 @@ package upstream
 import (
 	"context"
 	"encoding/json"
-	"github.com/batchmesh/batchmesh/internal/rawconn"
 	"log/slog"
-	"net"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -15,6 +13,7 @@ import (
 
 	"github.com/batchmesh/batchmesh/internal/codec"
 	"github.com/batchmesh/batchmesh/internal/inference"
+	"github.com/batchmesh/batchmesh/internal/rawconn"
 )
 
 // Defaults of Config's zero values.
@@ -100,13 +99,7 @@ func (c *Client) pool(addr string) *pool {
 		DisablePathNormalizing: true,
 		RetryIfErr:             retryStale,
 		DialDualStack:          true, // IPv6 endpoints, and names with IPv6 addresses
-		DialTimeout: func(addr string, t time.Duration) (net.Conn, error) {
-			c, err := fasthttp.DialDualStackTimeout(addr, t)
-			if err != nil {
-				return nil, err
-			}
-			return rawconn.Wrap(c), nil
-		},
+		DialTimeout:            rawconn.DialFunc(fasthttp.DialDualStackTimeout),
 	}})
 	return ep.(*pool)
 }
