@@ -68,6 +68,9 @@ type echo struct {
 	learned bool
 	share   float64
 	ret     time.Duration
+
+	short     int64     // batches that left with callers of the last answer still out
+	shortOpen time.Time // the window whose answer such a batch was counted for
 }
 
 // arrived records rows arriving at now.
@@ -282,6 +285,10 @@ func (l *Lane) cohortHoldLocked(g *group, ep *endpoint, idle bool, now time.Time
 		until = minTime(until, deadline.Add(-ep.predict(q+float64(missing))))
 		hold := until.Sub(now)
 		if hold <= 0 {
+			if !e.shortOpen.Equal(e.start) {
+				e.short++ // counted once per answer: a batch that found every row expired tries again
+				e.shortOpen = e.start
+			}
 			return time.Time{}, false, true
 		}
 		return until, true, true
@@ -297,6 +304,54 @@ func (l *Lane) cohortHoldLocked(g *group, ep *endpoint, idle bool, now time.Time
 		return time.Time{}, false, false
 	}
 	return time.Time{}, true, true
+}
+
+// PolicyStatus is a lane's batch policy and, under cohort, what it has
+// learned: for the admin /clusters page.
+type PolicyStatus struct {
+	Policy Policy        `json:"batch_policy"`
+	Cohort *CohortStatus `json:"cohort,omitempty"`
+}
+
+// CohortStatus is what the cohort policy has learned of the callers.
+type CohortStatus struct {
+	// ReturningShare is the share of answered rows whose callers send
+	// again within max_queue_delay; ReturnMs the mean time by which the
+	// last of them came back.
+	ReturningShare float64 `json:"returning_share"`
+	ReturnMs       float64 `json:"return_ms"`
+	// Holding is whether the rule is on: most callers come back, sooner
+	// than a batch's fixed cost.
+	Holding bool `json:"holding"`
+	// BatchesShort counts held batches that left (at max_queue_delay, 3/2
+	// of the return time, or a member's deadline) while callers of the
+	// last answer were still out: when it grows with nearly every batch,
+	// the callers need longer than max_queue_delay to come back.
+	BatchesShort int64 `json:"batches_short"`
+}
+
+// PolicyStatus returns the lane's policy state.
+func (l *Lane) PolicyStatus() PolicyStatus {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.cfg.Policy != PolicyCohort {
+		return PolicyStatus{Policy: PolicyTransit}
+	}
+	e := &l.echo
+	e.expire(time.Now())
+	cs := &CohortStatus{
+		ReturningShare: math.Round(max(e.share, 0)*1000) / 1000,
+		ReturnMs:       float64(e.ret.Microseconds()) / 1000,
+		BatchesShort:   e.short,
+	}
+	if e.returning() && l.cfg.MaxQueueDelay > 0 {
+		for _, ep := range l.eps {
+			if fixed, _ := ep.cost.fit(); e.ret < fixed {
+				cs.Holding = true
+			}
+		}
+	}
+	return PolicyStatus{Policy: PolicyCohort, Cohort: cs}
 }
 
 // headLocked returns the arrival of g's oldest live row and the earliest

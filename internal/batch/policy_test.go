@@ -99,6 +99,10 @@ func TestCohortMergesClosedLoopCallers(t *testing.T) {
 					}
 					return
 				}
+				ps := l.PolicyStatus()
+				if cs := ps.Cohort; ps.Policy != PolicyCohort || cs == nil || cs.ReturningShare < 0.99 || cs.ReturnMs != 1 || !cs.Holding || cs.BatchesShort != 0 {
+					t.Errorf("PolicyStatus = %+v %+v; want every caller back (share ≥ 0.99) after 1ms, holding, no short batch", ps, cs)
+				}
 				for i, b := range tail {
 					if b.rows != tt.rows {
 						t.Errorf("batch %d has %d rows, want %d (sizes %v)", len(sent)-20+i, b.rows, tt.rows, sizes(tail))
@@ -153,6 +157,9 @@ func TestCohortHoldEndsAtReturnTime(t *testing.T) {
 		if sent[39].rows != 16 || sent[40].rows != 8 || !sent[40].at.Equal(answer39.Add(1500*time.Microsecond)) {
 			t.Fatalf("batches 39, 40: %d and %d rows, the second at +%v after the answer; want 16, 8 at +1.5ms",
 				sent[39].rows, sent[40].rows, sent[40].at.Sub(answer39))
+		}
+		if cs := l.PolicyStatus().Cohort; cs == nil || cs.BatchesShort != 1 {
+			t.Errorf("cohort status %+v: want BatchesShort 1 (batch 40, sent with 8 callers out)", cs)
 		}
 		for i := 41; i < len(sent)-1; i++ {
 			answer := sent[i-1].at.Add(5*time.Millisecond + time.Duration(sent[i-1].rows)*200*time.Microsecond)

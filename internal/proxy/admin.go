@@ -151,6 +151,7 @@ type clusterStatus struct {
 	Batching  bool                   `json:"batching"`
 	Available bool                   `json:"available"` // some endpoint healthy: in the split
 	Queued    int                    `json:"queued_rows"`
+	Policy    *batch.PolicyStatus    `json:"policy,omitempty"` // batched versions only
 	Endpoints []batch.EndpointStatus `json:"endpoints"`
 }
 
@@ -162,6 +163,8 @@ func (p *Proxy) clusters() []clusterStatus {
 			cs := clusterStatus{Cluster: config.ClusterName(name, v.cfg.Version), Batching: v.lane != nil, Available: p.versionUp(v)}
 			if v.lane != nil {
 				cs.Endpoints, cs.Queued = v.lane.Status()
+				ps := v.lane.PolicyStatus()
+				cs.Policy = &ps
 			} else {
 				for _, e := range v.cfg.Endpoints {
 					cs.Endpoints = append(cs.Endpoints, batch.EndpointStatus{Address: e.Address, Weight: e.Weight, Slots: e.Slots, Healthy: p.health.Up(e.Address)})

@@ -20,6 +20,7 @@ import (
 
 	"github.com/valyala/fasthttp"
 
+	"github.com/batchmesh/batchmesh/internal/batch"
 	"github.com/batchmesh/batchmesh/internal/codec"
 	"github.com/batchmesh/batchmesh/internal/config"
 	"github.com/batchmesh/batchmesh/internal/inference"
@@ -540,8 +541,10 @@ func TestAdmin(t *testing.T) {
 	if len(dump.Models) != 1 || dump.Models[0].Batching["max_batch_size"] != 16.0 || dump.Models[0].Versions[0].Endpoints[0].Address != rt.addr {
 		t.Errorf("config_dump = %+v", dump)
 	}
-	if r := get(t, sc.adminU+"/clusters"); !strings.Contains(string(r.body), "batchmesh|m|1") {
-		t.Errorf("/clusters lacks the cluster: %s", r.body)
+	var clusters []clusterStatus
+	if r := get(t, sc.adminU+"/clusters"); json.Unmarshal(r.body, &clusters) != nil || len(clusters) != 1 || clusters[0].Cluster != "batchmesh|m|1" ||
+		clusters[0].Policy == nil || clusters[0].Policy.Policy != batch.PolicyCohort || clusters[0].Policy.Cohort == nil {
+		t.Errorf("/clusters: want the one cluster with the cohort policy's state: %s", r.body)
 	}
 	_, _, _ = send(sc.url+"/v2/models/m/infer", rowsRequest(1, 2, 0, 0), false, nil)
 	text := string(get(t, sc.adminU+"/metrics").body)
