@@ -213,7 +213,7 @@ func (l *Lane) startLocked(b *batch, ep *endpoint, now time.Time) {
 	ep.starts = append(ep.starts, now)
 	l.running++
 	l.m.batchRows.Record(context.Background(), int64(b.rows), l.m.attrs)
-	go l.run(b, ep, now)
+	l.workers.run(func() { l.run(b, ep, now) })
 }
 
 // releaseLocked frees the slot on ep that b took at start.

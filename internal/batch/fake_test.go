@@ -258,6 +258,9 @@ func newTestLane(t *testing.T, cfg Config, caller Caller) *Lane {
 	if err != nil {
 		t.Fatalf("NewLane: %v", err)
 	}
+	// Idle workers wait for more batches; in a synctest bubble they must
+	// be gone when the test ends.
+	t.Cleanup(l.workers.stop)
 	return l
 }
 

@@ -163,7 +163,7 @@ func (l *Lane) launch(b *batch, a *attempt, n int, done chan<- *attempt) *attemp
 	l.mu.Lock()
 	l.running++
 	l.mu.Unlock()
-	go func() {
+	l.workers.run(func() {
 		outs, err := l.call(ctx, b, a.ep, n)
 		cancel()
 		l.mu.Lock()
@@ -194,7 +194,7 @@ func (l *Lane) launch(b *batch, a *attempt, n int, done chan<- *attempt) *attemp
 		if !dropped {
 			done <- a
 		}
-	}()
+	})
 	return a
 }
 

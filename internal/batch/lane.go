@@ -174,6 +174,7 @@ type Lane struct {
 	open    [len(breakerNames)]bool
 	idle    chan struct{} // closed and renewed when running and queued reach 0 while closed
 	echo    echo          // the cohort policy's view of returning callers
+	workers *workers      // run batches and attempts (workers.go)
 }
 
 type endpoint struct {
@@ -238,9 +239,10 @@ func NewLane(cfg Config) (*Lane, error) {
 		cfg.Meter = noop.NewMeterProvider().Meter("")
 	}
 	l := &Lane{
-		cfg:    cfg,
-		groups: make(map[string]*group),
-		idle:   make(chan struct{}),
+		cfg:     cfg,
+		groups:  make(map[string]*group),
+		idle:    make(chan struct{}),
+		workers: newWorkers(),
 	}
 	for _, e := range cfg.Endpoints {
 		if e.Weight <= 0 {
@@ -326,10 +328,12 @@ func (l *Lane) Close(ctx context.Context) error {
 	l.closed = true
 	if l.queued == 0 && l.running == 0 {
 		l.mu.Unlock()
+		l.workers.stop()
 		return nil
 	}
 	idle := l.idle
 	l.mu.Unlock()
+	defer l.workers.stop()
 	select {
 	case <-idle:
 		return nil
