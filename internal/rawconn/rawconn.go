@@ -152,7 +152,8 @@ func (c *Conn) opError(op string, err error) error {
 	if errors.As(err, &oe) {
 		err = oe.Err
 	}
-	if e, ok := err.(syscall.Errno); ok {
+	var e syscall.Errno
+	if errors.As(err, &e) {
 		err = os.NewSyscallError(op, e)
 	}
 	return &net.OpError{Op: op, Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}

@@ -133,7 +133,7 @@ func TestEOFAndClose(t *testing.T) {
 	if err != nil || string(got) != "bye" {
 		t.Fatalf("ReadAll = %q, %v; want \"bye\" then EOF", got, err)
 	}
-	if n, err := s.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+	if n, err := s.Read(make([]byte, 1)); n != 0 || !errors.Is(err, io.EOF) {
 		t.Fatalf("Read after EOF = %d, %v; want 0, io.EOF", n, err)
 	}
 
