@@ -1,0 +1,7 @@
+//go:build !unix
+
+package rawconn
+
+import "net"
+
+func wrap(c net.Conn) net.Conn { return c }
