@@ -23,13 +23,15 @@ const (
 )
 
 // rssBound is the documented bound of the sidecar's peak resident memory
-// (docs/chaos.md): 64 MiB for the process itself, and three copies of each
+// (docs/chaos.md): 64 MiB for the process itself, and four copies of each
 // body its budget admits — as received, as a batch tensor, as the upstream
-// request — with the default -max-body-in-flight of 4 × -max-body (64 MiB).
+// request, and its answer while the reply is written — with the default
+// -max-body-in-flight of 4 × -max-body (64 MiB). The sidecar sets Go's
+// soft memory limit just under it.
 const (
 	defaultMaxBody = 64 << 20
 	defaultBudget  = 4 * defaultMaxBody
-	rssBound       = 64<<20 + 3*defaultBudget
+	rssBound       = 64<<20 + 4*defaultBudget
 )
 
 // bigRequest is a raw HTTP/1.1 request of one 60 MiB binary tensor.

@@ -189,6 +189,10 @@ func (p *Proxy) Drain(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
+// MaxBodyBytesInFlight is the budget of request body bytes in flight,
+// defaults applied.
+func (p *Proxy) MaxBodyBytesInFlight() int { return p.cfg.MaxBodyBytesInFlight }
+
 // Close releases the upstream connections.
 func (p *Proxy) Close() { p.up.Close(); p.grpcUp.Close() }
 

@@ -154,6 +154,7 @@ func (s *Sidecar) Run(ctx context.Context) error {
 		return err
 	}
 	s.proxy.Probe(ctx)
+	s.setMemoryLimit(s.cfg.Models) // memory.go
 	srv, admin := s.proxy.NewServer(), s.proxy.NewAdminServer()
 	s.limitConns(srv)
 	cl, router, err := s.capture(ln, srv)
@@ -229,6 +230,7 @@ func (s *Sidecar) apply(ctx context.Context) xdsclient.ApplyFunc {
 		if err := s.proxy.Apply(c); err != nil {
 			return err
 		}
+		s.setMemoryLimit(c)
 		s.proxy.Probe(ctx)
 		return nil
 	}
