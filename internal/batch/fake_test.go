@@ -1,6 +1,9 @@
 package batch
 
 import (
+	"net"
+	"syscall"
+
 	"go.opentelemetry.io/otel/trace"
 
 	"bytes"
@@ -46,6 +49,7 @@ const width = 2
 type fakeCaller struct {
 	latency map[string]time.Duration
 	down    map[string]bool
+	refused map[string]bool // down, and the error says the dial was refused
 
 	mu       sync.Mutex
 	calls    []sentBatch
@@ -64,7 +68,7 @@ type sentBatch struct {
 }
 
 func newFakeCaller(latency map[string]time.Duration, down ...string) *fakeCaller {
-	f := &fakeCaller{latency: latency, down: map[string]bool{}, inFlight: map[string]int{}, peak: map[string]int{}}
+	f := &fakeCaller{latency: latency, down: map[string]bool{}, refused: map[string]bool{}, inFlight: map[string]int{}, peak: map[string]int{}}
 	for _, d := range down {
 		f.down[d] = true
 	}
@@ -86,6 +90,10 @@ func (f *fakeCaller) Call(ctx context.Context, endpoint string, req *inference.R
 		f.mu.Unlock()
 	}()
 
+	if f.refused[endpoint] {
+		return nil, &inference.Error{Kind: inference.KindUnavailable, Msg: "fake: " + endpoint + ": cannot connect",
+			Err: &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}}
+	}
 	if f.down[endpoint] {
 		return nil, inference.Errorf(inference.KindUnavailable, "fake: %s: connection refused", endpoint)
 	}

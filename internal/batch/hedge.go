@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -95,6 +96,16 @@ type attempt struct {
 	err               error
 }
 
+// unsent reports whether err says the attempt never reached its runtime:
+// its connection could not be made. Sending the batch elsewhere then adds
+// no load to the runtimes beyond the batch itself, so the retry budget,
+// which guards them against retry storms, does not hold it back (a
+// runtime restarting under load refuses every batch sent its way at once).
+func unsent(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
+}
+
 // retriable reports whether err may be cured by another endpoint.
 func retriable(err error) bool {
 	return errors.Is(err, inference.ErrUnavailable) || errors.Is(err, inference.ErrUpstream) || errors.Is(err, inference.ErrDeadline)
@@ -132,14 +143,14 @@ func (l *Lane) send(b *batch, ep *endpoint, start time.Time) ([]inference.Tensor
 		select {
 		case <-hedge:
 			hedge = nil
-			if a := l.extraAttempt(b, first.ep, true); a != nil {
+			if a := l.extraAttempt(b, first.ep, true, false); a != nil {
 				tries++
 				live = append(live, l.launch(b, a, tries, done))
 			}
 		case a := <-done:
 			live = removeAttempt(live, a)
 			if a.err != nil && retriable(a.err) && len(live) == 0 && tries == 1 {
-				if r := l.extraAttempt(b, a.ep, false); r != nil {
+				if r := l.extraAttempt(b, a.ep, false, unsent(a.err)); r != nil {
 					tries++
 					hedge = nil
 					live = append(live, l.launch(b, r, tries, done))
@@ -247,9 +258,10 @@ func removeAttempt(live []*attempt, a *attempt) []*attempt {
 }
 
 // extraAttempt picks another healthy endpoint than failed for a hedge or a
-// retry of b, when b's deadline leaves room and the retry budget allows,
-// and takes a slot on it; nil otherwise.
-func (l *Lane) extraAttempt(b *batch, failed *endpoint, hedge bool) *attempt {
+// retry of b, when b's deadline leaves room and the retry budget allows
+// (a retry of an unsent attempt needs no budget), and takes a slot on it;
+// nil otherwise.
+func (l *Lane) extraAttempt(b *batch, failed *endpoint, hedge, unsent bool) *attempt {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := time.Now()
@@ -264,7 +276,7 @@ func (l *Lane) extraAttempt(b *batch, failed *endpoint, hedge bool) *attempt {
 	if i < 0 {
 		return nil
 	}
-	if !l.budgetAllowsLocked() {
+	if !unsent && !l.budgetAllowsLocked() {
 		l.m.retryOverflow.Add(context.Background(), 1, l.m.attrs)
 		return nil
 	}

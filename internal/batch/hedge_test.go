@@ -2,6 +2,7 @@ package batch
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"sync"
 	"testing"
@@ -358,6 +359,43 @@ func TestRetryAfterFailure(t *testing.T) {
 			t.Errorf("batchmesh_hedges = %v, want won 1", got)
 		}
 	})
+}
+
+// TestRetryOfUnsentNeedsNoBudget: with the retry budget spent, a batch
+// whose endpoint refused the connection is still sent to the other one
+// (it never reached a runtime), while one that failed after it was sent
+// is not retried.
+func TestRetryOfUnsentNeedsNoBudget(t *testing.T) {
+	for _, refused := range []bool{true, false} {
+		t.Run(fmt.Sprintf("refused=%v", refused), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				l, f, _, reader := hedgeLane(t, Config{RetryBudget: RetryBudget{Percent: 1, MinConcurrency: 1}})
+				synctest.Wait() // the warm-up's batches have ended
+				if refused {
+					f.refused["b"] = true
+				} else {
+					f.down["b"] = true
+				}
+				l.mu.Lock()
+				l.retries = 1 // the budget is spent (another batch's hedge)
+				l.cfg.Picker = leastLoaded{}
+				l.eps[0].busy, l.eps[0].rows = 0, 1000 // the first attempt goes to b
+				l.mu.Unlock()
+				o := <-submit(t.Context(), l, newRequest(1, 1))
+				overflow := counters(t, reader, "batchmesh_retry_overflow", "model")["m"]
+				if refused && (o.err != nil || o.res.Endpoint != "a" || overflow != 0) {
+					t.Fatalf("refused dial: %v from %q, overflow %v; want the answer from a, no overflow", o.err, o.res.Endpoint, overflow)
+				}
+				if !refused && (o.err == nil || overflow != 1) {
+					t.Fatalf("failure after sending: %v, overflow %v; want the error, one overflow", o.err, overflow)
+				}
+				l.mu.Lock()
+				l.retries--
+				l.eps[0].rows -= 1000
+				l.mu.Unlock()
+			})
+		})
+	}
 }
 
 // TestBreakerMaxBatches: with max_batches 1 over two idle endpoints, the
