@@ -30,7 +30,7 @@ func (s *Server) infer(ctx *fasthttp.RequestCtx, name string, m Model) {
 		writeError(ctx, err)
 		return
 	}
-	resp, err := s.compute(ctx, headerCarrier{&ctx.Request.Header}, name, m, &req)
+	resp, err := s.compute(work(ctx), headerCarrier{&ctx.Request.Header}, name, m, &req)
 	if err != nil {
 		writeError(ctx, err)
 		return
@@ -161,3 +161,9 @@ func (c headerCarrier) Keys() []string {
 	}
 	return keys
 }
+
+// work is the context of a REST request's computation. fasthttp cancels a
+// RequestCtx as its server shuts down, but a draining runtime finishes the
+// requests it has (the drain timeout bounds Shutdown); without this a
+// restart answered the batches in flight with 500 "context canceled".
+func work(rc *fasthttp.RequestCtx) context.Context { return context.WithoutCancel(rc) }

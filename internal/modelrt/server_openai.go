@@ -76,7 +76,7 @@ func (s *Server) handleOpenAI(ctx *fasthttp.RequestCtx, route codec.Route) {
 		writeOpenAIError(ctx, &inference.Error{Kind: inference.KindOf(err), Msg: err.Error(), Err: &codec.ParamError{Param: "input"}})
 		return
 	}
-	outs, err := s.run(ctx, m, &req, r.Model, rows)
+	outs, err := s.run(work(ctx), m, &req, r.Model, rows)
 	if err != nil {
 		writeOpenAIError(ctx, err)
 		return

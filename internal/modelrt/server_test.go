@@ -339,7 +339,11 @@ func (b *blockingModel) Infer(ctx context.Context, req *inference.Request) ([]in
 		return req.Inputs, nil
 	}
 	b.entered <- struct{}{}
-	<-b.release
+	select { // as the real models do, it stops when its context ends
+	case <-b.release:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 	return req.Inputs, nil
 }
 
@@ -426,7 +430,11 @@ func TestShutdownFinishesInFlight(t *testing.T) {
 		t.Fatalf("shutdown returned (%v) before the request in flight finished", err)
 	default:
 	}
-	m.release <- struct{}{}
+	select {
+	case m.release <- struct{}{}:
+	case r := <-got: // the shutdown ended the computation instead
+		t.Fatalf("request in flight answered %d %s during shutdown, before its computation ended", r.status, r.body)
+	}
 	if r := <-got; r.status != http.StatusOK || !strings.Contains(string(r.body), "inflight") {
 		t.Errorf("request in flight during shutdown: %d %s", r.status, r.body)
 	}

@@ -58,7 +58,7 @@ func (s *Server) handleTF(ctx *fasthttp.RequestCtx, route codec.Route) {
 		writeError(ctx, err)
 		return
 	}
-	outs, err := s.run(ctx, m, &req, route.Model, rows)
+	outs, err := s.run(work(ctx), m, &req, route.Model, rows)
 	if err != nil {
 		writeError(ctx, err)
 		return
