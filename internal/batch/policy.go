@@ -268,8 +268,7 @@ func (l *Lane) cohortHoldLocked(g *group, ep *endpoint, idle bool, now time.Time
 	w := l.cfg.MaxQueueDelay
 	e := &l.echo
 	e.expire(now)
-	fixed, _ := ep.cost.fit()
-	if w <= 0 || !e.returning() || e.ret >= fixed {
+	if !l.cohortOnLocked(ep) {
 		return time.Time{}, false, false
 	}
 	q := float64(g.rows)
@@ -297,6 +296,7 @@ func (l *Lane) cohortHoldLocked(g *group, ep *endpoint, idle bool, now time.Time
 		return time.Time{}, false, false
 	}
 	expect := e.share * float64(ep.rows) / float64(ep.busy)
+	fixed, _ := ep.cost.fit()
 	free := ep.freeAt()
 	if expect < 0.5 || q+expect > float64(l.cfg.MaxBatchSize) || free.IsZero() ||
 		q*float64(e.ret) >= expect*float64(fixed) ||
@@ -344,14 +344,18 @@ func (l *Lane) PolicyStatus() PolicyStatus {
 		ReturnMs:       float64(e.ret.Microseconds()) / 1000,
 		BatchesShort:   e.short,
 	}
-	if e.returning() && l.cfg.MaxQueueDelay > 0 {
-		for _, ep := range l.eps {
-			if fixed, _ := ep.cost.fit(); e.ret < fixed {
-				cs.Holding = true
-			}
-		}
+	for _, ep := range l.eps {
+		cs.Holding = cs.Holding || l.cohortOnLocked(ep)
 	}
 	return PolicyStatus{Policy: PolicyCohort, Cohort: cs}
+}
+
+// cohortOnLocked reports whether the cohort rule holds batches bound for
+// ep: a hold is allowed (max_queue_delay > 0), most answered callers come
+// back, and sooner than ep's fixed cost per batch.
+func (l *Lane) cohortOnLocked(ep *endpoint) bool {
+	fixed, _ := ep.cost.fit()
+	return l.cfg.MaxQueueDelay > 0 && l.echo.returning() && l.echo.ret < fixed
 }
 
 // headLocked returns the arrival of g's oldest live row and the earliest

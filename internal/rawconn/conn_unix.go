@@ -47,9 +47,6 @@ func wrap(c net.Conn) net.Conn {
 	return rw
 }
 
-// Unwrap returns the *net.TCPConn under c.
-func (c *Conn) Unwrap() *net.TCPConn { return c.TCPConn }
-
 func (c *Conn) read(fd uintptr) bool {
 	for {
 		n, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&c.rbuf[0])), uintptr(len(c.rbuf)))
