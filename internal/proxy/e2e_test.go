@@ -91,13 +91,16 @@ func startSidecarConfig(t *testing.T, pc Config) *sidecar {
 		t.Fatal(err)
 	}
 	s.url, s.adminU = "http://"+ln.Addr().String(), "http://"+aln.Addr().String()
-	go func() { s.served <- s.srv.Serve(ln) }()
+	// Served as the sidecar serves it: the pass-through fast path first.
+	fast := p.FastPath(ln, s.srv)
+	go func() { s.served <- s.srv.Serve(fast) }()
 	go func() { _ = s.admin.Serve(aln) }()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); p.RunProbes(ctx) }()
 	t.Cleanup(func() {
 		_ = s.srv.Shutdown()
+		_ = fast.Wait(context.Background())
 		_ = p.Drain(context.Background())
 		cancel()
 		<-done

@@ -39,6 +39,10 @@ const (
 	adminMaxBody  = 1 << 20
 )
 
+// serverName is the Server field of the inference listener's answers that
+// have none of their own.
+const serverName = "batchmesh"
+
 // ConnLimit returns the connection limit for a file-descriptor limit of
 // nofile: half of it, less 64 descriptors for files and listeners, so that
 // each accepted connection can have an upstream connection too. It is at
@@ -59,7 +63,7 @@ func (p *Proxy) NewServer() *fasthttp.Server {
 		ExpectHandler:         p.expect,
 		ErrorHandler:          p.transportError,
 		Logger:                fasthttpLogger{p.cfg.Logger},
-		Name:                  "batchmesh",
+		Name:                  serverName,
 		MaxRequestBodySize:    p.cfg.MaxBodyBytes,
 		ReadBufferSize:        MaxHeaderBytes,
 		ReadTimeout:           p.cfg.HeaderTimeout,
@@ -212,14 +216,25 @@ type hold struct {
 }
 
 func (b *bodyBudget) take(h *fasthttp.RequestHeader, n int) error {
+	if err := b.reserve(n); err != nil {
+		return err
+	}
+	b.held.Store(h, hold{bytes: int64(n)})
+	return nil
+}
+
+// reserve takes n bytes from the budget, for a request that keeps track of
+// them itself (the fast path) and gives them back with unreserve.
+func (b *bodyBudget) reserve(n int) error {
 	if b.used.Add(int64(n)) > b.limit {
 		b.used.Add(-int64(n))
 		return inference.Errorf(inference.KindOverloaded,
 			"proxy: %d bytes of request bodies are in flight, the budget (-max-body-in-flight); retry later", b.limit)
 	}
-	b.held.Store(h, hold{bytes: int64(n)})
 	return nil
 }
+
+func (b *bodyBudget) unreserve(n int) { b.used.Add(-int64(n)) }
 
 func (b *bodyBudget) refuse(h *fasthttp.RequestHeader, err error) {
 	b.held.Store(h, hold{refused: err})

@@ -170,7 +170,13 @@ func (s *Sidecar) Run(ctx context.Context) error {
 	}
 	g := s.splitGRPC(ln)
 	served := make(chan error, 3)
-	go func() { served <- srv.Serve(g.split.HTTP1()) }()
+	var fast *proxy.FastListener
+	if cl == nil { // captured connections go through the router
+		fast = s.proxy.FastPath(g.split.HTTP1(), srv)
+		go func() { served <- srv.Serve(fast) }()
+	} else {
+		go func() { served <- srv.Serve(g.split.HTTP1()) }()
+	}
 	g.serve(served)
 	go func() { served <- admin.Serve(aln) }()
 
@@ -199,17 +205,20 @@ func (s *Sidecar) Run(ctx context.Context) error {
 		return fmt.Errorf("sidecar: listener failed: %w", err)
 	case <-ctx.Done():
 	}
-	return s.drain(srv, admin, cl, g, stop)
+	return s.drain(srv, admin, cl, fast, g, stop)
 }
 
 // drain is steps 1-5 of the package comment.
-func (s *Sidecar) drain(srv, admin *fasthttp.Server, cl *capture.Listener, g *grpcListener, stopBackground func()) error {
+func (s *Sidecar) drain(srv, admin *fasthttp.Server, cl *capture.Listener, fast *proxy.FastListener, g *grpcListener, stopBackground func()) error {
 	s.cfg.Logger.Info("draining", "timeout", s.cfg.DrainTimeout)
 	s.proxy.StartDrain()
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.DrainTimeout)
 	defer cancel()
 	var errs []error
 	errs = append(errs, g.drain(ctx), srv.ShutdownWithContext(ctx))
+	if fast != nil {
+		errs = append(errs, fast.Wait(ctx))
+	}
 	if cl != nil {
 		errs = append(errs, cl.Shutdown(ctx))
 	}

@@ -60,6 +60,7 @@ type Client struct {
 type pool struct {
 	hc     *fasthttp.HostClient
 	binary atomic.Bool // the last Probe saw binary_tensor_data
+	conns  conns       // Take's connections
 }
 
 // New returns a Client configured by cfg with defaults applied.
@@ -117,6 +118,7 @@ func (c *Client) Binary(endpoint string) bool {
 func (c *Client) Forget(endpoint string) {
 	if ep, ok := c.endpoints.LoadAndDelete(endpoint); ok {
 		ep.(*pool).hc.CloseIdleConnections()
+		ep.(*pool).conns.closeIdle(true)
 	}
 }
 
@@ -125,6 +127,7 @@ func (c *Client) Forget(endpoint string) {
 func (c *Client) Close() {
 	c.endpoints.Range(func(_, ep any) bool {
 		ep.(*pool).hc.CloseIdleConnections()
+		ep.(*pool).conns.closeIdle(false)
 		return true
 	})
 }

@@ -46,10 +46,15 @@ func (c *Client) Forward(ctx context.Context, endpoint string, req *fasthttp.Req
 		req.SetRequestURIBytes(req.URI().RequestURI())
 	}
 	req.Header.SetHost(endpoint)
+	// fasthttp writes a parsed request's Host from its URI, which holds
+	// the application's Host, unless told otherwise; and it gives a body
+	// without a type one of its own.
+	req.UseHostHeader = true
+	req.Header.SetNoDefaultContentType(true)
 	if err := ep.hc.DoDeadline(req, resp, c.deadline(ctx)); err != nil {
 		return transportError(endpoint, err)
 	}
-	stripRespHopByHop(&resp.Header)
+	StripResponseHopByHop(&resp.Header)
 	return nil
 }
 
@@ -77,7 +82,9 @@ func stripHopByHop(h *fasthttp.RequestHeader, conn [][]byte) {
 	}
 }
 
-func stripRespHopByHop(h *fasthttp.ResponseHeader) {
+// StripResponseHopByHop deletes the hop-by-hop headers of an answer,
+// including those its Connection header names, as Forward does.
+func StripResponseHopByHop(h *fasthttp.ResponseHeader) {
 	var names [][]byte
 	for _, v := range h.PeekAll(fasthttp.HeaderConnection) {
 		for tok := range bytes.SplitSeq(v, []byte{','}) {

@@ -1,0 +1,494 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/batchmesh/batchmesh/internal/config"
+	"github.com/batchmesh/batchmesh/internal/telemetry"
+)
+
+// wireRuntime is a runtime on a loopback port that answers with the raw
+// bytes a test names (the X-Test-Reply header picks them), so that the
+// answers' framing and headers are exactly what the test says: chunked,
+// close-delimited, hop-by-hop fields, no Date. It records each request it
+// reads.
+type wireRuntime struct {
+	ln   net.Listener
+	mu   sync.Mutex
+	reqs []*http.Request
+	// hold, when set, is where hanging requests wait.
+	hold chan struct{}
+}
+
+// wireReplies are the answers of wireRuntime by X-Test-Reply. "close" and
+// "closeafter" close the connection after the answer.
+var wireReplies = map[string]string{
+	"cl":         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Answer: 1\r\nContent-Length: 11\r\n\r\n{\"ok\":true}",
+	"hop":        "HTTP/1.1 201 Created\r\nConnection: keep-alive, X-Drop\r\nX-Drop: 1\r\nKeep-Alive: timeout=5\r\nX-Batchmesh-Upstream: spoofed\r\nX-Batchmesh-Cache: hit\r\nContent-Length: 2\r\n\r\nhi",
+	"chunked":    "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/plain\r\n\r\n5\r\nhello\r\n7\r\n, world\r\n0\r\n\r\n",
+	"close":      "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end",
+	"closeafter": "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 4\r\n\r\nbye!",
+	"nocontent":  "HTTP/1.1 204 No Content\r\nX-Answer: none\r\n\r\n",
+	"error":      "HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\nContent-Length: 16\r\n\r\n{\"error\":\"boom\"}",
+	"big":        "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: 100000\r\n\r\n" + strings.Repeat("0123456789", 10000),
+	"folded":     "HTTP/1.1 200 OK\r\nX-Folded: a\r\n b\r\nContent-Length: 2\r\n\r\nok",
+	"http10":     "HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
+}
+
+func startWireRuntime(t *testing.T) *wireRuntime {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt := &wireRuntime{ln: ln, hold: make(chan struct{})}
+	t.Cleanup(func() { _ = ln.Close(); close(rt.hold) })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go rt.serve(c)
+		}
+	}()
+	return rt
+}
+
+func (rt *wireRuntime) serve(c net.Conn) {
+	defer c.Close()
+	br := bufio.NewReader(c)
+	for {
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			return
+		}
+		body, err := io.ReadAll(req.Body)
+		if err != nil {
+			return
+		}
+		req.Body = io.NopCloser(bytes.NewReader(body))
+		rt.mu.Lock()
+		rt.reqs = append(rt.reqs, req)
+		rt.mu.Unlock()
+		kind := req.Header.Get("X-Test-Reply")
+		if kind == "hang" {
+			<-rt.hold
+			return
+		}
+		reply, ok := wireReplies[kind]
+		if !ok {
+			reply = wireReplies["cl"]
+		}
+		if _, err := io.WriteString(c, reply); err != nil || kind == "close" || kind == "closeafter" {
+			return
+		}
+		if kind == "stale" { // answers, then closes as if idle too long
+			return
+		}
+	}
+}
+
+// last returns the last request the runtime read.
+func (rt *wireRuntime) last(t *testing.T) *http.Request {
+	t.Helper()
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	if len(rt.reqs) == 0 {
+		t.Fatal("the runtime read no request")
+	}
+	return rt.reqs[len(rt.reqs)-1]
+}
+
+// twoPaths is one proxy served twice: through the fast path (as the
+// sidecar serves it) and by fasthttp's server alone.
+type twoPaths struct {
+	p          *Proxy
+	fast       *FastListener
+	fastAddr   string
+	plainAddr  string
+	fastSrv    *fasthttp.Server
+	plainSrv   *fasthttp.Server
+	plainCalls int
+}
+
+func startTwoPaths(t *testing.T, yaml string, tune func(*Config)) *twoPaths {
+	t.Helper()
+	cfg, err := config.Parse("test.yaml", []byte(yaml))
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, err := telemetry.NewMetrics()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc := Config{Models: cfg, Meter: metrics.Meter("sidecar"), Metrics: metrics.Handler(), ProbeInterval: time.Hour}
+	if tune != nil {
+		tune(&pc)
+	}
+	p, err := New(pc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tp := &twoPaths{p: p, fastSrv: p.NewServer(), plainSrv: p.NewServer()}
+	fln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tp.fastAddr, tp.plainAddr = fln.Addr().String(), pln.Addr().String()
+	tp.fast = p.FastPath(fln, tp.fastSrv)
+	go func() { _ = tp.fastSrv.Serve(tp.fast) }()
+	go func() { _ = tp.plainSrv.Serve(pln) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = tp.fastSrv.ShutdownWithContext(ctx)
+		_ = tp.fast.Wait(ctx)
+		_ = tp.plainSrv.ShutdownWithContext(ctx)
+		p.Close()
+	})
+	return tp
+}
+
+func passYAML(addr string) string {
+	return fmt.Sprintf(`models:
+  - name: m
+    batching: {max_batch_size: 0, timeout: 10s}
+    versions: [{version: "1", endpoints: [{address: %q}]}]
+  - name: b
+    batching: {max_batch_size: 8, max_queue_delay: 1ms, timeout: 10s}
+    versions: [{version: "1", endpoints: [{address: %q}]}]
+`, addr, addr)
+}
+
+// exchange writes raw to a new connection to addr and reads one answer.
+func exchange(t *testing.T, addr, raw string) *http.Response {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, raw); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("reading the answer to %q: %v", raw, err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("reading the body of the answer to %q: %v", raw, err)
+	}
+	resp.Body = io.NopCloser(bytes.NewReader(body))
+	return resp
+}
+
+// answer is what a client sees of an answer, less Date (a clock reading,
+// checked for presence).
+type answer struct {
+	status  int
+	headers string
+	body    string
+}
+
+func seen(t *testing.T, resp *http.Response) answer {
+	t.Helper()
+	if resp.Header.Get("Date") == "" {
+		t.Errorf("answer has no Date: %v", resp.Header)
+	}
+	var hs []string
+	for k, vs := range resp.Header {
+		if k != "Date" {
+			hs = append(hs, k+": "+strings.Join(vs, ", "))
+		}
+	}
+	slices.Sort(hs)
+	body, _ := io.ReadAll(resp.Body)
+	if len(body) > 200 {
+		body = fmt.Appendf(body[:100:100], "… (%d bytes, sum %x)", len(body), sha256.Sum256(body))
+	}
+	return answer{status: resp.StatusCode, headers: strings.Join(hs, "\n"), body: string(body)}
+}
+
+// sent is what the runtime saw of a request.
+func sent(r *http.Request) string {
+	body, _ := io.ReadAll(r.Body)
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	var hs []string
+	for k, vs := range r.Header {
+		hs = append(hs, k+": "+strings.Join(vs, ", "))
+	}
+	slices.Sort(hs)
+	return fmt.Sprintf("%s %s %s host=%s len=%d\n%s\n%s", r.Method, r.RequestURI, r.Proto, r.Host, r.ContentLength, strings.Join(hs, "\n"), body)
+}
+
+func rawPost(path, headers, body string) string {
+	return fmt.Sprintf("POST %s HTTP/1.1\r\nHost: sidecar\r\n%sContent-Length: %d\r\n\r\n%s", path, headers, len(body), body)
+}
+
+// TestFastPathMatchesHandler sends the same requests through the fast
+// path and through fasthttp's server alone and checks that the runtime
+// receives the same request and the client the same answer, for each
+// answer shape the fast path relays itself or has fasthttp parse, and for
+// requests it hands over. It also checks which requests the fast path
+// served, so that a change that hands everything over fails.
+func TestFastPathMatchesHandler(t *testing.T) {
+	rt := startWireRuntime(t)
+	tp := startTwoPaths(t, passYAML(rt.ln.Addr().String()), func(c *Config) { c.MaxBodyBytes = 12 << 10 })
+	body := `{"inputs":[{"name":"x","datatype":"FP32","shape":[1,1],"data":[1]}]}`
+	cases := []struct {
+		name, raw string
+		fast      bool // the fast path serves it
+	}{
+		{"content length", rawPost("/v2/models/m/infer", "X-Test-Reply: cl\r\n", body), true},
+		{"hop-by-hop both ways", rawPost("/v2/models/m/infer?q=1", "X-Test-Reply: hop\r\nConnection: keep-alive\r\nKeep-Alive: 5\r\nTE: trailers\r\nProxy-Authorization: secret\r\nX-Batchmesh-Timeout-Ms: 5000\r\nUser-Agent: test\r\n", body), true},
+		{"chunked answer", rawPost("/v2/models/m/infer", "X-Test-Reply: chunked\r\n", body), true},
+		{"close-delimited answer", rawPost("/v2/models/m/infer", "X-Test-Reply: close\r\n", body), true},
+		{"Connection close answer", rawPost("/v2/models/m/infer", "X-Test-Reply: closeafter\r\n", body), true},
+		{"204", rawPost("/v2/models/m/infer", "X-Test-Reply: nocontent\r\n", body), true},
+		{"runtime's 500", rawPost("/v2/models/m/infer", "X-Test-Reply: error\r\n", body), true},
+		{"big answer", rawPost("/v2/models/m/infer", "X-Test-Reply: big\r\n", body), true},
+		{"folded answer header", rawPost("/v2/models/m/infer", "X-Test-Reply: folded\r\n", body), true},
+		{"HTTP/1.0 answer", rawPost("/v2/models/m/infer", "X-Test-Reply: http10\r\n", body), true},
+		{"model metadata", "GET /v2/models/m HTTP/1.1\r\nHost: sidecar\r\nX-Test-Reply: cl\r\n\r\n", true},
+		{"batched model", rawPost("/v2/models/b/infer", "", body), false},
+		{"unknown model", rawPost("/v2/models/nope/infer", "", body), false},
+		{"bad timeout header", rawPost("/v2/models/m/infer", "X-Batchmesh-Timeout-Ms: soon\r\n", body), false},
+		{"chunked request", "POST /v2/models/m/infer HTTP/1.1\r\nHost: sidecar\r\nX-Test-Reply: cl\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n", false},
+		{"Connection close request", rawPost("/v2/models/m/infer", "X-Test-Reply: cl\r\nConnection: close\r\n", body), false},
+		{"escaped path", rawPost("/v2/models/%6d/infer", "X-Test-Reply: cl\r\n", body), false},
+		{"dot segment", rawPost("/v2/models/x/../m/infer", "X-Test-Reply: cl\r\n", body), false},
+		{"body over the limit", rawPost("/v2/models/m/infer", "X-Test-Reply: cl\r\n", strings.Repeat(" ", 13<<10)), false},
+		{"body over the fast buffer", rawPost("/v2/models/m/infer", "X-Test-Reply: cl\r\n", strings.Repeat(" ", fastBuffer)+body), false},
+		{"PUT", "PUT /v2/models/m/infer HTTP/1.1\r\nHost: sidecar\r\nX-Test-Reply: cl\r\nContent-Length: 2\r\n\r\n{}", false},
+		{"HTTP/1.0 request", "GET /v2/models/m HTTP/1.0\r\nX-Test-Reply: cl\r\n\r\n", false},
+		{"two Content-Lengths", "POST /v2/models/m/infer HTTP/1.1\r\nHost: s\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n{}", false},
+		{"server metadata", "GET /v2 HTTP/1.1\r\nHost: sidecar\r\n\r\n", false},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			served := tp.fast.served.Load()
+			fast := seen(t, exchange(t, tp.fastAddr, c.raw))
+			fastReq := ""
+			if c.fast {
+				fastReq = sent(rt.last(t))
+			}
+			if got := tp.fast.served.Load() - served; (got == 1) != c.fast {
+				t.Errorf("fast path served %d requests, want fast=%v", got, c.fast)
+			}
+			plain := seen(t, exchange(t, tp.plainAddr, c.raw))
+			if fastReq != "" {
+				if plainReq := sent(rt.last(t)); plainReq != fastReq {
+					t.Errorf("runtime got through the fast path:\n%s\nthrough the handler:\n%s", fastReq, plainReq)
+				}
+			}
+			if fast != plain {
+				t.Errorf("fast path answered:\n%d\n%s\n%q\nthe handler:\n%d\n%s\n%q", fast.status, fast.headers, fast.body, plain.status, plain.headers, plain.body)
+			}
+		})
+	}
+}
+
+// deadAddr is a loopback address nothing listens on.
+func deadAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	_ = ln.Close()
+	return addr
+}
+
+// TestFastPathRuntimeDown: a refused connection is answered as the
+// handler answers it (503, Retry-After, the same message but for the
+// address) and reported to the health table, so that the next request
+// finds the endpoint down.
+func TestFastPathRuntimeDown(t *testing.T) {
+	a, b := deadAddr(t), deadAddr(t)
+	tp := startTwoPaths(t, fmt.Sprintf(`models:
+  - name: a
+    batching: {max_batch_size: 0, timeout: 10s}
+    versions: [{version: "1", endpoints: [{address: %q}]}]
+  - name: b
+    batching: {max_batch_size: 0, timeout: 10s}
+    versions: [{version: "1", endpoints: [{address: %q}]}]
+`, a, b), nil)
+	fast := seen(t, exchange(t, tp.fastAddr, rawPost("/v2/models/a/infer", "", "{}")))
+	plain := seen(t, exchange(t, tp.plainAddr, rawPost("/v2/models/b/infer", "", "{}")))
+	if tp.fast.served.Load() != 1 {
+		t.Errorf("fast path served %d requests, want 1; answered %+v", tp.fast.served.Load(), fast)
+	}
+	fast.body = strings.ReplaceAll(fast.body, a, "ADDR")
+	fast.headers = strings.ReplaceAll(fast.headers, strconv.Itoa(len(a)), "N")
+	plain.body = strings.ReplaceAll(plain.body, b, "ADDR")
+	plain.headers = strings.ReplaceAll(plain.headers, strconv.Itoa(len(b)), "N")
+	if fast != plain || fast.status != http.StatusServiceUnavailable || !strings.Contains(fast.headers, "Retry-After: 1") {
+		t.Errorf("fast path answered %+v, the handler %+v; want the same 503 with Retry-After", fast, plain)
+	}
+	if tp.p.health.Up(a) {
+		t.Error("the refused endpoint is still up in the health table")
+	}
+}
+
+// TestFastPathPipelinedAndStale sends two pipelined requests in one write
+// to a runtime that closes each connection after answering without saying
+// so: both are answered in order, the second on a new connection after
+// the pooled one turns out closed.
+func TestFastPathPipelinedAndStale(t *testing.T) {
+	rt := startWireRuntime(t)
+	tp := startTwoPaths(t, passYAML(rt.ln.Addr().String()), nil)
+	c, err := net.Dial("tcp", tp.fastAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	one := rawPost("/v2/models/m/infer", "X-Test-Reply: stale\r\nX-N: 1\r\n", "{}")
+	two := rawPost("/v2/models/m/infer", "X-Test-Reply: stale\r\nX-N: 2\r\n", "{}")
+	if _, err := io.WriteString(c, one+two); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(c)
+	for i := range 2 {
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("answer %d: %v", i+1, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusOK || string(body) != `{"ok":true}` {
+			t.Errorf("answer %d: %d %q", i+1, resp.StatusCode, body)
+		}
+	}
+	if got := tp.fast.served.Load(); got != 2 {
+		t.Errorf("fast path served %d requests, want 2", got)
+	}
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	if len(rt.reqs) != 2 || rt.reqs[0].Header.Get("X-N") != "1" || rt.reqs[1].Header.Get("X-N") != "2" {
+		t.Errorf("runtime read %d requests, want 1 then 2", len(rt.reqs))
+	}
+}
+
+// TestFastPathTimeout: a runtime that does not answer is cut off at the
+// request's X-Batchmesh-Timeout-Ms with the handler's 504.
+func TestFastPathTimeout(t *testing.T) {
+	rt := startWireRuntime(t)
+	tp := startTwoPaths(t, passYAML(rt.ln.Addr().String()), nil)
+	req := rawPost("/v2/models/m/infer", "X-Test-Reply: hang\r\nX-Batchmesh-Timeout-Ms: 200\r\n", "{}")
+	start := time.Now()
+	fast := seen(t, exchange(t, tp.fastAddr, req))
+	took := time.Since(start)
+	plain := seen(t, exchange(t, tp.plainAddr, req))
+	if fast.status != http.StatusGatewayTimeout || took < 200*time.Millisecond || took > 5*time.Second {
+		t.Errorf("fast path: %d after %v, want 504 after 200ms", fast.status, took)
+	}
+	addr := rt.ln.Addr().String()
+	if fast.status != plain.status || !strings.Contains(fast.body, "deadline exceeded") || !strings.Contains(plain.body, addr) || !strings.Contains(fast.body, addr) {
+		t.Errorf("fast path answered %+v, the handler %+v", fast, plain)
+	}
+}
+
+// TestFastPathDrain: when the server shuts down, an idle connection is
+// closed without an answer and a request in flight is answered, with
+// Connection: close, before its connection closes; Wait returns then.
+func TestFastPathDrain(t *testing.T) {
+	arrived, release := make(chan struct{}, 1), make(chan struct{})
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		arrived <- struct{}{}
+		<-release
+		_, _ = io.WriteString(w, `{"ok":true}`)
+	}))
+	defer slow.Close()
+	tp := startTwoPaths(t, passYAML(slow.Listener.Addr().String()), nil)
+	idle, err := net.Dial("tcp", tp.fastAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
+	busy, err := net.Dial("tcp", tp.fastAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	_ = idle.SetDeadline(time.Now().Add(10 * time.Second))
+	_ = busy.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(busy, rawPost("/v2/models/m/infer", "", "{}")); err != nil {
+		t.Fatal(err)
+	}
+	<-arrived
+	shut := make(chan error, 1)
+	go func() { shut <- tp.fastSrv.Shutdown() }()
+	if n, err := idle.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+		t.Errorf("idle connection at shutdown: read %d bytes, %v; want EOF", n, err)
+	}
+	close(release)
+	resp, err := http.ReadResponse(bufio.NewReader(busy), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusOK || !resp.Close {
+		t.Errorf("request in flight at shutdown: %d, Connection: close %v", resp.StatusCode, resp.Close)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := tp.fast.Wait(ctx); err != nil {
+		t.Errorf("Wait: %v", err)
+	}
+	if err := <-shut; err != nil {
+		t.Errorf("Shutdown: %v", err)
+	}
+}
+
+// TestFastPathMetrics: requests the fast path serves are counted as the
+// handler counts pass-through requests.
+func TestFastPathMetrics(t *testing.T) {
+	rt := startWireRuntime(t)
+	addr := rt.ln.Addr().String()
+	sc := startSidecar(t, passYAML(addr))
+	for range 3 {
+		if r := post(sc.url+"/v2/models/m/infer", []byte("{}"), nil); r.err != nil || r.status != http.StatusOK {
+			t.Fatalf("request: %v %d", r.err, r.status)
+		}
+	}
+	r := post(sc.url+"/v2/models/m/infer", []byte("{}"), map[string]string{"X-Test-Reply": "error"})
+	if r.status != http.StatusInternalServerError {
+		t.Fatalf("runtime's 500 came back as %d", r.status)
+	}
+	m := sc.adminU + "/metrics"
+	if got := metricValue(t, m, `batchmesh_requests_total{cache="bypass",code="200",model="m"`); got != 3 {
+		t.Errorf("requests_total 200: %v, want 3", got)
+	}
+	if got := metricValue(t, m, `batchmesh_requests_total{cache="bypass",code="500",model="m"`); got != 1 {
+		t.Errorf("requests_total 500: %v, want 1", got)
+	}
+	if got := metricValue(t, m, fmt.Sprintf(`batchmesh_upstream_requests_total{code="200",endpoint=%q,model="m"`, addr)); got != 3 {
+		t.Errorf("upstream_requests_total 200: %v, want 3", got)
+	}
+	if got := metricValue(t, m, `batchmesh_request_duration_seconds_count{model="m"`); got != 4 {
+		t.Errorf("request_duration_seconds_count: %v, want 4", got)
+	}
+}
