@@ -61,8 +61,8 @@ var crlfcrlf = []byte("\r\n\r\n")
 // a GET or POST request line in origin form with HTTP/1.1, at most
 // maxWireFields fields of token names and visible values, each line ending
 // in CRLF; at most one Content-Length of digits, required on POST; no
-// Transfer-Encoding, Expect or Upgrade; Connection only "keep-alive"; at
-// most one Host.
+// Transfer-Encoding, Expect or Upgrade; Connection only "keep-alive";
+// exactly one Host (HTTP/1.1 requires it).
 func parseRequestHead(b []byte, h *wireHead) wireVerdict {
 	end := bytes.Index(b, crlfcrlf)
 	if end < 0 {
@@ -97,7 +97,7 @@ func parseRequestHead(b []byte, h *wireHead) wireVerdict {
 			}
 			f.drop = true
 		case kindHost:
-			if host {
+			if host || len(f.value) == 0 {
 				return wireOther
 			}
 			host, f.drop = true, true
@@ -112,7 +112,7 @@ func parseRequestHead(b []byte, h *wireHead) wireVerdict {
 		case kindDate, kindServer, kindOwn, kindOther:
 		}
 	}
-	if h.contentLength < 0 && method[0] == 'P' {
+	if !host || (h.contentLength < 0 && method[0] == 'P') {
 		return wireOther
 	}
 	return wireOK
