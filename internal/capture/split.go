@@ -176,6 +176,15 @@ func (c *peekedConn) SetReadDeadline(t time.Time) error {
 
 func (c *peekedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 
+// Unwrap returns the connection under c, the bytes c has read from it
+// and not yet returned, and the limit of its first read deadline (zero
+// when none), for a caller that reads the connection itself from then on
+// (the proxy's pass-through fast path) and no longer uses c.
+func (c *peekedConn) Unwrap() (net.Conn, []byte, time.Time) {
+	b, _ := c.r.Peek(c.r.Buffered())
+	return c.Conn, b, c.limit
+}
+
 func (c *peekedConn) Peek(n int) ([]byte, error) { return c.r.Peek(n) }
 
 // Peek returns the next n bytes without consuming them.

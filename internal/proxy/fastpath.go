@@ -74,13 +74,24 @@ func (l *FastListener) Accept() (net.Conn, error) {
 			go refuseConn(c, limit)
 			continue
 		}
-		fc := &fastConn{l: l, p: l.p, c: c}
+		fc := &fastConn{l: l, p: l.p, c: c, buf: make([]byte, fastBuffer)}
+		if u, ok := c.(unwrapper); ok {
+			c, pending, limit := u.Unwrap()
+			fc.c, fc.n, fc.limit = c, copy(fc.buf, pending), limit
+		}
 		l.mu.Lock()
 		l.conns[fc] = struct{}{}
 		l.mu.Unlock()
 		l.wg.Add(1)
 		go fc.serve()
 	}
+}
+
+// unwrapper is a connection that has read ahead (the gRPC split's
+// sniffing): Unwrap gives the connection under it, what it read and the
+// limit of the first read deadline.
+type unwrapper interface {
+	Unwrap() (net.Conn, []byte, time.Time)
 }
 
 // refuseConn answers a connection over the limit with 503 and closes it,
@@ -132,8 +143,11 @@ type fastConn struct {
 	h    wireHead // the request in buf
 	out  []byte   // write buffer
 	up   fastUpstream
-	// deadline is the read deadline set on c.
-	deadline time.Time
+	// series are the metric series of the last answer.
+	series passSeries
+	// deadline is the read deadline set on c; limit, when set, bounds
+	// the first one (the time spent sniffing the connection counts).
+	deadline, limit time.Time
 }
 
 // setReadDeadline sets c's read deadline to now + timeout, or keeps the
@@ -142,7 +156,9 @@ type fastConn struct {
 // bound waits of seconds to minutes.
 func (fc *fastConn) setReadDeadline(now time.Time, timeout time.Duration) {
 	d := now.Add(timeout)
-	if !fc.deadline.After(d) && d.Sub(fc.deadline) <= timeout/64 {
+	if !fc.limit.IsZero() {
+		d, fc.limit = minTime(d, fc.limit), time.Time{}
+	} else if !fc.deadline.After(d) && d.Sub(fc.deadline) <= timeout/64 {
 		return
 	}
 	fc.deadline = d
@@ -163,9 +179,9 @@ func (fc *fastConn) serve() {
 		}
 		fc.l.open.Add(-1)
 	}()
-	fc.buf = make([]byte, fastBuffer)
 	for first := true; ; first = false {
 		v, ok := fc.readHead(first)
+		fc.limit = time.Time{} // it bounds the first request only
 		if !ok {
 			return
 		}
@@ -183,6 +199,13 @@ func (fc *fastConn) serve() {
 		fc.handOver()
 		return
 	}
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
 }
 
 // readHead waits for a request and reads its head into buf, within the

@@ -184,6 +184,36 @@ func (pm *metrics) upstream(model, endpoint string, code int, d time.Duration) {
 	pm.upDuration.Record(ctx, d.Seconds(), pm.opt(labels{model: model, endpoint: endpoint}).record...)
 }
 
+// passSeries are the series of a pass-through answer: its request and its
+// upstream call, both counted and timed.
+type passSeries struct {
+	model, endpoint string
+	code            int
+	req, dur        series
+	up, upDur       series
+}
+
+// passed records a pass-through answer of model from endpoint with code,
+// which took d both as a request and as an upstream call. last caches the
+// series of the caller's previous answer: a connection's answers mostly
+// share them, and looking them up is a third of the cost.
+func (pm *metrics) passed(last *passSeries, model, endpoint string, code int, d time.Duration) {
+	if last.model != model || last.endpoint != endpoint || last.code != code {
+		*last = passSeries{
+			model: model, endpoint: endpoint, code: code,
+			req:   pm.opt(labels{model: model, code: code, withCode: true, cache: cacheBypass}),
+			dur:   pm.opt(labels{model: model}),
+			up:    pm.opt(labels{model: model, endpoint: endpoint, code: code, withCode: true}),
+			upDur: pm.opt(labels{model: model, endpoint: endpoint}),
+		}
+	}
+	ctx, s := context.Background(), d.Seconds()
+	pm.upRequests.Add(ctx, 1, last.up.add...)
+	pm.upDuration.Record(ctx, s, last.upDur.record...)
+	pm.requests.Add(ctx, 1, last.req.add...)
+	pm.duration.Record(ctx, s, last.dur.record...)
+}
+
 // callFailed reports whether an upstream call counts as a failure for
 // outlier detection: no answer (connection error, timeout) or a 5xx.
 func callFailed(err error, code int) bool {

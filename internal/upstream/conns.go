@@ -39,17 +39,17 @@ type conns struct {
 }
 
 // Take returns an idle connection to endpoint, or dials one that must be
-// made by deadline. It fails with an error of kind Unavailable when the
+// made by deadline; now is the time (the caller has read the clock). It fails with an error of kind Unavailable when the
 // endpoint has Config.MaxConnsPerEndpoint connections open, and with the
 // errors of Forward when it cannot connect.
-func (c *Client) Take(endpoint string, deadline time.Time) (*Conn, error) {
+func (c *Client) Take(endpoint string, now, deadline time.Time) (*Conn, error) {
 	ep := c.pool(endpoint)
 	rc := &ep.conns
 	rc.mu.Lock()
 	for len(rc.idle) > 0 {
 		cn := rc.idle[len(rc.idle)-1]
 		rc.idle = rc.idle[:len(rc.idle)-1]
-		if time.Since(cn.idleSince) < maxIdleConn {
+		if now.Sub(cn.idleSince) < maxIdleConn {
 			rc.mu.Unlock()
 			cn.Reused = true
 			return cn, nil
@@ -63,7 +63,7 @@ func (c *Client) Take(endpoint string, deadline time.Time) (*Conn, error) {
 	}
 	rc.open++
 	rc.mu.Unlock()
-	nc, err := c.dial(endpoint, time.Until(deadline))
+	nc, err := c.dial(endpoint, deadline.Sub(now))
 	if err != nil {
 		rc.mu.Lock()
 		rc.open--
@@ -85,10 +85,10 @@ func (c *Client) dial(addr string, timeout time.Duration) (net.Conn, error) {
 	return rawconn.DialFunc(fasthttp.DialDualStackTimeout)(addr, timeout)
 }
 
-// Release gives cn back to its pool for another exchange. The caller must
-// have read the whole answer and must not use cn afterwards.
-func (cn *Conn) Release() {
-	cn.idleSince = time.Now()
+// Release gives cn back to its pool for another exchange at time now. The
+// caller must have read the whole answer and must not use cn afterwards.
+func (cn *Conn) Release(now time.Time) {
+	cn.idleSince = now
 	rc := &cn.pool.conns
 	rc.mu.Lock()
 	if rc.closed {
