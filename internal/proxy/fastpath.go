@@ -276,6 +276,7 @@ func (fc *fastConn) handOver() {
 	c := &handedConn{Conn: fc.c, pending: append([]byte(nil), fc.buf[:fc.n]...)}
 	fc.buf, fc.out = nil, nil
 	fc.up.close()
+	fc.up.buf, fc.up.resp = nil, nil
 	_ = fc.l.srv.ServeConn(c)
 }
 

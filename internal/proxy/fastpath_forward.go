@@ -140,7 +140,11 @@ func (fc *fastConn) relay(ep string) bool {
 		u.done(true)
 		return false
 	}
-	_, err := io.CopyBuffer(writerOnly{fc.c}, io.LimitReader(u.conn, int64(total-u.n)), u.buf)
+	rest := int64(total - u.n)
+	n, err := io.CopyBuffer(writerOnly{fc.c}, io.LimitReader(u.conn, rest), u.buf)
+	if err == nil && n < rest {
+		err = io.ErrUnexpectedEOF // the runtime closed mid-body: so must we
+	}
 	u.done(err != nil || h.close)
 	return err == nil
 }

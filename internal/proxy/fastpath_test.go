@@ -49,6 +49,7 @@ var wireReplies = map[string]string{
 	"big":        "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: 100000\r\n\r\n" + strings.Repeat("0123456789", 10000),
 	"folded":     "HTTP/1.1 200 OK\r\nX-Folded: a\r\n b\r\nContent-Length: 2\r\n\r\nok",
 	"http10":     "HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
+	"bigcut":     "HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + strings.Repeat("0123456789", 2000),
 }
 
 func startWireRuntime(t *testing.T) *wireRuntime {
@@ -96,7 +97,7 @@ func (rt *wireRuntime) serve(c net.Conn) {
 		if !ok {
 			reply = wireReplies["cl"]
 		}
-		if _, err := io.WriteString(c, reply); err != nil || kind == "close" || kind == "closeafter" {
+		if _, err := io.WriteString(c, reply); err != nil || kind == "close" || kind == "closeafter" || kind == "bigcut" {
 			return
 		}
 		if kind == "stale" { // answers, then closes as if idle too long
@@ -490,5 +491,31 @@ func TestFastPathMetrics(t *testing.T) {
 	}
 	if got := metricValue(t, m, `batchmesh_request_duration_seconds_count{model="m"`); got != 4 {
 		t.Errorf("request_duration_seconds_count: %v, want 4", got)
+	}
+}
+
+// TestFastPathBodyCutShort: a runtime that closes in the middle of a body
+// bigger than the buffer (its head already relayed) makes the fast path
+// close the client's connection, so that the client sees the answer cut
+// short rather than a complete-looking one.
+func TestFastPathBodyCutShort(t *testing.T) {
+	rt := startWireRuntime(t)
+	tp := startTwoPaths(t, passYAML(rt.ln.Addr().String()), nil)
+	c, err := net.Dial("tcp", tp.fastAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, rawPost("/v2/models/m/infer", "X-Test-Reply: bigcut\r\n", "{}")); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	if err != io.ErrUnexpectedEOF || len(body) != 20000 {
+		t.Errorf("read %d bytes of 100000, %v; want 20000 and the connection closed (unexpected EOF)", len(body), err)
 	}
 }
