@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -120,13 +121,12 @@ func (rt *wireRuntime) last(t *testing.T) *http.Request {
 // twoPaths is one proxy served twice: through the fast path (as the
 // sidecar serves it) and by fasthttp's server alone.
 type twoPaths struct {
-	p          *Proxy
-	fast       *FastListener
-	fastAddr   string
-	plainAddr  string
-	fastSrv    *fasthttp.Server
-	plainSrv   *fasthttp.Server
-	plainCalls int
+	p         *Proxy
+	fast      *FastListener
+	fastAddr  string
+	plainAddr string
+	fastSrv   *fasthttp.Server
+	plainSrv  *fasthttp.Server
 }
 
 func startTwoPaths(t *testing.T, yaml string, tune func(*Config)) *twoPaths {
@@ -182,8 +182,8 @@ func passYAML(addr string) string {
 `, addr, addr)
 }
 
-// exchange writes raw to a new connection to addr and reads one answer.
-func exchange(t *testing.T, addr, raw string) *http.Response {
+// ask writes raw to a new connection to addr and reads one answer.
+func ask(t *testing.T, addr, raw string) answer {
 	t.Helper()
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
@@ -198,12 +198,8 @@ func exchange(t *testing.T, addr, raw string) *http.Response {
 	if err != nil {
 		t.Fatalf("reading the answer to %q: %v", raw, err)
 	}
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatalf("reading the body of the answer to %q: %v", raw, err)
-	}
-	resp.Body = io.NopCloser(bytes.NewReader(body))
-	return resp
+	defer resp.Body.Close()
+	return seen(t, resp)
 }
 
 // answer is what a client sees of an answer, less Date (a clock reading,
@@ -226,7 +222,10 @@ func seen(t *testing.T, resp *http.Response) answer {
 		}
 	}
 	slices.Sort(hs)
-	body, _ := io.ReadAll(resp.Body)
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("reading an answer's body: %v", err)
+	}
 	if len(body) > 200 {
 		body = fmt.Appendf(body[:100:100], "… (%d bytes, sum %x)", len(body), sha256.Sum256(body))
 	}
@@ -291,7 +290,7 @@ func TestFastPathMatchesHandler(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			served := tp.fast.served.Load()
-			fast := seen(t, exchange(t, tp.fastAddr, c.raw))
+			fast := ask(t, tp.fastAddr, c.raw)
 			fastReq := ""
 			if c.fast {
 				fastReq = sent(rt.last(t))
@@ -299,7 +298,7 @@ func TestFastPathMatchesHandler(t *testing.T) {
 			if got := tp.fast.served.Load() - served; (got == 1) != c.fast {
 				t.Errorf("fast path served %d requests, want fast=%v", got, c.fast)
 			}
-			plain := seen(t, exchange(t, tp.plainAddr, c.raw))
+			plain := ask(t, tp.plainAddr, c.raw)
 			if fastReq != "" {
 				if plainReq := sent(rt.last(t)); plainReq != fastReq {
 					t.Errorf("runtime got through the fast path:\n%s\nthrough the handler:\n%s", fastReq, plainReq)
@@ -338,8 +337,8 @@ func TestFastPathRuntimeDown(t *testing.T) {
     batching: {max_batch_size: 0, timeout: 10s}
     versions: [{version: "1", endpoints: [{address: %q}]}]
 `, a, b), nil)
-	fast := seen(t, exchange(t, tp.fastAddr, rawPost("/v2/models/a/infer", "", "{}")))
-	plain := seen(t, exchange(t, tp.plainAddr, rawPost("/v2/models/b/infer", "", "{}")))
+	fast := ask(t, tp.fastAddr, rawPost("/v2/models/a/infer", "", "{}"))
+	plain := ask(t, tp.plainAddr, rawPost("/v2/models/b/infer", "", "{}"))
 	if tp.fast.served.Load() != 1 {
 		t.Errorf("fast path served %d requests, want 1; answered %+v", tp.fast.served.Load(), fast)
 	}
@@ -380,6 +379,7 @@ func TestFastPathPipelinedAndStale(t *testing.T) {
 			t.Fatalf("answer %d: %v", i+1, err)
 		}
 		body, _ := io.ReadAll(resp.Body)
+		_ = resp.Body.Close()
 		if resp.StatusCode != http.StatusOK || string(body) != `{"ok":true}` {
 			t.Errorf("answer %d: %d %q", i+1, resp.StatusCode, body)
 		}
@@ -401,9 +401,9 @@ func TestFastPathTimeout(t *testing.T) {
 	tp := startTwoPaths(t, passYAML(rt.ln.Addr().String()), nil)
 	req := rawPost("/v2/models/m/infer", "X-Test-Reply: hang\r\nX-Batchmesh-Timeout-Ms: 200\r\n", "{}")
 	start := time.Now()
-	fast := seen(t, exchange(t, tp.fastAddr, req))
+	fast := ask(t, tp.fastAddr, req)
 	took := time.Since(start)
-	plain := seen(t, exchange(t, tp.plainAddr, req))
+	plain := ask(t, tp.plainAddr, req)
 	if fast.status != http.StatusGatewayTimeout || took < 200*time.Millisecond || took > 5*time.Second {
 		t.Errorf("fast path: %d after %v, want 504 after 200ms", fast.status, took)
 	}
@@ -443,7 +443,7 @@ func TestFastPathDrain(t *testing.T) {
 	<-arrived
 	shut := make(chan error, 1)
 	go func() { shut <- tp.fastSrv.Shutdown() }()
-	if n, err := idle.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+	if n, err := idle.Read(make([]byte, 1)); n != 0 || !errors.Is(err, io.EOF) {
 		t.Errorf("idle connection at shutdown: read %d bytes, %v; want EOF", n, err)
 	}
 	close(release)
@@ -451,6 +451,7 @@ func TestFastPathDrain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK || !resp.Close {
 		t.Errorf("request in flight at shutdown: %d, Connection: close %v", resp.StatusCode, resp.Close)
 	}
@@ -514,8 +515,9 @@ func TestFastPathBodyCutShort(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
-	if err != io.ErrUnexpectedEOF || len(body) != 20000 {
+	if !errors.Is(err, io.ErrUnexpectedEOF) || len(body) != 20000 {
 		t.Errorf("read %d bytes of 100000, %v; want 20000 and the connection closed (unexpected EOF)", len(body), err)
 	}
 }

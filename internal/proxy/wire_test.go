@@ -167,6 +167,7 @@ func FuzzResponseHead(f *testing.F) {
 		if err != nil {
 			t.Fatalf("fast path accepts %q, net/http refuses it: %v", head, err)
 		}
+		_ = resp.Body.Close()
 		if resp.StatusCode != h.status || resp.ContentLength != h.contentLength || resp.Close != h.close {
 			t.Fatalf("%q: net/http reads %d length %d close %v", head, resp.StatusCode, resp.ContentLength, resp.Close)
 		}

@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"errors"
 	"net"
 	"sync"
 	"time"
@@ -129,7 +130,8 @@ func (rc *conns) closeIdle(forget bool) {
 // connection KindUnavailable (and matches ErrConnect), anything else
 // KindUpstream.
 func TransportError(endpoint string, err error) error {
-	if _, ok := err.(*inference.Error); ok {
+	var ie *inference.Error
+	if errors.As(err, &ie) {
 		return err
 	}
 	return transportError(endpoint, err)
