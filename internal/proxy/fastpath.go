@@ -220,11 +220,14 @@ func (fc *fastConn) readHead(first bool) (wireVerdict, bool) {
 		if first {
 			wait = cfg.HeaderTimeout
 		}
+		// Idle, then the deadline, then the drain's flag: a drain that
+		// starts after the check sees the connection idle and moves its
+		// deadline after this one.
 		fc.idle.Store(true)
+		fc.setReadDeadline(time.Now(), wait)
 		if fc.l.drain.Load() {
 			return 0, false
 		}
-		fc.setReadDeadline(time.Now(), wait)
 		n, err := fc.c.Read(fc.buf)
 		fc.idle.Store(false)
 		if err != nil {
