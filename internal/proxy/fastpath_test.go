@@ -116,12 +116,7 @@ func TestFastPathRuntimeDown(t *testing.T) {
 func TestFastPathPipelinedAndStale(t *testing.T) {
 	rt := startWireRuntime(t)
 	tp := startTwoPaths(t, passYAML(rt.ln.Addr().String()), nil)
-	c, err := net.Dial("tcp", tp.fastAddr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	c := dialFast(t, tp)
 	one := rawPost("/v2/models/m/infer", "X-Test-Reply: stale\r\nX-N: 1\r\n", "{}")
 	two := rawPost("/v2/models/m/infer", "X-Test-Reply: stale\r\nX-N: 2\r\n", "{}")
 	if _, err := io.WriteString(c, one+two); err != nil {
@@ -257,12 +252,7 @@ func TestFastPathMetrics(t *testing.T) {
 func TestFastPathBodyCutShort(t *testing.T) {
 	rt := startWireRuntime(t)
 	tp := startTwoPaths(t, passYAML(rt.ln.Addr().String()), nil)
-	c, err := net.Dial("tcp", tp.fastAddr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	c := dialFast(t, tp)
 	if _, err := io.WriteString(c, rawPost("/v2/models/m/infer", "X-Test-Reply: bigcut\r\n", "{}")); err != nil {
 		t.Fatal(err)
 	}
@@ -275,4 +265,17 @@ func TestFastPathBodyCutShort(t *testing.T) {
 	if !errors.Is(err, io.ErrUnexpectedEOF) || len(body) != 20000 {
 		t.Errorf("read %d bytes of 100000, %v; want 20000 and the connection closed (unexpected EOF)", len(body), err)
 	}
+}
+
+// dialFast opens a connection to the fast path, closed when the test ends,
+// with a 10 s deadline.
+func dialFast(t *testing.T, tp *twoPaths) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", tp.fastAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	return c
 }

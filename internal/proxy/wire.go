@@ -80,46 +80,31 @@ func parseRequestHead(b []byte, h *wireHead) wireVerdict {
 	}
 	h.method, h.target = method, target
 	host := false
-	for len(rest) > 0 {
-		line, rest = cutCRLF(rest)
-		f, ok := h.field(line)
-		if !ok {
-			return wireOther
-		}
-		switch fieldKind(f.name) {
-		case kindContentLength:
-			if h.contentLength >= 0 || !h.setLength(f.value) {
-				return wireOther
-			}
+	ok = h.parseFields(rest, func(kind int, f *wireField) bool {
+		switch kind {
 		case kindConnection:
-			if !bytes.EqualFold(f.value, []byte("keep-alive")) {
-				return wireOther
-			}
 			f.drop = true
+			return bytes.EqualFold(f.value, []byte("keep-alive"))
 		case kindHost:
 			if host || len(f.value) == 0 {
-				return wireOther
+				return false
 			}
 			host, f.drop = true, true
-		case kindHop:
-			f.drop = true
-		case kindRefused:
-			return wireOther
 		case kindTimeout:
 			h.timeoutMs = f.value
 		case kindUserAgent:
 			h.userAgent = true
-		case kindDate, kindServer, kindOwn, kindOther:
 		}
-	}
-	if !host || (h.contentLength < 0 && method[0] == 'P') {
+		return true
+	})
+	if !ok || !host || (h.contentLength < 0 && method[0] == 'P') {
 		return wireOther
 	}
 	return wireOK
 }
 
 // parseResponseHead parses the response head at the start of b. The
-// subset: HTTP/1.1, a status of 200-599 other than 204 and 304, exactly
+// subset: HTTP/1.1, a three-digit status of 200 or more but 204 and 304, exactly
 // one Content-Length of digits, no Transfer-Encoding or Upgrade,
 // Connection only "close" or "keep-alive", fields as for requests.
 func parseResponseHead(b []byte, h *wireHead) wireVerdict {
@@ -142,40 +127,58 @@ func parseResponseHead(b []byte, h *wireHead) wireVerdict {
 	if h.status < 200 || h.status == 204 || h.status == 304 || !printable(line[3:]) {
 		return wireOther
 	}
-	for len(rest) > 0 {
-		line, rest = cutCRLF(rest)
-		f, ok := h.field(line)
-		if !ok {
-			return wireOther
-		}
-		switch fieldKind(f.name) {
-		case kindContentLength:
-			if h.contentLength >= 0 || !h.setLength(f.value) {
-				return wireOther
-			}
+	ok = h.parseFields(rest, func(kind int, f *wireField) bool {
+		switch kind {
 		case kindConnection:
+			f.drop = true
 			switch {
 			case bytes.EqualFold(f.value, []byte("close")):
 				h.close = true
 			case !bytes.EqualFold(f.value, []byte("keep-alive")):
-				return wireOther
+				return false
 			}
-			f.drop = true
-		case kindRefused:
-			return wireOther
-		case kindHop, kindOwn:
+		case kindOwn:
 			f.drop = true
 		case kindDate:
 			h.date = true
 		case kindServer:
 			h.server = true
-		case kindHost, kindTimeout, kindUserAgent, kindOther:
 		}
-	}
-	if h.contentLength < 0 {
+		return true
+	})
+	if !ok || h.contentLength < 0 {
 		return wireOther
 	}
 	return wireOK
+}
+
+// parseFields parses the header lines in rest into h: Content-Length (at most
+// one, digits), fields outside the subset, hop-by-hop fields (dropped);
+// each decides on the other kinds, and returns false to refuse the head.
+func (h *wireHead) parseFields(rest []byte, each func(kind int, f *wireField) bool) bool {
+	for len(rest) > 0 {
+		var line []byte
+		line, rest = cutCRLF(rest)
+		f, ok := h.field(line)
+		if !ok {
+			return false
+		}
+		switch k := fieldKind(f.name); k {
+		case kindContentLength:
+			if h.contentLength >= 0 || !h.setLength(f.value) {
+				return false
+			}
+		case kindRefused:
+			return false
+		case kindHop:
+			f.drop = true
+		default:
+			if !each(k, f) {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // field parses one header line into the next field of h.
