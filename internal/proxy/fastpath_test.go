@@ -279,3 +279,47 @@ func dialFast(t *testing.T, tp *twoPaths) net.Conn {
 	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
 	return c
 }
+
+// TestFastPathIdleAndSlowBody: after a request the fast path served, a
+// connection left idle is closed quietly at the idle timeout; a body that
+// stops arriving is cut at the body timeout, without an answer.
+func TestFastPathIdleAndSlowBody(t *testing.T) {
+	rt := startWireRuntime(t)
+	tp := startTwoPaths(t, passYAML(rt.ln.Addr().String()), func(c *Config) {
+		c.IdleTimeout, c.BodyTimeout = 300*time.Millisecond, 300*time.Millisecond
+	})
+	c := dialFast(t, tp)
+	if _, err := io.WriteString(c, rawPost("/v2/models/m/infer", "", "{}")); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	_ = resp.Body.Close()
+	if tp.fast.served.Load() != 1 {
+		t.Fatalf("fast path served %d requests, want 1", tp.fast.served.Load())
+	}
+	start := time.Now()
+	if n, err := io.Copy(io.Discard, br); n != 0 || err != nil {
+		t.Errorf("idle connection: %d unsolicited bytes, %v; want a quiet close", n, err)
+	}
+	if took := time.Since(start); took < 200*time.Millisecond || took > 5*time.Second {
+		t.Errorf("idle connection closed after %v, want about the idle timeout (300ms)", took)
+	}
+
+	c = dialFast(t, tp)
+	head := "POST /v2/models/m/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"
+	if _, err := io.WriteString(c, head); err != nil {
+		t.Fatal(err)
+	}
+	start = time.Now()
+	if n, err := io.Copy(io.Discard, c); n != 0 || err != nil {
+		t.Errorf("body cut short: %d bytes back, %v; want a quiet close", n, err)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("slow body cut after %v, want about the body timeout (300ms)", took)
+	}
+}
