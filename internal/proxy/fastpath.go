@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"context"
+	"log/slog"
 	"net"
 	"strconv"
 	"sync"
@@ -185,18 +186,20 @@ func (fc *fastConn) serve() {
 		if !ok {
 			return
 		}
+		why := "a request head outside the fast path's subset (method, version, framing or fields)"
 		if v == wireOK {
-			served, keep := fc.serveRequest()
+			served, keep, whyNot := fc.serveRequest()
 			if served {
 				if !keep {
 					return
 				}
 				continue
 			}
+			why = whyNot
 		}
 		handed = true
 		fc.l.handed.Add(1)
-		fc.handOver()
+		fc.handOver(why)
 		return
 	}
 }
@@ -273,8 +276,16 @@ func (fc *fastConn) readBody(need int) bool {
 }
 
 // handOver gives the connection, with what it has read, to fasthttp's
-// server, which serves it from there on like any other.
-func (fc *fastConn) handOver() {
+// server, which serves it from there on like any other. why goes to the
+// debug log, once per connection.
+func (fc *fastConn) handOver(why string) {
+	if log := fc.p.cfg.Logger; log.Enabled(context.Background(), slog.LevelDebug) {
+		line := fc.buf[:min(fc.n, 200)]
+		if i := bytes.Index(line, []byte("\r\n")); i >= 0 {
+			line = line[:i]
+		}
+		log.Debug("fast path: connection handed to the full handler", "remote", fc.c.RemoteAddr().String(), "why", why, "request", strconv.Quote(string(line)))
+	}
 	_ = fc.c.SetReadDeadline(time.Time{})
 	c := &handedConn{Conn: fc.c, pending: append([]byte(nil), fc.buf[:fc.n]...)}
 	fc.buf, fc.out = nil, nil

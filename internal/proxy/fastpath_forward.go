@@ -20,37 +20,37 @@ import (
 
 // serveRequest serves the request whose head is in fc.h when the fast
 // path takes it. served is false when it does not (nothing was read past
-// the head, written or counted); keep is false when the connection must
-// close after it.
-func (fc *fastConn) serveRequest() (served, keep bool) {
+// the head, written or counted), and why says why; keep is false when the
+// connection must close after it.
+func (fc *fastConn) serveRequest() (served, keep bool, why string) {
 	start := time.Now()
 	h := &fc.h
 	body := int(max(h.contentLength, 0))
 	need := h.end + body
 	if need > len(fc.buf) || body > fc.p.cfg.MaxBodyBytes {
-		return false, false
+		return false, false, "a body over the fast path's 16 KiB or the body limit"
 	}
 	m, v, deadline, ok := fc.route(start)
 	if !ok {
-		return false, false
+		return false, false, "not a pass-through request of a configured model (or one the handler refuses)"
 	}
 	ep, err := fc.p.pickEndpoint(v)
 	if err != nil || fc.p.isGRPC(ep) {
-		return false, false // the handler answers
+		return false, false, "no healthy HTTP endpoint" // the handler answers
 	}
 	if body > 0 {
 		if fc.p.body.reserve(body) != nil {
-			return false, false // the handler refuses it
+			return false, false, "the body budget is spent" // the handler refuses it
 		}
 		defer fc.p.body.unreserve(body)
 	}
 	if !fc.readBody(need) {
-		return true, false
+		return true, false, ""
 	}
 	fc.l.served.Add(1)
 	keep = fc.forward(m, ep, deadline, start, need)
 	fc.n = copy(fc.buf, fc.buf[need:fc.n])
-	return true, keep && !fc.l.drain.Load()
+	return true, keep && !fc.l.drain.Load(), ""
 }
 
 // forward passes the request in buf[:reqLen] to ep and relays the answer,

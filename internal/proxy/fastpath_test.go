@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -321,5 +322,26 @@ func TestFastPathIdleAndSlowBody(t *testing.T) {
 	}
 	if took := time.Since(start); took > 5*time.Second {
 		t.Errorf("slow body cut after %v, want about the body timeout (300ms)", took)
+	}
+}
+
+// TestFastPathSaysWhyItHandsOver: a connection handed to the full handler
+// leaves one debug line with the reason and the request line.
+func TestFastPathSaysWhyItHandsOver(t *testing.T) {
+	rt := startWireRuntime(t)
+	var logs lockedBuffer
+	tp := startTwoPaths(t, passYAML(rt.ln.Addr().String()), func(c *Config) {
+		c.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	})
+	ask(t, tp.fastAddr, rawPost("/v2/models/b/infer", "", `{"inputs":[{"name":"x","datatype":"FP32","shape":[1,1],"data":[1]}]}`))
+	ask(t, tp.fastAddr, "PUT /v2/models/m/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+	out := logs.String()
+	for _, want := range []string{
+		`why="not a pass-through request of a configured model (or one the handler refuses)" request="\"POST /v2/models/b/infer HTTP/1.1\""`,
+		`why="a request head outside the fast path's subset (method, version, framing or fields)" request="\"PUT /v2/models/m/infer HTTP/1.1\""`,
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("debug log lacks %s:\n%s", want, out)
+		}
 	}
 }
