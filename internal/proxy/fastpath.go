@@ -46,9 +46,8 @@ type FastListener struct {
 	mu    sync.Mutex
 	conns map[*fastConn]struct{}
 	drain atomic.Bool
-	// served and handed count requests served and connections handed
-	// over (for tests).
-	served, handed atomic.Int64
+	// served counts the requests the fast path took (for tests).
+	served atomic.Int64
 }
 
 // FastPath returns ln with the pass-through fast path in front of srv,
@@ -77,8 +76,8 @@ func (l *FastListener) Accept() (net.Conn, error) {
 		}
 		fc := &fastConn{l: l, p: l.p, c: c, buf: make([]byte, fastBuffer)}
 		if u, ok := c.(unwrapper); ok {
-			c, pending, limit := u.Unwrap()
-			fc.c, fc.n, fc.limit = c, copy(fc.buf, pending), limit
+			raw, pending, first := u.Unwrap()
+			fc.c, fc.n, fc.limit = raw, copy(fc.buf, pending), first
 		}
 		l.mu.Lock()
 		l.conns[fc] = struct{}{}
@@ -198,7 +197,6 @@ func (fc *fastConn) serve() {
 			why = whyNot
 		}
 		handed = true
-		fc.l.handed.Add(1)
 		fc.handOver(why)
 		return
 	}
@@ -336,16 +334,12 @@ func (fc *fastConn) route(start time.Time) (m *model, v *version, deadline time.
 	if err != nil {
 		return nil, nil, time.Time{}, false
 	}
-	if (route.Kind == codec.RouteInfer || route.Kind == codec.RoutePredict) && v.lane != nil {
+	if !passesThrough(route, v) {
 		return nil, nil, time.Time{}, false
 	}
-	timeout := m.cfg.Batching.Timeout
-	if s := fc.h.timeoutMs; s != nil {
-		ms, err := strconv.ParseUint(string(s), 10, 31)
-		if err != nil || ms == 0 {
-			return nil, nil, time.Time{}, false
-		}
-		timeout = min(timeout, time.Duration(ms)*time.Millisecond)
+	timeout, err := timeoutMs(fc.h.timeoutMs, m.cfg.Batching.Timeout)
+	if err != nil {
+		return nil, nil, time.Time{}, false
 	}
 	return m, v, start.Add(timeout), true
 }

@@ -8,12 +8,10 @@ import (
 	"net/http"
 	"strconv"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/valyala/fasthttp"
 
-	"github.com/batchmesh/batchmesh/internal/codec"
 	"github.com/batchmesh/batchmesh/internal/inference"
 	"github.com/batchmesh/batchmesh/internal/upstream"
 )
@@ -198,8 +196,7 @@ func (fc *fastConn) appendOwnFields(out []byte, ep string, h *wireHead) []byte {
 // replyError answers the request with err in the handler's error shape and
 // counts it.
 func (fc *fastConn) replyError(model string, start time.Time, err error) bool {
-	code := inference.HTTPStatus(err)
-	body := codec.AppendError(nil, err.Error())
+	code, body := fc.p.failed(model, cacheBypass, start, err)
 	out := append(fc.out[:0], "HTTP/1.1 "...)
 	out = strconv.AppendInt(out, int64(code), 10)
 	out = append(out, ' ')
@@ -207,7 +204,7 @@ func (fc *fastConn) replyError(model string, start time.Time, err error) bool {
 	out = append(out, "\r\nServer: "+serverName+"\r\nContent-Type: application/json\r\nDate: "...)
 	out = append(out, httpDate()...)
 	out = append(out, "\r\n"...)
-	if code == fasthttp.StatusTooManyRequests || code == fasthttp.StatusServiceUnavailable {
+	if retryLater(code) {
 		out = append(out, "Retry-After: 1\r\n"...)
 	}
 	if fc.l.drain.Load() {
@@ -217,10 +214,6 @@ func (fc *fastConn) replyError(model string, start time.Time, err error) bool {
 	out = strconv.AppendInt(out, int64(len(body)), 10)
 	out = append(out, "\r\n\r\n"...)
 	fc.out = append(out, body...)
-	fc.p.m.request(model, code, cacheBypass, time.Since(start))
-	if code >= 500 && !errors.Is(err, inference.ErrDeadline) {
-		fc.p.cfg.Logger.Debug("request failed", "model", model, "status", code, "err", err)
-	}
 	_, werr := fc.c.Write(fc.out)
 	return werr == nil
 }
@@ -263,7 +256,7 @@ func (u *fastUpstream) exchange(c *upstream.Client, ep string, now, deadline tim
 			return nil
 		}
 		u.done(true)
-		if attempt > 0 || !cn.Reused || u.n > 0 || !stale(err) {
+		if attempt > 0 || !cn.Reused || u.n > 0 || !upstream.Stale(err) {
 			return upstream.TransportError(ep, err)
 		}
 	}
@@ -340,12 +333,6 @@ func (u *fastUpstream) done(closeIt bool) {
 }
 
 func (u *fastUpstream) close() { u.done(true) }
-
-// stale reports whether err is a kept-alive connection's end: the runtime
-// closed it while it was idle.
-func stale(err error) bool {
-	return errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
-}
 
 // writerOnly hides a connection's ReadFrom, so that io.CopyBuffer uses the
 // buffer it is given.

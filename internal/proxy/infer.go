@@ -88,8 +88,7 @@ func (p *Proxy) serveVersion(rc *fasthttp.RequestCtx, route codec.Route, m *mode
 		p.reply(rc, m.cfg.Name, start, err)
 		return
 	}
-	batched := route.Kind == codec.RouteInfer || route.Kind == codec.RoutePredict
-	if !batched || v.lane == nil {
+	if passesThrough(route, v) {
 		// Pass-through needs only the deadline, which the upstream client
 		// sets on its connection: no context timer for each request.
 		p.forward(deadlineContext{start.Add(timeout)}, rc, m, v, start)
@@ -110,6 +109,13 @@ func (p *Proxy) serveVersion(rc *fasthttp.RequestCtx, route codec.Route, m *mode
 	p.infer(ctx, rc, m, v, route.Version != "", start, serve)
 }
 
+// passesThrough reports whether a request of route to version v is passed
+// through rather than batched: any route but infer and predict, and every
+// route of a version without a lane (batching off).
+func passesThrough(route codec.Route, v *version) bool {
+	return v.lane == nil || (route.Kind != codec.RouteInfer && route.Kind != codec.RoutePredict)
+}
+
 // deadlineContext is a context that carries a deadline and is never
 // cancelled (Done is nil): for a call that enforces the deadline itself,
 // as the upstream client's Forward does on its connection. It saves the
@@ -124,7 +130,12 @@ func (deadlineContext) Value(any) any                 { return nil }
 // requestTimeout is the model's timeout, or the X-Batchmesh-Timeout-Ms of
 // the request when that is shorter.
 func requestTimeout(rc *fasthttp.RequestCtx, timeout time.Duration) (time.Duration, error) {
-	s := rc.Request.Header.Peek(HeaderTimeoutMs)
+	return timeoutMs(rc.Request.Header.Peek(HeaderTimeoutMs), timeout)
+}
+
+// timeoutMs is timeout, or the X-Batchmesh-Timeout-Ms value s when that is
+// shorter; s is empty when the request has none.
+func timeoutMs(s []byte, timeout time.Duration) (time.Duration, error) {
 	if len(s) == 0 {
 		return timeout, nil
 	}
@@ -415,18 +426,31 @@ func (p *Proxy) reply(rc *fasthttp.RequestCtx, model string, start time.Time, er
 // replyCache is reply for a request whose cache result (the cache label of
 // batchmesh_requests_total, as its X-Batchmesh-Cache header) is known.
 func (p *Proxy) replyCache(rc *fasthttp.RequestCtx, model, cacheResult string, start time.Time, err error) {
-	code := inference.HTTPStatus(err)
+	code, body := p.failed(model, cacheResult, start, err)
 	rc.Response.Reset()
-	if code == fasthttp.StatusTooManyRequests || code == fasthttp.StatusServiceUnavailable {
+	if retryLater(code) {
 		rc.Response.Header.Set("Retry-After", "1") // callers that know better set it after
 	}
 	rc.SetStatusCode(code)
 	rc.SetContentType("application/json")
-	rc.SetBody(codec.AppendError(nil, err.Error()))
+	rc.SetBody(body)
+}
+
+// failed counts err as the answer to a request of model (when known),
+// logs a server-side failure, and returns the answer's status and JSON
+// body, as every error answer of the inference listener has them.
+func (p *Proxy) failed(model, cacheResult string, start time.Time, err error) (code int, body []byte) {
+	code = inference.HTTPStatus(err)
 	if model != "" {
 		p.m.request(model, code, cacheResult, time.Since(start))
 	}
 	if code >= 500 && !errors.Is(err, inference.ErrDeadline) {
 		p.cfg.Logger.Debug("request failed", "model", model, "status", code, "err", err)
 	}
+	return code, codec.AppendError(nil, err.Error())
+}
+
+// retryLater reports whether an error answer of code says Retry-After.
+func retryLater(code int) bool {
+	return code == fasthttp.StatusTooManyRequests || code == fasthttp.StatusServiceUnavailable
 }

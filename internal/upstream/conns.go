@@ -1,14 +1,12 @@
 package upstream
 
 import (
-	"errors"
 	"net"
 	"sync"
 	"time"
 
 	"github.com/valyala/fasthttp"
 
-	"github.com/batchmesh/batchmesh/internal/inference"
 	"github.com/batchmesh/batchmesh/internal/rawconn"
 )
 
@@ -129,10 +127,4 @@ func (rc *conns) closeIdle(forget bool) {
 // classifies its own: a timeout is KindDeadline, a broken or refused
 // connection KindUnavailable (and matches ErrConnect), anything else
 // KindUpstream.
-func TransportError(endpoint string, err error) error {
-	var ie *inference.Error
-	if errors.As(err, &ie) {
-		return err
-	}
-	return transportError(endpoint, err)
-}
+func TransportError(endpoint string, err error) error { return transportError(endpoint, err) }

@@ -124,9 +124,13 @@ func isConnect(err error) bool {
 // connection turned out closed by the runtime, before anything was read
 // back (io.EOF on the first byte) or while writing the request.
 func retryStale(_ *fasthttp.Request, attempts int, err error) (resetTimeout, retry bool) {
-	if attempts != 1 {
-		return false, false
-	}
-	return false, errors.Is(err, io.EOF) || errors.Is(err, fasthttp.ErrConnectionClosed) ||
+	return false, attempts == 1 && Stale(err)
+}
+
+// Stale reports whether err is how a kept-alive connection that the
+// runtime closed while it was idle fails: the request may be sent again
+// on a new one (once).
+func Stale(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, fasthttp.ErrConnectionClosed) ||
 		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
