@@ -58,7 +58,7 @@ type wireHead struct {
 var crlfcrlf = []byte("\r\n\r\n")
 
 // parseRequestHead parses the request head at the start of b. The subset:
-// a GET or POST request line in origin form with HTTP/1.1, at most
+// a GET or POST request line in origin form (valid %-escapes) with HTTP/1.1, at most
 // maxWireFields fields of token names and visible values, each line ending
 // in CRLF; at most one Content-Length of digits, required on POST; no
 // Transfer-Encoding, Expect or Upgrade; Connection only "keep-alive";
@@ -75,7 +75,7 @@ func parseRequestHead(b []byte, h *wireHead) wireVerdict {
 		return wireOther
 	}
 	target, proto, ok := cutSP(line)
-	if !ok || len(target) == 0 || target[0] != '/' || !visible(target) || !bytes.Equal(proto, []byte("HTTP/1.1")) {
+	if !ok || len(target) == 0 || target[0] != '/' || !visible(target) || !escapesValid(target) || !bytes.Equal(proto, []byte("HTTP/1.1")) {
 		return wireOther
 	}
 	h.method, h.target = method, target
@@ -357,6 +357,21 @@ func visible(b []byte) bool {
 		}
 	}
 	return true
+}
+
+// escapesValid reports whether every % in b starts a %XX escape.
+func escapesValid(b []byte) bool {
+	for i := bytes.IndexByte(b, '%'); i >= 0; i = bytes.IndexByte(b, '%') {
+		if i+2 >= len(b) || !hex(b[i+1]) || !hex(b[i+2]) {
+			return false
+		}
+		b = b[i+3:]
+	}
+	return true
+}
+
+func hex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
 }
 
 // printable reports whether b is a field value of visible ASCII, spaces
