@@ -275,20 +275,23 @@ func TestCaptureInNamespace(t *testing.T) {
 	for _, a := range []string{"fd00::2/128", "fd00::3/128"} {
 		netnstest.Run(t, "ip", "addr", "add", a, "dev", "lo", "nodad")
 	}
-	runtimetest.Start(t, modelrt.Config{Models: runtimetest.Models(t, "m=sim:linear/5ms+20us")},
+	runtimetest.Start(t, modelrt.Config{Models: runtimetest.Models(t, "m=sim:linear/5ms+20us", "p=sim:linear/0s+0s")},
 		runtimetest.WithMetrics(), runtimetest.Listen("[::]:8000"))
 	echoServer(t, "[::]:9000")
 	rec := recordServer(t, "[::]:9001")
 	cfg := filepath.Join(sharedDir(t), "sidecar.yaml")
 	yaml := "models:\n  - name: m\n    batching: {max_batch_size: 64, max_queue_delay: 5ms, timeout: 10s}\n" +
+		"    versions: [{version: \"1\", endpoints: [{address: \"127.0.0.2:8000\"}, {address: \"[fd00::2]:8000\"}]}]\n" +
+		"  - name: p\n    batching: {max_batch_size: 0}\n" +
 		"    versions: [{version: \"1\", endpoints: [{address: \"127.0.0.2:8000\"}, {address: \"[fd00::2]:8000\"}]}]\n"
 	if err := os.WriteFile(cfg, []byte(yaml), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	hosts := []string{"127.0.0.2", "[fd00::2]"}
-	direct, unknown := map[string][]byte{}, map[string][]byte{}
+	direct, unknown, passed := map[string][]byte{}, map[string][]byte{}, map[string][]byte{}
 	for _, h := range hosts {
 		_, direct[h] = post(t, "http://"+h+":8000/v2/models/m/infer", inferBody)
+		_, passed[h] = post(t, "http://"+h+":8000/v2/models/p/infer", inferBody)
 		_, unknown[h] = post(t, "http://"+h+":8000/v2/models/nope/infer", inferBody)
 	}
 	logs := startSidecarAs(t, 1337, "127.0.0.1:15000", "-config", cfg, "-capture", "-log-level", "debug")
@@ -298,24 +301,32 @@ func TestCaptureInNamespace(t *testing.T) {
 	for _, h := range hosts {
 		t.Run(h, func(t *testing.T) {
 			loadThroughSidecar(t, "http://"+h+":8000/v2/models/m/infer", direct[h], &upstreams)
+			checkPassedFast(t, "http://"+h+":8000/v2/models/p/infer", passed[h])
 			checkEcho(t, h+":9000")
 			resp, body := post(t, "http://"+h+":8000/v2/models/nope/infer", inferBody)
 			if resp.StatusCode != http.StatusNotFound || !bytes.Equal(body, unknown[h]) || resp.Header.Get("X-Batchmesh-Batch-Size") != "" {
 				t.Errorf("unknown model through capture: %d %q, want the runtime's own 404 %q", resp.StatusCode, body, unknown[h])
 			}
-			// Model m's path, but to a destination that is not m's endpoint:
-			// passed through to it unchanged.
-			req, _ := http.NewRequest(http.MethodPost, "http://"+h+":9001/v2/models/m/infer?q=1", strings.NewReader(inferBody))
-			req.Header.Set("X-Test", "kept")
-			r2, err := http.DefaultClient.Do(req)
-			if err != nil {
-				t.Fatal(err)
-			}
-			b2, _ := io.ReadAll(r2.Body)
-			r2.Body.Close()
-			want := "POST /v2/models/m/infer?q=1 kept " + inferBody
-			if got := rec.last(); got != want || string(b2) != "recorded" || r2.Header.Get("X-Recorded") != "1" {
-				t.Errorf("pass-through to %s:9001: server got %q and answered %q, want %q and \"recorded\"", h, got, b2, want)
+			// A model's path, batched (m) or passed through (p), but to a
+			// destination that is not the model's endpoint: passed through
+			// to it unchanged, on a keep-alive connection the fast path
+			// would take if it ignored the destination.
+			for _, model := range []string{"m", "p"} {
+				path := "/v2/models/" + model + "/infer?q=1"
+				req, _ := http.NewRequest(http.MethodPost, "http://"+h+":9001"+path, strings.NewReader(inferBody))
+				req.Header.Set("X-Test", "kept")
+				client := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{}} // its request is the connection's first
+				r2, err := client.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				b2, _ := io.ReadAll(r2.Body)
+				r2.Body.Close()
+				client.CloseIdleConnections()
+				want := "POST " + path + " kept " + inferBody
+				if got := rec.last(); got != want || string(b2) != "recorded" || r2.Header.Get("X-Recorded") != "1" {
+					t.Errorf("pass-through to %s:9001: server got %q and answered %q, want %q and \"recorded\"", h, got, b2, want)
+				}
 			}
 		})
 	}
@@ -349,6 +360,53 @@ func TestCaptureInNamespace(t *testing.T) {
 				h, body, resp.Header.Get("X-Batchmesh-Batch-Size"))
 		}
 	}
+}
+
+// checkPassedFast sends captured requests for a pass-through model to
+// url on a keep-alive connection (one with Connection: close is for the
+// full handler) and wants the runtime's answer (want) from one of the
+// model's endpoints, every one served by the fast path:
+// batchmesh_fast_path_requests_total on the sidecar's admin listener goes
+// up by their number.
+func checkPassedFast(t *testing.T, url string, want []byte) {
+	t.Helper()
+	const n = 5
+	client := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{}}
+	defer client.CloseIdleConnections()
+	before := fastPathCount(t)
+	for range n {
+		resp, err := client.Post(url, "application/json", strings.NewReader(inferBody))
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || !bytes.Equal(body, want) || resp.Header.Get("X-Batchmesh-Upstream") == "" {
+			t.Errorf("captured pass-through %s: %d %q from upstream %q, want 200 %q from the sidecar",
+				url, resp.StatusCode, body, resp.Header.Get("X-Batchmesh-Upstream"), want)
+		}
+	}
+	if got := fastPathCount(t) - before; got != n {
+		t.Errorf("the fast path served %d of %d captured pass-through requests to %s, want all", got, n, url)
+	}
+}
+
+// fastPathCount reads batchmesh_fast_path_requests_total from the sidecar
+// of TestCaptureInNamespace.
+func fastPathCount(t *testing.T) int {
+	t.Helper()
+	resp, err := http.Get("http://127.0.0.1:15000/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	m := regexp.MustCompile(`(?m)^batchmesh_fast_path_requests_total (\d+)$`).FindSubmatch(b)
+	if m == nil {
+		t.Fatalf("no batchmesh_fast_path_requests_total on the sidecar's /metrics:\n%s", b)
+	}
+	v, _ := strconv.Atoi(string(m[1]))
+	return v
 }
 
 // redirectCmd runs `sidecar redirect` with args.

@@ -72,6 +72,7 @@ var designMetrics = []metricSpec{
 	{name: "batchmesh_circuit_open", typ: gauge, labels: []string{"model", "breaker"}, from: sidecar},
 	{name: "batchmesh_endpoint_weight", typ: gauge, labels: []string{"model", "version", "endpoint"}, from: sidecar},
 	{name: "batchmesh_version_available", typ: gauge, labels: []string{"model", "version"}, from: sidecar},
+	{name: "batchmesh_fast_path_requests_total", typ: counter, from: sidecar},
 	{name: "batchmesh_xds_updates_total", typ: counter, labels: []string{"type"}, from: controlPlane},
 	{name: "batchmesh_xds_nacks_total", typ: counter, labels: []string{"type"}, from: controlPlane},
 	{name: "batchmesh_xds_push_ack_seconds", typ: histogram, labels: []string{"type"}, from: controlPlane},

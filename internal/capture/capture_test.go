@@ -110,3 +110,52 @@ func TestMatcher(t *testing.T) {
 		}
 	}
 }
+
+// wrapped hands on the connection under it, as the proxy's fast path
+// does for a connection it gives the HTTP server.
+type wrapped struct{ net.Conn }
+
+func (w wrapped) NetConn() net.Conn { return w.Conn }
+
+// TestServesConn: the router decides for a server that reads requests
+// itself as Handle does — explicit connections and other connections are
+// the proxy's, a captured one only for a destination Serves accepts — and
+// finds the captured connection under wrappers.
+func TestServesConn(t *testing.T) {
+	dst := netip.MustParseAddrPort("10.0.0.5:8000")
+	var asked []string
+	r := &capture.Router{Serves: func(path, host []byte, d netip.AddrPort) bool {
+		asked = append(asked, string(path)+" "+string(host)+" "+d.String())
+		return string(path) == "/v2/models/m/infer" && d == dst
+	}}
+	plain, _ := net.Pipe()
+	captured := &capture.Conn{Conn: plain, Original: dst}
+	elsewhere := &capture.Conn{Conn: plain, Original: netip.MustParseAddrPort("10.0.0.6:9001")}
+	for _, tt := range []struct {
+		name string
+		c    net.Conn
+		path string
+		want bool
+	}{
+		{"not captured", plain, "/anything", true},
+		{"explicit", &capture.Conn{Conn: plain, Explicit: true}, "/anything", true},
+		{"captured, a model's endpoint", captured, "/v2/models/m/infer", true},
+		{"captured, another path", captured, "/v2/models/x/infer", false},
+		{"captured, another destination", elsewhere, "/v2/models/m/infer", false},
+		{"wrapped twice", wrapped{wrapped{captured}}, "/v2/models/m/infer", true},
+		{"wrapped, another destination", wrapped{elsewhere}, "/v2/models/m/infer", false},
+	} {
+		if got := r.ServesConn(tt.c, []byte("POST"), []byte(tt.path), []byte("bert:8000")); got != tt.want {
+			t.Errorf("%s: ServesConn = %v, want %v", tt.name, got, tt.want)
+		}
+	}
+	if len(asked) != 5 || asked[0] != "/v2/models/m/infer bert:8000 10.0.0.5:8000" {
+		t.Errorf("Serves was asked %q: want only the 5 captured requests, with their path, host and destination", asked)
+	}
+	if c, ok := capture.Captured(wrapped{captured}); !ok || c != captured {
+		t.Errorf("Captured(wrapped) = %v, %v: want the captured connection", c, ok)
+	}
+	if _, ok := capture.Captured(plain); ok {
+		t.Error("Captured(a plain connection) = true")
+	}
+}

@@ -1,8 +1,10 @@
 package capture
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"sync"
 	"time"
@@ -30,17 +32,17 @@ type Router struct {
 
 // Handle serves one request.
 func (r *Router) Handle(rc *fasthttp.RequestCtx) {
-	c, ok := rc.Conn().(*Conn)
+	c, ok := Captured(rc.Conn())
 	if !ok || c.Explicit {
 		r.Next(rc)
 		return
 	}
 	if r.Serves(rc.Path(), rc.Host(), c.Original) {
-		r.debug("captured request served", rc, c.Original)
+		r.debug("captured request served", rc.Method(), rc.Path(), rc.Host(), c.Original)
 		r.Next(rc)
 		return
 	}
-	r.debug("captured request passed through", rc, c.Original)
+	r.debug("captured request passed through", rc.Method(), rc.Path(), rc.Host(), c.Original)
 	if err := r.client(c.Original).Do(&rc.Request, &rc.Response); err != nil {
 		rc.Response.Reset()
 		rc.SetStatusCode(fasthttp.StatusBadGateway)
@@ -49,10 +51,43 @@ func (r *Router) Handle(rc *fasthttp.RequestCtx) {
 	}
 }
 
-func (r *Router) debug(msg string, rc *fasthttp.RequestCtx, dst netip.AddrPort) {
-	if r.Logger != nil {
-		r.Logger.Debug(msg, "method", string(rc.Method()), "path", string(rc.Path()),
-			"host", string(rc.Host()), "original_dst", dst.String())
+// ServesConn reports whether the proxy serves a request for path with
+// host on c — any request on an explicit connection, a captured one when
+// Serves says so — as Handle decides, for a server that reads requests
+// itself (the proxy's pass-through fast path). It logs a captured request
+// it serves as Handle does; one it does not serve is left to Handle.
+func (r *Router) ServesConn(c net.Conn, method, path, host []byte) bool {
+	cc, ok := Captured(c)
+	if !ok || cc.Explicit {
+		return true
+	}
+	if !r.Serves(path, host, cc.Original) {
+		return false
+	}
+	r.debug("captured request served", method, path, host, cc.Original)
+	return true
+}
+
+// Captured returns the transparent listener's connection that c is or
+// wraps (through NetConn methods, as tls.Conn's), if any.
+func Captured(c net.Conn) (*Conn, bool) {
+	for c != nil {
+		if cc, ok := c.(*Conn); ok {
+			return cc, true
+		}
+		u, ok := c.(interface{ NetConn() net.Conn })
+		if !ok {
+			return nil, false
+		}
+		c = u.NetConn()
+	}
+	return nil, false
+}
+
+func (r *Router) debug(msg string, method, path, host []byte, dst netip.AddrPort) {
+	if r.Logger != nil && r.Logger.Enabled(context.Background(), slog.LevelDebug) {
+		r.Logger.Debug(msg, "method", string(method), "path", string(path),
+			"host", string(host), "original_dst", dst.String())
 	}
 }
 

@@ -46,15 +46,22 @@ type FastListener struct {
 	mu    sync.Mutex
 	conns map[*fastConn]struct{}
 	drain atomic.Bool
-	// served counts the requests the fast path took (for tests).
-	served atomic.Int64
+	// served counts the requests the fast path took (the metrics').
+	served *atomic.Int64
+
+	// Serves, when set, tells for a request the fast path would take
+	// whether the proxy serves it at all: a transparent listener's
+	// connection may be bound for a destination that is not a model's
+	// endpoint. A request it refuses goes, with its connection, to the
+	// server's handler, which passes it on. Set it before serving.
+	Serves func(c net.Conn, method, path, host []byte) bool
 }
 
 // FastPath returns ln with the pass-through fast path in front of srv,
 // which must be the server NewServer returned (with its Concurrency set
 // as it will be served).
 func (p *Proxy) FastPath(ln net.Listener, srv *fasthttp.Server) *FastListener {
-	return &FastListener{Listener: ln, p: p, srv: srv, conns: map[*fastConn]struct{}{}}
+	return &FastListener{Listener: ln, p: p, srv: srv, conns: map[*fastConn]struct{}{}, served: &p.m.fastServed}
 }
 
 // Accept serves each accepted connection in a goroutine of its own and
@@ -299,6 +306,10 @@ type handedConn struct {
 	pending []byte
 }
 
+// NetConn is the connection under c, for a handler that looks for the
+// transparent listener's connection (capture.Captured).
+func (c *handedConn) NetConn() net.Conn { return c.Conn }
+
 func (c *handedConn) Read(b []byte) (int, error) {
 	if len(c.pending) > 0 {
 		n := copy(b, c.pending)
@@ -324,6 +335,9 @@ func (fc *fastConn) route(start time.Time) (m *model, v *version, deadline time.
 	}
 	route := codec.ParseRoute(string(path))
 	if route.Model == "" {
+		return nil, nil, time.Time{}, false
+	}
+	if fc.l.Serves != nil && !fc.l.Serves(fc.c, fc.h.method, path, fc.h.host) {
 		return nil, nil, time.Time{}, false
 	}
 	m = fc.p.st.Load().models[route.Model]

@@ -244,6 +244,9 @@ func TestFastPathMetrics(t *testing.T) {
 	if got := metricValue(t, m, `batchmesh_request_duration_seconds_count{model="m"`); got != 4 {
 		t.Errorf("request_duration_seconds_count: %v, want 4", got)
 	}
+	if got := metricValue(t, m, `batchmesh_fast_path_requests_total `); got != 4 {
+		t.Errorf("fast_path_requests_total: %v, want 4 (the fast path served every request)", got)
+	}
 }
 
 // TestFastPathBodyCutShort: a runtime that closes in the middle of a body

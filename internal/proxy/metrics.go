@@ -33,10 +33,14 @@ type metrics struct {
 	// map replaced whole when a series is new (rare: models × endpoints ×
 	// codes), so that a request's lookups take no lock and allocate
 	// nothing (a sync.Map boxes the key on every Load).
-	attrs        atomic.Pointer[map[labels]series]
-	attrsMu      sync.Mutex // serialises the replacements of attrs
-	weightGauge  metric.Int64ObservableGauge
-	availGauge   metric.Int64ObservableGauge
+	attrs       atomic.Pointer[map[labels]series]
+	attrsMu     sync.Mutex // serialises the replacements of attrs
+	weightGauge metric.Int64ObservableGauge
+	availGauge  metric.Int64ObservableGauge
+	// fastServed counts the requests the pass-through fast path served,
+	// exported by fastCounter when scraped: no instrument call per request.
+	fastServed   atomic.Int64
+	fastCounter  metric.Int64ObservableCounter
 	registration metric.Registration
 }
 
@@ -56,7 +60,7 @@ type versionAvailable struct {
 
 func newMetrics(m metric.Meter, weights func() []endpointWeight, available func() []versionAvailable) (*metrics, error) {
 	pm := &metrics{}
-	var errs [6]error
+	var errs [7]error
 	pm.requests, errs[0] = m.Int64Counter("batchmesh_requests",
 		metric.WithDescription("Application requests answered, by status code and cache result."))
 	pm.duration, errs[1] = m.Float64Histogram("batchmesh_request_duration_seconds",
@@ -71,6 +75,8 @@ func newMetrics(m metric.Meter, weights func() []endpointWeight, available func(
 		metric.WithDescription("The weight each endpoint is picked with."))
 	pm.availGauge, errs[5] = m.Int64ObservableGauge("batchmesh_version_available",
 		metric.WithDescription("1 while some endpoint of the version is healthy and it takes its share of the split; 0 while it is out of it."))
+	pm.fastCounter, errs[6] = m.Int64ObservableCounter("batchmesh_fast_path_requests",
+		metric.WithDescription("Pass-through requests served by the pass-through fast path; the others, and every batched request, went through the full handler."))
 	if err := errors.Join(errs[:]...); err != nil {
 		return nil, fmt.Errorf("proxy: metrics: %w", err)
 	}
@@ -89,8 +95,9 @@ func newMetrics(m metric.Meter, weights func() []endpointWeight, available func(
 			o.ObserveInt64(pm.availGauge, v, metric.WithAttributeSet(attribute.NewSet(
 				attribute.String("model", a.model), attribute.String("version", a.version))))
 		}
+		o.ObserveInt64(pm.fastCounter, pm.fastServed.Load())
 		return nil
-	}, pm.weightGauge, pm.availGauge)
+	}, pm.weightGauge, pm.availGauge, pm.fastCounter)
 	if err != nil {
 		return nil, fmt.Errorf("proxy: metrics: %w", err)
 	}

@@ -37,19 +37,26 @@ type wireField struct {
 // wireHead is a parsed request or response head. Its slices point into
 // the buffer it was parsed from.
 type wireHead struct {
+	wireInfo
+	fields [maxWireFields]wireField // fields[:nf] are the head's
+}
+
+// wireInfo is a head less its fields: what a parse resets (the fields are
+// overwritten as they are read; clearing all of them on every parse costs
+// more than the parse).
+type wireInfo struct {
 	method, target []byte // request
 	status         int    // response
 	// contentLength is the body's length; -1 when there is no
 	// Content-Length field.
 	contentLength int64
-	// timeoutMs is X-Batchmesh-Timeout-Ms (request).
-	timeoutMs []byte
+	// timeoutMs is X-Batchmesh-Timeout-Ms, host the Host (request).
+	timeoutMs, host []byte
 	// close: Connection: close (response).
 	close bool
 	// date, server, userAgent: the head has a Date, Server or User-Agent
 	// field.
 	date, server, userAgent bool
-	fields                  [maxWireFields]wireField
 	nf                      int
 	// end is the head's length, its final CRLF CRLF included.
 	end int
@@ -68,7 +75,7 @@ func parseRequestHead(b []byte, h *wireHead) wireVerdict {
 	if end < 0 {
 		return wireIncomplete
 	}
-	*h = wireHead{contentLength: -1, end: end + 4}
+	h.wireInfo = wireInfo{contentLength: -1, end: end + 4}
 	line, rest := cutCRLF(b[:end+2])
 	method, line, ok := cutSP(line)
 	if !ok || !(bytes.Equal(method, []byte("GET")) || bytes.Equal(method, []byte("POST"))) {
@@ -89,7 +96,7 @@ func parseRequestHead(b []byte, h *wireHead) wireVerdict {
 			if host || len(f.value) == 0 {
 				return false
 			}
-			host, f.drop = true, true
+			host, f.drop, h.host = true, true, f.value
 		case kindTimeout:
 			h.timeoutMs = f.value
 		case kindUserAgent:
@@ -112,7 +119,7 @@ func parseResponseHead(b []byte, h *wireHead) wireVerdict {
 	if end < 0 {
 		return wireIncomplete
 	}
-	*h = wireHead{contentLength: -1, end: end + 4}
+	h.wireInfo = wireInfo{contentLength: -1, end: end + 4}
 	line, rest := cutCRLF(b[:end+2])
 	proto, line, ok := cutSP(line)
 	if !ok || !bytes.Equal(proto, []byte("HTTP/1.1")) || len(line) < 3 || (len(line) > 3 && line[3] != ' ') {

@@ -170,13 +170,11 @@ func (s *Sidecar) Run(ctx context.Context) error {
 	}
 	g := s.splitGRPC(ln)
 	served := make(chan error, 3)
-	var fast *proxy.FastListener
-	if cl == nil { // captured connections go through the router
-		fast = s.proxy.FastPath(g.split.HTTP1(), srv)
-		go func() { served <- srv.Serve(fast) }()
-	} else {
-		go func() { served <- srv.Serve(g.split.HTTP1()) }()
+	fast := s.proxy.FastPath(g.split.HTTP1(), srv)
+	if router != nil { // a captured request not for a model is the router's
+		fast.Serves = router.ServesConn
 	}
+	go func() { served <- srv.Serve(fast) }()
 	g.serve(served)
 	go func() { served <- admin.Serve(aln) }()
 
@@ -216,9 +214,7 @@ func (s *Sidecar) drain(srv, admin *fasthttp.Server, cl *capture.Listener, fast 
 	defer cancel()
 	var errs []error
 	errs = append(errs, g.drain(ctx), srv.ShutdownWithContext(ctx))
-	if fast != nil {
-		errs = append(errs, fast.Wait(ctx))
-	}
+	errs = append(errs, fast.Wait(ctx))
 	if cl != nil {
 		errs = append(errs, cl.Shutdown(ctx))
 	}
