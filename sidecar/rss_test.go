@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -117,10 +118,28 @@ func TestRSSBound(t *testing.T) {
 
 	body := bytes.Repeat([]byte(" "), 60<<20) // whitespace: read whole, then refused as an empty document
 	statuses := make([]int, 8)
+	// Every body stops one byte short of its end until each of the eight
+	// has got there or been refused, so that all of them are in the
+	// sidecar at once, however slowly a busy machine starts them: no
+	// body is read whole (and its budget freed) before the last arrives.
+	var ready sync.WaitGroup
+	ready.Add(len(statuses))
+	release := make(chan struct{})
+	go func() { ready.Wait(); close(release) }()
 	var wg sync.WaitGroup
 	for i := range statuses {
 		wg.Go(func() {
-			resp, err := http.Post(url+"/v2/models/p/infer", "application/json", bytes.NewReader(body))
+			arrived := sync.OnceFunc(ready.Done)
+			defer arrived() // refused: it holds no one back
+			r := io.MultiReader(bytes.NewReader(body[1:]), gate{arrived, release}, bytes.NewReader(body[:1]))
+			req, err := http.NewRequest(http.MethodPost, url+"/v2/models/p/infer", r)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			req.ContentLength = int64(len(body))
+			req.Header.Set("Content-Type", "application/json")
+			resp, err := http.DefaultClient.Do(req)
 			if err != nil {
 				// Past the budget the sidecar answers 429 and closes the
 				// connection: a client still writing its body sees a reset.
@@ -153,6 +172,19 @@ func TestRSSBound(t *testing.T) {
 	if bodies > rssBoundMiB || overload > rssBoundMiB {
 		t.Errorf("peak RSS %.0f MiB, over the documented %d MiB", max(bodies, overload), rssBoundMiB)
 	}
+}
+
+// gate is a body's pause: its first read says the body got there and
+// waits for release, then ends (io.MultiReader goes on to the rest).
+type gate struct {
+	arrived func()
+	release <-chan struct{}
+}
+
+func (g gate) Read([]byte) (int, error) {
+	g.arrived()
+	<-g.release
+	return 0, io.EOF
 }
 
 // overloadSidecar offers p three times its runtime's capacity (8 rows per
