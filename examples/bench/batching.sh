@@ -8,8 +8,9 @@
 # Parts: closed (closed-loop one-row clients 1, 16, 64), open (Poisson
 # arrivals at 1000, 2000, 2600 rows/s), bert (sim:h200/bert-base, 256
 # clients, vs the runtime's own best batched rate), pass (batching off, a
-# zero-cost runtime, vs nginx when installed). Systems in front of one
-# simulated runtime (5ms + 0.2ms per row, one batch at a time): direct
+# zero-cost runtime, vs nginx when installed and two relays that do no
+# work, examples/bench/relay: the floor of a proxy on the machine).
+# Systems in front of one simulated runtime (5ms + 0.2ms per row, one batch at a time): direct
 # calls, the textbook batcher (examples/bench/textbook: max 32 rows, 10ms),
 # and the sidecar with max_batch_size 64 under batch_policy transit (the
 # earlier rule) and cohort (the default). Each row is the median of ROUNDS
@@ -22,9 +23,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 DURATION=${DURATION:-5s}
 BIN=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; [ -n "${KEEP:-}" ] || rm -rf "$BIN"' EXIT
-go build -o "$BIN/" ./model ./sidecar ./examples/bench ./examples/bench/textbook
+go build -o "$BIN/" ./model ./sidecar ./examples/bench ./examples/bench/textbook ./examples/bench/relay
 RT=127.0.0.1:18830 RT0=127.0.0.1:18831 RTB=127.0.0.1:18832
-TB=127.0.0.1:18840 NGX=127.0.0.1:18841
+TB=127.0.0.1:18840 NGX=127.0.0.1:18841 RELAY=127.0.0.1:18842 ELOOP=127.0.0.1:18844
 declare -A PID=()
 ROUNDS=${ROUNDS:-3}
 CPU_ROWS=()
@@ -185,13 +186,23 @@ NGINX
 		PID[nginx]=$!
 		wait_ready "http://$NGX/v2/health/ready" && nginx=$NGX
 	fi
+	# The floor: relays that copy requests and answers and do nothing else
+	# (examples/bench/relay), one per I/O model.
+	"$BIN/relay" -listen "$RELAY" -upstream "$RT0" -mode goroutine >"$BIN/relay.log" 2>&1 &
+	PID[relay]=$!
+	"$BIN/relay" -listen "$ELOOP" -upstream "$RT0" -mode epoll >"$BIN/eloop.log" 2>&1 &
+	PID[eloop]=$!
+	wait_ready "http://$RELAY/v2/health/ready"
+	wait_ready "http://$ELOOP/v2/health/ready"
 	header "Pass-through: batching off, zero-cost runtime"
 	for c in 64 1; do
+		local floor=("relay, goroutines (no work), $c clients|$RELAY|${PID[relay]}|-clients $c"
+			"relay, epoll loops (no work), $c clients|$ELOOP|${PID[eloop]}|-clients $c")
 		if [ -n "$nginx" ]; then
 			compare "direct, $c clients|$RT0||-clients $c" "sidecar pass-through, $c clients|${SC[pass]}|${PID[pass]}|-clients $c" \
-				"nginx, $c clients|$nginx|${PID[nginx]}|-clients $c"
+				"nginx, $c clients|$nginx|${PID[nginx]}|-clients $c" "${floor[@]}"
 		else
-			compare "direct, $c clients|$RT0||-clients $c" "sidecar pass-through, $c clients|${SC[pass]}|${PID[pass]}|-clients $c"
+			compare "direct, $c clients|$RT0||-clients $c" "sidecar pass-through, $c clients|${SC[pass]}|${PID[pass]}|-clients $c" "${floor[@]}"
 			echo "| nginx, $c clients | (not installed: apt-get install nginx-light) |"
 		fi
 	done
