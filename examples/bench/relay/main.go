@@ -13,6 +13,8 @@
 //   - -mode epoll (Linux): one event loop per CPU on its own epoll set
 //     reads and writes non-blocking sockets, as nginx's workers do.
 //
+// Usage:
+//
 //	relay -listen 127.0.0.1:18860 -upstream 127.0.0.1:18831 -mode epoll
 package main
 
