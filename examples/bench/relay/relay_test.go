@@ -68,6 +68,7 @@ func TestRelay(t *testing.T) {
 					t.Fatalf("pipelined answer %d: %v", i, err)
 				}
 				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
 				if string(b) != direct {
 					t.Errorf("pipelined answer %d: %q, want %q", i, b, direct)
 				}
@@ -76,7 +77,7 @@ func TestRelay(t *testing.T) {
 			if _, err := io.WriteString(c, "POST /v2/models/m/infer HTTP/1.1\r\nHost: rt\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"); err != nil {
 				t.Fatal(err)
 			}
-			if n, err := c.Read(make([]byte, 1)); err != io.EOF {
+			if n, err := c.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
 				t.Errorf("a chunked request: read %d bytes, %v; want the connection closed (io.EOF)", n, err)
 			}
 		})
