@@ -69,11 +69,17 @@ func (l *Lane) Submit(ctx context.Context, r *Request) (Result, error) {
 	if err := l.admit(p, now); err != nil {
 		return Result{}, err
 	}
-	timer := time.NewTimer(p.deadline.Sub(now))
-	defer timer.Stop()
+	// A context with a deadline ends the wait itself (the proxy's do: its
+	// timer is the request's); a timer of its own only for one without.
+	var expired <-chan time.Time
+	if _, ok := ctx.Deadline(); !ok || ctx.Done() == nil {
+		timer := time.NewTimer(p.deadline.Sub(now))
+		defer timer.Stop()
+		expired = timer.C
+	}
 	select {
 	case <-p.done:
-	case <-timer.C:
+	case <-expired:
 		l.fail(p, inference.Errorf(inference.KindDeadline,
 			"batch: model %q: deadline of %s passed before the answer came", l.cfg.Model, p.deadline.Sub(p.arrival).Round(time.Microsecond)))
 	case <-ctx.Done():

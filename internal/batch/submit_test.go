@@ -58,6 +58,30 @@ func TestDeadlinePassesWhileQueued(t *testing.T) {
 	}
 }
 
+// TestLaneTimeoutWithoutContextDeadline: a request whose context has no
+// deadline gets the lane's timeout, which Submit's own timer enforces
+// (with a deadline, the context's timer does).
+func TestLaneTimeoutWithoutContextDeadline(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const latency, timeout = 10 * time.Millisecond, 5 * time.Millisecond
+		f := newFakeCaller(map[string]time.Duration{"a": latency})
+		l := newTestLane(t, Config{Timeout: timeout, Endpoints: []Endpoint{{Address: "a", Slots: 1}}}, f)
+		long, cancel := context.WithTimeout(t.Context(), time.Second)
+		defer cancel()
+		t0 := time.Now()
+		running := submit(long, l, newRequest(1, 1))
+		transit := submit(long, l, newRequest(2, 1))
+		synctest.Wait()
+		o := <-submit(t.Context(), l, fp32Request(keysOf(3, 4)))
+		checkKind(t, "request without a deadline", o.err, inference.KindDeadline)
+		if !o.at.Equal(t0.Add(timeout)) {
+			t.Errorf("request without a deadline failed at +%v, want at the lane's timeout +%v", o.at.Sub(t0), timeout)
+		}
+		must(t, "running request", running)
+		must(t, "request in transit", transit)
+	})
+}
+
 // TestAdmissionDeadline checks the deadline checks of Submit: a deadline
 // already passed is a 504; one that the learned latency says cannot be met,
 // even with every batch ahead full, is a 429 at once.
