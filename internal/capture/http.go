@@ -32,16 +32,11 @@ type Router struct {
 
 // Handle serves one request.
 func (r *Router) Handle(rc *fasthttp.RequestCtx) {
-	c, ok := Captured(rc.Conn())
-	if !ok || c.Explicit {
+	if r.ServesConn(rc.Conn(), rc.Method(), rc.Path(), rc.Host()) {
 		r.Next(rc)
 		return
 	}
-	if r.Serves(rc.Path(), rc.Host(), c.Original) {
-		r.debug("captured request served", rc.Method(), rc.Path(), rc.Host(), c.Original)
-		r.Next(rc)
-		return
-	}
+	c, _ := Captured(rc.Conn()) // ServesConn refuses captured connections only
 	r.debug("captured request passed through", rc.Method(), rc.Path(), rc.Host(), c.Original)
 	if err := r.client(c.Original).Do(&rc.Request, &rc.Response); err != nil {
 		rc.Response.Reset()
@@ -52,10 +47,10 @@ func (r *Router) Handle(rc *fasthttp.RequestCtx) {
 }
 
 // ServesConn reports whether the proxy serves a request for path with
-// host on c — any request on an explicit connection, a captured one when
-// Serves says so — as Handle decides, for a server that reads requests
-// itself (the proxy's pass-through fast path). It logs a captured request
-// it serves as Handle does; one it does not serve is left to Handle.
+// host on c: any request on an explicit connection, a captured one when
+// Serves says so. Handle decides by it, and so does a server that reads
+// requests itself (the proxy's pass-through fast path). It logs the
+// captured requests it serves; one it does not serve is left to Handle.
 func (r *Router) ServesConn(c net.Conn, method, path, host []byte) bool {
 	cc, ok := Captured(c)
 	if !ok || cc.Explicit {

@@ -46,8 +46,6 @@ type FastListener struct {
 	mu    sync.Mutex
 	conns map[*fastConn]struct{}
 	drain atomic.Bool
-	// served counts the requests the fast path took (the metrics').
-	served *atomic.Int64
 
 	// Serves, when set, tells for a request the fast path would take
 	// whether the proxy serves it at all: a transparent listener's
@@ -61,7 +59,7 @@ type FastListener struct {
 // which must be the server NewServer returned (with its Concurrency set
 // as it will be served).
 func (p *Proxy) FastPath(ln net.Listener, srv *fasthttp.Server) *FastListener {
-	return &FastListener{Listener: ln, p: p, srv: srv, conns: map[*fastConn]struct{}{}, served: &p.m.fastServed}
+	return &FastListener{Listener: ln, p: p, srv: srv, conns: map[*fastConn]struct{}{}}
 }
 
 // Accept serves each accepted connection in a goroutine of its own and

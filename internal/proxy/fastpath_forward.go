@@ -45,7 +45,7 @@ func (fc *fastConn) serveRequest() (served, keep bool, why string) {
 	if !fc.readBody(need) {
 		return true, false, ""
 	}
-	fc.l.served.Add(1)
+	fc.p.m.fastServed.Add(1)
 	keep = fc.forward(m, ep, deadline, start, need)
 	fc.n = copy(fc.buf, fc.buf[need:fc.n])
 	return true, keep && !fc.l.drain.Load(), ""

@@ -57,13 +57,13 @@ func TestFastPathMatchesHandler(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			served := tp.fast.served.Load()
+			served := tp.fast.p.m.fastServed.Load()
 			fast := ask(t, tp.fastAddr, c.raw)
 			fastReq := ""
 			if c.fast {
 				fastReq = sent(rt.last(t))
 			}
-			if got := tp.fast.served.Load() - served; (got == 1) != c.fast {
+			if got := tp.fast.p.m.fastServed.Load() - served; (got == 1) != c.fast {
 				t.Errorf("fast path served %d requests, want fast=%v", got, c.fast)
 			}
 			plain := ask(t, tp.plainAddr, c.raw)
@@ -95,8 +95,8 @@ func TestFastPathRuntimeDown(t *testing.T) {
 `, a, b), nil)
 	fast := ask(t, tp.fastAddr, rawPost("/v2/models/a/infer", "", "{}"))
 	plain := ask(t, tp.plainAddr, rawPost("/v2/models/b/infer", "", "{}"))
-	if tp.fast.served.Load() != 1 {
-		t.Errorf("fast path served %d requests, want 1; answered %+v", tp.fast.served.Load(), fast)
+	if tp.fast.p.m.fastServed.Load() != 1 {
+		t.Errorf("fast path served %d requests, want 1; answered %+v", tp.fast.p.m.fastServed.Load(), fast)
 	}
 	fast.body = strings.ReplaceAll(fast.body, a, "ADDR")
 	fast.headers = strings.ReplaceAll(fast.headers, strconv.Itoa(len(a)), "N")
@@ -135,7 +135,7 @@ func TestFastPathPipelinedAndStale(t *testing.T) {
 			t.Errorf("answer %d: %d %q", i+1, resp.StatusCode, body)
 		}
 	}
-	if got := tp.fast.served.Load(); got != 2 {
+	if got := tp.fast.p.m.fastServed.Load(); got != 2 {
 		t.Errorf("fast path served %d requests, want 2", got)
 	}
 	rt.mu.Lock()
@@ -303,8 +303,8 @@ func TestFastPathIdleAndSlowBody(t *testing.T) {
 	}
 	_, _ = io.Copy(io.Discard, resp.Body)
 	_ = resp.Body.Close()
-	if tp.fast.served.Load() != 1 {
-		t.Fatalf("fast path served %d requests, want 1", tp.fast.served.Load())
+	if tp.fast.p.m.fastServed.Load() != 1 {
+		t.Fatalf("fast path served %d requests, want 1", tp.fast.p.m.fastServed.Load())
 	}
 	start := time.Now()
 	if n, err := io.Copy(io.Discard, br); n != 0 || err != nil {

@@ -65,18 +65,16 @@ type wireInfo struct {
 var crlfcrlf = []byte("\r\n\r\n")
 
 // parseRequestHead parses the request head at the start of b. The subset:
-// a GET or POST request line in origin form (valid %-escapes) with HTTP/1.1, at most
-// maxWireFields fields of token names and visible values, each line ending
-// in CRLF; at most one Content-Length of digits, required on POST; no
+// a GET or POST request line in origin form (valid %-escapes) with
+// HTTP/1.1, at most maxWireFields fields of token names and visible
+// values, each line ending in CRLF; at most one Content-Length of digits, required on POST; no
 // Transfer-Encoding, Expect or Upgrade; Connection only "keep-alive";
 // exactly one Host (HTTP/1.1 requires it).
 func parseRequestHead(b []byte, h *wireHead) wireVerdict {
-	end := bytes.Index(b, crlfcrlf)
-	if end < 0 {
+	line, rest, ok := h.start(b)
+	if !ok {
 		return wireIncomplete
 	}
-	h.wireInfo = wireInfo{contentLength: -1, end: end + 4}
-	line, rest := cutCRLF(b[:end+2])
 	method, line, ok := cutSP(line)
 	if !ok || !(bytes.Equal(method, []byte("GET")) || bytes.Equal(method, []byte("POST"))) {
 		return wireOther
@@ -111,16 +109,14 @@ func parseRequestHead(b []byte, h *wireHead) wireVerdict {
 }
 
 // parseResponseHead parses the response head at the start of b. The
-// subset: HTTP/1.1, a three-digit status of 200 or more but 204 and 304, exactly
-// one Content-Length of digits, no Transfer-Encoding or Upgrade,
+// subset: HTTP/1.1, a three-digit status of 200 or more but 204 and 304,
+// exactly one Content-Length of digits, no Transfer-Encoding or Upgrade,
 // Connection only "close" or "keep-alive", fields as for requests.
 func parseResponseHead(b []byte, h *wireHead) wireVerdict {
-	end := bytes.Index(b, crlfcrlf)
-	if end < 0 {
+	line, rest, ok := h.start(b)
+	if !ok {
 		return wireIncomplete
 	}
-	h.wireInfo = wireInfo{contentLength: -1, end: end + 4}
-	line, rest := cutCRLF(b[:end+2])
 	proto, line, ok := cutSP(line)
 	if !ok || !bytes.Equal(proto, []byte("HTTP/1.1")) || len(line) < 3 || (len(line) > 3 && line[3] != ' ') {
 		return wireOther
@@ -157,6 +153,19 @@ func parseResponseHead(b []byte, h *wireHead) wireVerdict {
 		return wireOther
 	}
 	return wireOK
+}
+
+// start finds the head at the start of b and resets h for it: ok is
+// false while the head is incomplete; line is its first line, rest its
+// field lines (each with its CRLF).
+func (h *wireHead) start(b []byte) (line, rest []byte, ok bool) {
+	end := bytes.Index(b, crlfcrlf)
+	if end < 0 {
+		return nil, nil, false
+	}
+	h.wireInfo = wireInfo{contentLength: -1, end: end + 4}
+	line, rest = cutCRLF(b[:end+2])
+	return line, rest, true
 }
 
 // parseFields parses the header lines in rest into h: Content-Length (at most

@@ -38,9 +38,10 @@ type conns struct {
 }
 
 // Take returns an idle connection to endpoint, or dials one that must be
-// made by deadline; now is the time (the caller has read the clock). It fails with an error of kind Unavailable when the
-// endpoint has Config.MaxConnsPerEndpoint connections open, and with the
-// errors of Forward when it cannot connect.
+// made by deadline; now is the time (the caller has read the clock). It
+// fails with an error of kind Unavailable when the endpoint has
+// Config.MaxConnsPerEndpoint connections open, and with the errors of
+// Forward when it cannot connect.
 func (c *Client) Take(endpoint string, now, deadline time.Time) (*Conn, error) {
 	ep := c.pool(endpoint)
 	rc := &ep.conns
